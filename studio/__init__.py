@@ -1,0 +1,1 @@
+"""Local LLM fine-tuning studio: the headless core (see README.md)."""

@@ -1,0 +1,79 @@
+"""What is loaded for chat: a run's model (adapter switchable) and/or a GGUF file.
+
+    session = ChatSession.open("runs/..._quickstart", gguf=None, overrides=[])
+    for piece in session.stream([{"role": "user", "content": "Hi"}], mode="tuned"):
+        ...
+    session.close()
+
+Modes: "tuned" (adapter on), "base" (same weights, adapter off), "gguf".
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from studio.config import GenerationConfig, RunConfig, apply_overrides
+from studio.errors import StudioError
+
+
+@dataclass
+class ChatSession:
+    generation: GenerationConfig
+    run_dir: Path | None = None
+    model: object = None
+    tokenizer: object = None
+    template: object = None
+    llm: object = None
+
+    @classmethod
+    def open(cls, run: str | None, gguf: str | None = None, overrides: list[str] = ()) -> "ChatSession":
+        from studio.chat import open_gguf
+        from studio.models import load_trained
+        from studio.runs import find_run, load_run_config, read_template
+
+        if not run and not gguf:
+            raise StudioError("Name a run to chat with, or a GGUF file with --gguf.")
+        cfg = load_run_config(find_run(run)) if run else RunConfig()
+        cfg = apply_overrides(cfg, overrides)
+        session = cls(generation=cfg.generation)
+        if run:
+            session.run_dir = find_run(run)
+            session.template = read_template(session.run_dir)
+            if not gguf:
+                session.model, session.tokenizer = load_trained(session.run_dir, cfg.model)
+                session.model.eval()
+            else:
+                from studio.models import load_tokenizer
+
+                session.tokenizer = load_tokenizer(cfg.model.name_or_path)
+        if gguf:
+            session.llm = open_gguf(Path(gguf))
+        return session
+
+    @property
+    def default_mode(self) -> str:
+        return "gguf" if self.llm is not None else "tuned"
+
+    def describe(self) -> str:
+        return str(self.run_dir or "") + (f" (GGUF)" if self.llm is not None else "")
+
+    def stream(self, messages: list[dict], mode: str, stop: threading.Event | None = None) -> Iterator[str]:
+        from studio.chat import stream_gguf_reply, stream_reply
+
+        if mode == "gguf" or self.model is None:
+            if self.llm is None:
+                raise StudioError("No GGUF file is loaded for chat.")
+            return stream_gguf_reply(self.llm, messages, self.generation, self.tokenizer, self.template, stop)
+        return stream_reply(self.model, self.tokenizer, self.template, messages, self.generation,
+                            use_adapter=(mode != "base"), stop=stop)
+
+    def close(self) -> None:
+        from studio.hardware import free_accelerator_memory
+
+        if self.llm is not None:
+            self.llm.close()
+        self.model = self.llm = None
+        free_accelerator_memory()

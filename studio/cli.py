@@ -1,0 +1,196 @@
+"""The headless twin of the studio: train, resume, export, chat, runs.
+
+    python launch.py train recipes/quickstart.yaml lora.r=32 train.max_steps=60
+    python launch.py resume runs/20261122-101500_quickstart
+    python launch.py export runs/20261122-101500_quickstart --gguf q4_k_m
+    python launch.py chat runs/20261122-101500_quickstart --compare --prompt "What is the capital of Peru?"
+    python launch.py runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from studio.errors import StudioError
+
+GGUF_CHOICES = ("f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k")
+FORMAT_CHOICES = ("adapter", "merged_16bit", "merged_4bit")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="launch.py", description="Local LLM fine-tuning studio (headless commands).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="Train from a YAML recipe.", description="Train from a YAML recipe. "
+                           "Ctrl-C stops cleanly: a checkpoint is saved and `resume` continues from it.")
+    train.add_argument("recipe", help="Path of a recipe, e.g. recipes/quickstart.yaml.")
+    train.add_argument("overrides", nargs="*", help="Dotted overrides, e.g. lora.r=32 train.max_steps=60.")
+
+    resume = sub.add_parser("resume", help="Continue a stopped or crashed run from its newest checkpoint.")
+    resume.add_argument("run", help="Run folder or run name.")
+
+    export = sub.add_parser("export", help="Export a run: adapter, merged weights, verified GGUF files.")
+    export.add_argument("run", help="Run folder or run name.")
+    export.add_argument("--gguf", nargs="*", default=None, choices=GGUF_CHOICES, metavar="TYPE",
+                        help=f"GGUF types to write and verify: {', '.join(GGUF_CHOICES)} (default: the run's export.gguf).")
+    export.add_argument("--formats", nargs="*", default=None, choices=FORMAT_CHOICES, metavar="FORMAT",
+                        help=f"Other exports: {', '.join(FORMAT_CHOICES)} (default: the run's export.formats).")
+
+    chat = sub.add_parser("chat", help="Chat with a run's model (streaming), or with a GGUF file.")
+    chat.add_argument("run", nargs="?", help="Run folder or run name (omit with --gguf FILE alone).")
+    chat.add_argument("--prompt", help="Answer this one prompt and exit (otherwise: interactive).")
+    chat.add_argument("--base", action="store_true", help="Answer as the base model (adapter switched off).")
+    chat.add_argument("--compare", action="store_true", help="Answer as base and fine-tuned model, one after the other.")
+    chat.add_argument("--gguf", help="Chat with this GGUF file through llama.cpp (with a run: its template).")
+    chat.add_argument("overrides", nargs="*", default=[], help="Generation overrides, e.g. generation.max_new_tokens=64.")
+
+    runs = sub.add_parser("runs", help="List runs and their state.")
+    runs.add_argument("--runs-dir", default="runs")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command != "runs":
+        _quiet_libraries()
+    try:
+        return {"train": cmd_train, "resume": cmd_resume, "export": cmd_export, "chat": cmd_chat, "runs": cmd_runs}[
+            args.command
+        ](args)
+    except StudioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _quiet_libraries() -> None:
+    """Our events report progress; the libraries' own bars and info logs would drown them."""
+    import datasets
+    from transformers.utils import logging
+
+    datasets.disable_progress_bars()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def _train(run_dir: Path, resume: bool) -> int:
+    from studio.events import ConsoleSink, JsonlSink, fan_out
+    from studio.train import run_training
+
+    stop = threading.Event()
+
+    def request_stop(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        print("\nStopping after this step (a checkpoint is saved). Ctrl-C again to abort.", flush=True)
+        stop.set()
+
+    # Ctrl-C and `kill` both stop cleanly at the end of the current step.
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        print(f"Run folder: {run_dir}")
+        result = run_training(run_dir, fan_out(JsonlSink(run_dir / "events.jsonl"), ConsoleSink()), stop, resume)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print(f"\n{result.state} at step {result.step}. Next:")
+    if result.state == "stopped":
+        print(f"  python launch.py resume {run_dir}")
+    print(f"  python launch.py chat {run_dir} --compare --prompt \"...\"")
+    print(f"  python launch.py export {run_dir} --gguf q4_k_m")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from studio.config import load_recipe
+    from studio.runs import create_run_dir
+
+    cfg = load_recipe(args.recipe, args.overrides)
+    return _train(create_run_dir(cfg), resume=False)
+
+
+def cmd_resume(args) -> int:
+    from studio.runs import find_run
+
+    return _train(find_run(args.run), resume=True)
+
+
+def cmd_export(args) -> int:
+    from studio.events import ConsoleSink
+    from studio.export import export_run
+    from studio.runs import find_run, load_run_config
+
+    run_dir = find_run(args.run)
+    cfg = load_run_config(run_dir)
+    gguf = tuple(args.gguf) if args.gguf is not None else cfg.export.gguf
+    formats = tuple(args.formats) if args.formats is not None else cfg.export.formats
+    started = time.time()
+    result = export_run(run_dir, gguf, formats, ConsoleSink(), cfg.export.verify_tokens)
+    print(f"\nExported in {time.time() - started:.0f} s to {result.out_dir}:")
+    for path in result.files:
+        print(f"  {path}")
+    for report in result.reports:
+        if not report.passed:
+            print(f"  {Path(report.path).name} FAILED verification and was not kept; see its .report.json")
+    return 0 if result.passed else 1
+
+
+def cmd_chat(args) -> int:
+    from studio.chat_session import ChatSession
+
+    session = ChatSession.open(args.run, args.gguf, args.overrides)
+    try:
+        modes = ["base", "tuned"] if args.compare else (["base"] if args.base else [session.default_mode])
+        if args.prompt:
+            for mode in modes:
+                _print_reply(session, [{"role": "user", "content": args.prompt}], mode, label=args.compare)
+            return 0
+        return _repl(session, modes)
+    finally:
+        session.close()
+
+
+def _print_reply(session, messages: list[dict], mode: str, label: bool) -> str:
+    if label:
+        print(f"[{mode}] ", end="", flush=True)
+    pieces = []
+    for piece in session.stream(messages, mode):
+        pieces.append(piece)
+        print(piece, end="", flush=True)
+    print()
+    return "".join(pieces)
+
+
+def _repl(session, modes: list[str]) -> int:
+    print(f"Chatting with {session.describe()}. Commands: /base /tuned /reset /quit")
+    history: list[dict] = []
+    mode = modes[-1]
+    for line in sys.stdin:
+        text = line.strip()
+        if text in ("/quit", "/exit"):
+            break
+        if text in ("/base", "/tuned"):
+            mode = text[1:]
+            print(f"(now answering as the {mode} model)")
+            continue
+        if text == "/reset":
+            history = []
+            continue
+        if not text:
+            continue
+        history.append({"role": "user", "content": text})
+        history.append({"role": "assistant", "content": _print_reply(session, history, mode, label=False)})
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from studio.runs import list_runs, read_status
+
+    for run_dir in list_runs(args.runs_dir):
+        status = read_status(run_dir)
+        print(f"{run_dir}  {status.get('state', '?'):9}  step {status.get('step', '-')}  loss {status.get('loss', '-')}")
+    return 0

@@ -1,0 +1,278 @@
+"""One typed configuration for a run: model, data, LoRA, training, generation, export.
+
+Recipes are YAML files holding only what differs from these defaults. Loading is
+strict: an unknown key is an error naming it and the closest valid key, a value
+of the wrong type is an error naming the key. The same dotted overrides work on
+the command line, in the UI and in tests:
+
+    cfg = load_recipe("recipes/quickstart.yaml", ["lora.r=32", "train.max_steps=60"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from studio.errors import ConfigError
+
+
+def _f(default: Any, help: str) -> Any:
+    """A dataclass field with a help string (shown by `launch.py ... --help` and the UI)."""
+    if isinstance(default, (list, dict, tuple)):
+        return field(default_factory=lambda: default, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name_or_path: str = _f("", "Local HF folder, a .gguf file, or a hub id (hub ids need a network).")
+    load_in: Literal["16bit", "8bit", "4bit"] = _f(
+        "16bit", "Weight precision when loading: 16bit, 8bit or 4bit (nf4, bitsandbytes). 4bit + LoRA is QLoRA."
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = _f(
+        "auto", "Compute dtype. auto: bfloat16 on GPUs that support it, else float16; float32 on CPU."
+    )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str = _f("", "Dataset file (jsonl, json, csv, parquet, txt).")
+    format: Literal["auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text"] = _f(
+        "auto", "Row format; auto detects it from the columns."
+    )
+    template: str = _f(
+        "auto",
+        "Prompt template: auto (the model's own chat template, else alpaca), model, alpaca, chatml, plain.",
+    )
+    train_on: Literal["responses", "all"] = _f(
+        "responses", "Compute the loss on the responses only (instruction data) or on every token."
+    )
+    max_samples: int = _f(0, "Use at most this many rows (0: all).")
+    eval_fraction: float = _f(0.0, "Fraction of rows held out for evaluation (0: no eval split).")
+    shuffle_seed: int = _f(3407, "Seed for the shuffle before the train/eval split.")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    enabled: bool = _f(True, "Train a LoRA adapter. false trains all weights (full fine-tuning).")
+    r: int = _f(16, "LoRA rank: capacity of the adapter (8-64 typical).")
+    alpha: int = _f(16, "LoRA alpha: scale of the update (alpha / r, or alpha / sqrt(r) with rsLoRA).")
+    dropout: float = _f(0.0, "Dropout on the LoRA input.")
+    target_modules: tuple[str, ...] = _f(
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        "Module names that get adapters; ['all-linear'] for every linear layer but the output head.",
+    )
+    use_rslora: bool = _f(False, "Rank-stabilised LoRA (scale alpha / sqrt(r)).")
+    use_dora: bool = _f(False, "DoRA: weight-decomposed LoRA (slower, sometimes better).")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: Literal["sft"] = _f("sft", "Training method.")
+    batch_size: int = _f(2, "Rows per device per step.")
+    grad_accum: int = _f(4, "Gradient accumulation steps (effective batch = batch_size * grad_accum).")
+    max_steps: int = _f(60, "Optimizer steps to run; 0 runs `epochs` full passes instead.")
+    epochs: float = _f(1.0, "Passes over the data when max_steps is 0.")
+    learning_rate: float = _f(2e-4, "Peak learning rate.")
+    warmup_steps: int = _f(5, "Linear warm-up steps.")
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = _f("linear", "LR schedule.")
+    optimizer: Literal["auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "sgd"] = _f(
+        "auto", "Optimizer. auto: adamw_8bit on CUDA, adamw_torch elsewhere."
+    )
+    weight_decay: float = _f(0.01, "Weight decay.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
+    seed: int = _f(3407, "Random seed.")
+    max_length: int = _f(1024, "Longest sequence in tokens; longer rows are cut.")
+    packing: bool = _f(False, "Pack several short rows into one sequence (faster on short data).")
+    gradient_checkpointing: bool = _f(True, "Recompute activations in backward: less memory, ~25% slower.")
+    logging_steps: int = _f(1, "Log loss, LR and memory every this many steps.")
+    eval_steps: int = _f(20, "Evaluate every this many steps (when data.eval_fraction > 0).")
+    save_steps: int = _f(20, "Save a checkpoint every this many steps.")
+    save_total_limit: int = _f(2, "Keep at most this many checkpoints (oldest are removed).")
+    runs_dir: str = _f("runs", "Folder that holds run folders.")
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = _f(128, "Longest reply in tokens.")
+    temperature: float = _f(0.0, "Sampling temperature; 0 is greedy (reproducible comparisons).")
+    top_p: float = _f(0.9, "Nucleus sampling (when temperature > 0).")
+    top_k: int = _f(40, "Top-k sampling (when temperature > 0).")
+    repetition_penalty: float = _f(1.0, "Penalty for repeated tokens (1.0: none).")
+    system_prompt: str = _f("", "System message put before the conversation (empty: none).")
+    seed: int = _f(0, "Sampling seed.")
+
+
+GgufType = Literal["f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k"]
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    formats: tuple[Literal["adapter", "merged_16bit", "merged_4bit"], ...] = _f(
+        (), "Non-GGUF exports: adapter, merged_16bit, merged_4bit."
+    )
+    gguf: tuple[GgufType, ...] = _f(("q4_k_m",), "GGUF types: f16, bf16, q8_0, q4_k_m, q5_k_m, q6_k.")
+    verify_tokens: int = _f(16, "Greedy tokens compared between llama.cpp and the HF model per prompt.")
+    ollama_modelfile: bool = _f(True, "Write an Ollama Modelfile beside each GGUF.")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = _f("run", "Run name; the run folder is runs/<time>_<name>/.")
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "The model to fine-tune."})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "The training data."})
+    lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": "Adapter settings."})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Training hyper-parameters."})
+    generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"help": "Chat settings."})
+    export: ExportConfig = field(default_factory=ExportConfig, metadata={"help": "Export settings."})
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_recipe(path: str | Path, overrides: typing.Sequence[str] = ()) -> RunConfig:
+    """Read a YAML recipe strictly, then apply dotted `key=value` overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Recipe not found: {path}. Pass the path of a .yaml file, e.g. recipes/quickstart.yaml.")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections (model:, data:, ...), not {type(raw).__name__}.")
+    return apply_overrides(from_dict(raw, source=str(path)), overrides)
+
+
+def from_dict(raw: dict, source: str = "config") -> RunConfig:
+    """Build a RunConfig from nested plain data, checking every key and type."""
+    return _build(RunConfig, raw, prefix="", source=source)
+
+
+def apply_overrides(cfg: RunConfig, overrides: typing.Sequence[str]) -> RunConfig:
+    """Apply `section.key=value` strings; values are parsed as YAML scalars/lists."""
+    data = to_dict(cfg)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"Override {item!r} must look like section.key=value, e.g. lora.r=32.")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            parsed = value
+        node = data
+        parts = key.strip().split(".")
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node.get(part), dict):
+                _raise_unknown(".".join(parts[: i + 1]), part, [k for k, v in node.items() if isinstance(v, dict)])
+            node = node[part]
+        if parts[-1] not in node or isinstance(node[parts[-1]], dict):
+            _raise_unknown(key.strip(), parts[-1], [k for k, v in node.items() if not isinstance(v, dict)])
+        node[parts[-1]] = parsed
+    return _build(RunConfig, data, prefix="", source="override")
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain nested data (tuples become lists) for YAML and JSON."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            value = to_dict(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write the fully resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+def field_help(section: str, name: str) -> str:
+    """Help text of a field, e.g. field_help('lora', 'r')."""
+    section_cls = typing.get_type_hints(RunConfig)[section]
+    return next(f.metadata["help"] for f in dataclasses.fields(section_cls) if f.name == name)
+
+
+def _raise_unknown(full_key: str, name: str, valid: list[str]) -> typing.NoReturn:
+    # Typos by spelling ("lerning_rate"), and by length ("rank" for "r").
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5) or [
+        k for k in sorted(valid, key=len, reverse=True) if name.startswith(k) or k.startswith(name)
+    ]
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"Unknown key {full_key!r}.{hint} Valid keys here: {', '.join(sorted(valid))}.")
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'the top level'} must be a mapping, got {raw!r}.")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            _raise_unknown(f"{prefix}{key}", str(key), names)
+    kwargs = {}
+    for name in names:
+        if name not in raw:
+            continue
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, raw[name] or {}, f"{prefix}{name}.", source)
+        else:
+            kwargs[name] = _coerce(raw[name], hint, f"{prefix}{name}", source)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Check `value` against a field's type hint; convert only where it is lossless."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+
+    def fail(expected: str) -> typing.NoReturn:
+        raise ConfigError(f"{source}: {key} must be {expected}, got {value!r}.")
+
+    if origin is Literal:
+        if value not in args:
+            fail("one of " + ", ".join(repr(a) for a in args))
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key, source)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            fail("a list")
+        return tuple(_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value))
+    if hint is bool:
+        if not isinstance(value, bool):
+            fail("true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail("a whole number")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            # YAML reads 2e-4 (no dot) as a string: accept numeric strings.
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                fail("a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            fail("text")
+        return str(value)
+    raise AssertionError(f"unsupported config type {hint} for {key}")

@@ -1,0 +1,185 @@
+"""Export a run: adapter, merged 16-bit, merged 4-bit, verified GGUF files, Ollama Modelfiles.
+
+Everything is written under a temporary name and renamed when complete (and,
+for GGUF, verified), so a failure never leaves a file that looks finished.
+Free disk is checked before anything is written.
+
+    result = export_run(run_dir, gguf_types=("q4_k_m",), formats=(), sink=ConsoleSink())
+
+Run as:  python launch.py export runs/<run> --gguf q4_k_m f16
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from studio.config import ModelConfig, RunConfig
+from studio.errors import DiskSpaceError, ExportError
+from studio.events import Event, Sink
+from studio.gguf_tools import CONVERTER_TYPES, QUANTIZER_FTYPES, convert_to_gguf, quantize_gguf
+from studio.hardware import GIB, free_accelerator_memory
+from studio.models import count_parameters, hf_folder, load_model
+from studio.ollama import write_modelfile
+from studio.runs import load_run_config, read_template, weights_dir
+from studio.templates import Template, stop_token_ids
+from studio.verify import GgufReport, verify_gguf
+
+# Bytes per parameter of each output, for the disk preflight (k-quants are mixes).
+BYTES_PER_PARAM = {"merged_16bit": 2.0, "merged_4bit": 0.6, "f16": 2.0, "bf16": 2.0, "q8_0": 1.07,
+                   "q4_k_m": 0.62, "q5_k_m": 0.72, "q6_k": 0.83}
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    files: list[Path] = field(default_factory=list)
+    reports: list[GgufReport] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.reports)
+
+
+def export_run(run_dir: Path, gguf_types=(), formats=(), sink: Sink = lambda e: None, verify_tokens: int = 16) -> ExportResult:
+    """Produce the requested exports of a trained run in `run_dir/exports/`."""
+    cfg = load_run_config(run_dir)
+    unknown = [t for t in gguf_types if t not in CONVERTER_TYPES + tuple(QUANTIZER_FTYPES)]
+    if unknown:
+        raise ExportError(f"Unknown GGUF type {unknown[0]!r}. Choose from: {', '.join(CONVERTER_TYPES + tuple(QUANTIZER_FTYPES))}.")
+    template = read_template(run_dir)
+    out_dir = run_dir / "exports"
+    work = out_dir / ".work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    result = ExportResult(out_dir)
+    prefix = cfg.name
+    try:
+        if "adapter" in formats:
+            result.files.append(_export_adapter(run_dir, out_dir / f"{prefix}-adapter", sink))
+        needs_merge = bool(gguf_types) or "merged_16bit" in formats or "merged_4bit" in formats
+        if not needs_merge:
+            return result
+        _check_disk(out_dir, _base_parameters(run_dir, cfg), gguf_types, formats)
+        sink(Event("stage", message="Merging the adapter into 16-bit weights"))
+        merged = _merge(run_dir, cfg, template, work / "merged-16bit")
+        if "merged_4bit" in formats:
+            sink(Event("stage", message="Writing merged 4-bit (bitsandbytes nf4) weights"))
+            result.files.append(_export_4bit(merged, out_dir / f"{prefix}-merged-4bit"))
+        if gguf_types:
+            _export_ggufs(merged, cfg, template, gguf_types, out_dir, work, prefix, verify_tokens, sink, result)
+        if "merged_16bit" in formats:
+            result.files.append(_publish(merged, out_dir / f"{prefix}-merged-16bit"))
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        free_accelerator_memory()
+
+
+def _base_parameters(run_dir: Path, cfg: RunConfig) -> int:
+    weights = weights_dir(run_dir)
+    source = weights if weights.name == "model" else hf_folder(cfg.model.name_or_path)
+    return count_parameters(source) if isinstance(source, Path) else 0  # a hub id: counted after download
+
+
+def _check_disk(out_dir: Path, n_params: int, gguf_types, formats) -> None:
+    """Refuse before writing when the outputs (plus the merge and f16 intermediates) cannot fit."""
+    # The 16-bit merge every export starts from, and the f16 file every k-quant is made from.
+    needed = 2 * BYTES_PER_PARAM["f16"] * n_params
+    needed += sum(BYTES_PER_PARAM[t] * n_params for t in (*gguf_types, *formats) if t in BYTES_PER_PARAM)
+    free = shutil.disk_usage(out_dir).free
+    if needed * 1.1 > free:
+        raise DiskSpaceError(
+            f"Not enough disk space in {out_dir}: these exports need about {needed / GIB:.1f} GiB, "
+            f"{free / GIB:.1f} GiB is free. Free {(needed * 1.1 - free) / GIB:.1f} GiB or export fewer types."
+        )
+
+
+def _export_adapter(run_dir: Path, target: Path, sink: Sink) -> Path:
+    sink(Event("stage", message="Copying the adapter"))
+    tmp = target.with_name(target.name + ".part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(weights_dir(run_dir), tmp)
+    shutil.copy(run_dir / "template.jinja", tmp / "template.jinja")
+    return _publish(tmp, target)
+
+
+def _merge(run_dir: Path, cfg: RunConfig, template: Template, target: Path) -> Path:
+    """Base weights + adapter, merged, saved as 16-bit safetensors with tokenizer and template."""
+    import torch
+    from peft import PeftModel
+
+    weights = weights_dir(run_dir)
+    # Always merge into unquantized weights: a bitsandbytes model cannot become a GGUF.
+    model, tokenizer = load_model(ModelConfig(name_or_path=cfg.model.name_or_path if weights.name == "adapter" else str(weights),
+                                              load_in="16bit", dtype="auto"))
+    if weights.name == "adapter":
+        model = PeftModel.from_pretrained(model, weights).merge_and_unload()
+    model = model.to(torch.bfloat16)
+    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
+    tokenizer.chat_template = template.jinja
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    _copy_notice(cfg, target)
+    del model
+    return target
+
+
+def _copy_notice(cfg: RunConfig, target: Path) -> None:
+    """Derivatives of licensed models carry the licence notice along."""
+    source = hf_folder(cfg.model.name_or_path)
+    if isinstance(source, Path) and (source / "NOTICE").is_file():
+        shutil.copy(source / "NOTICE", target / "NOTICE")
+
+
+def _export_4bit(merged: Path, target: Path) -> Path:
+    model, tokenizer = load_model(ModelConfig(name_or_path=str(merged), load_in="4bit"))
+    tmp = target.with_name(target.name + ".part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    del model
+    return _publish(tmp, target)
+
+
+def _export_ggufs(merged, cfg, template, gguf_types, out_dir, work, prefix, verify_tokens, sink, result) -> None:
+    reference, tokenizer = load_model(ModelConfig(name_or_path=str(merged), load_in="16bit", dtype="auto"))
+    fallback = "qwen2" if reference.config.model_type == "qwen2" else "gpt-2"
+    f16 = None
+    for gguf_type in gguf_types:
+        tmp = work / f"{prefix}-{gguf_type}.gguf"
+        if gguf_type in CONVERTER_TYPES:
+            sink(Event("stage", message=f"Converting to GGUF {gguf_type} (llama.cpp converter)"))
+            convert_to_gguf(merged, tmp, gguf_type, fallback)
+        else:
+            if f16 is None:
+                sink(Event("stage", message="Converting to GGUF f16 (input of the quantizer)"))
+                f16 = work / "intermediate-f16.gguf"
+                convert_to_gguf(merged, f16, "f16", fallback)
+            sink(Event("stage", message=f"Quantizing to {gguf_type} (llama.cpp quantizer)"))
+            quantize_gguf(f16, tmp, gguf_type)
+        sink(Event("stage", message=f"Verifying {gguf_type} in llama.cpp"))
+        report = verify_gguf(tmp, gguf_type, reference, tokenizer, template, verify_tokens)
+        final = out_dir / tmp.name
+        report.path = str(final)
+        report.save(out_dir / f"{prefix}-{gguf_type}.report.json")
+        result.reports.append(report)
+        sink(Event("stage", message=report.summary(), extra={"report": report.to_dict()}))
+        if not report.passed:
+            tmp.unlink()
+            continue
+        os.replace(tmp, final)
+        result.files.append(final)
+        if cfg.export.ollama_modelfile:
+            result.files.append(write_modelfile(final, template, tokenizer))
+    del reference
+
+
+def _publish(tmp: Path, target: Path) -> Path:
+    """Move a finished folder into place, replacing an older export of the same name."""
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.move(str(tmp), target)
+    return target

@@ -1,0 +1,111 @@
+"""What machine we are on, which dtype to use, and how much memory is in use.
+
+`MemoryProbe` reads torch's CUDA allocator, NVML (the driver's view: used,
+total, utilisation, temperature) and psutil (process and system RAM). NVML is
+optional: on a machine without an NVIDIA driver the GPU fields stay None.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+import psutil
+import torch
+
+GIB = 1024**3
+
+
+def has_cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+def device_name() -> str:
+    """"NVIDIA GeForce RTX 4090" or "CPU only"."""
+    return torch.cuda.get_device_name(0) if has_cuda() else "CPU only"
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """The compute dtype for a config value ('auto' picks what the device does well)."""
+    if name != "auto":
+        return getattr(torch, name)
+    if not has_cuda():
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@dataclass(frozen=True)
+class MemorySnapshot:
+    """Memory in GiB (None where the source does not exist on this machine)."""
+
+    gpu_allocated: float | None = None
+    gpu_reserved: float | None = None
+    gpu_peak: float | None = None
+    gpu_used: float | None = None
+    gpu_total: float | None = None
+    gpu_util_percent: float | None = None
+    gpu_temp_c: float | None = None
+    process_rss: float = 0.0
+    ram_used: float = 0.0
+    ram_total: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class MemoryProbe:
+    """Reads memory from torch, NVML and psutil. Create one and keep it (NVML init is not free)."""
+
+    def __init__(self) -> None:
+        self._process = psutil.Process(os.getpid())
+        self._nvml_handle = None
+        if has_cuda():
+            self._nvml_handle = _nvml_handle(torch.cuda.current_device())
+
+    def snapshot(self) -> MemorySnapshot:
+        vm = psutil.virtual_memory()
+        fields: dict = {
+            "process_rss": self._process.memory_info().rss / GIB,
+            "ram_used": (vm.total - vm.available) / GIB,
+            "ram_total": vm.total / GIB,
+        }
+        if has_cuda():
+            fields.update(
+                gpu_allocated=torch.cuda.memory_allocated() / GIB,
+                gpu_reserved=torch.cuda.memory_reserved() / GIB,
+                gpu_peak=torch.cuda.max_memory_allocated() / GIB,
+            )
+        if self._nvml_handle is not None:
+            fields.update(_nvml_readings(self._nvml_handle))
+        return MemorySnapshot(**fields)
+
+
+def _nvml_handle(index: int):
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+        return pynvml.nvmlDeviceGetHandleByIndex(index)
+    except pynvml.NVMLError:
+        return None  # no driver library (containers, WSL without NVML): torch readings still work
+
+
+def _nvml_readings(handle) -> dict:
+    import pynvml
+
+    try:
+        mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        util = pynvml.nvmlDeviceGetUtilizationRates(handle)
+        temp = pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU)
+    except pynvml.NVMLError:
+        return {}
+    return {"gpu_used": mem.used / GIB, "gpu_total": mem.total / GIB, "gpu_util_percent": float(util.gpu), "gpu_temp_c": float(temp)}
+
+
+def free_accelerator_memory() -> None:
+    """Return cached blocks to the driver after a model is dropped."""
+    import gc
+
+    gc.collect()
+    if has_cuda():
+        torch.cuda.empty_cache()

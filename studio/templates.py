@@ -1,0 +1,173 @@
+"""Prompt templates, and turning a conversation into token ids plus a loss mask.
+
+Every template is a Jinja chat template, the same kind a model ships in its
+tokenizer. So training, chat and the exported GGUF (which embeds it) use one
+text, stored with the run as `template.jinja`.
+
+Labels are built by rendering: for each assistant turn, the conversation up to
+that turn is rendered with the generation prompt (the prefix) and with the
+turn itself; the characters in between are the response. Tokens whose text
+starts inside a response are trained, all others masked. This works for any
+template, with no searching for marker strings.
+
+    template = resolve_template("auto", tokenizer)
+    row = tokenize_conversation(tokenizer, template, messages, train_on="responses")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from studio.errors import TemplateError
+
+ALPACA_PREAMBLE = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request."
+)
+
+# The Alpaca prompt of the seed notebook, written as a chat template: the
+# system message (or the classic preamble), "### Instruction:" for the user,
+# "### Response:" for the assistant, and EOS after every response so the
+# model learns to stop. A row's "input" is folded into the user message as
+# "### Input:", which reproduces the notebook's text exactly.
+ALPACA_TEMPLATE = (
+    "{% if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}"
+    "{% set loop_messages = messages[1:] %}"
+    "{% else %}{{ '" + ALPACA_PREAMBLE + "' }}{% set loop_messages = messages %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{% if message['role'] == 'user' %}{{ '\\n\\n### Instruction:\\n' + message['content'] }}"
+    "{% elif message['role'] == 'assistant' %}{{ '\\n\\n### Response:\\n' + message['content'] + eos_token }}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '\\n\\n### Response:\\n' }}{% endif %}"
+)
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# No markers at all: prompt and response are concatenated (continuation-style
+# training); EOS ends every response.
+PLAIN_TEMPLATE = (
+    "{% for message in messages %}{{ message['content'] }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}"
+)
+
+GALLERY = {"alpaca": ALPACA_TEMPLATE, "chatml": CHATML_TEMPLATE, "plain": PLAIN_TEMPLATE}
+
+# Tokens that end an assistant turn in common chat templates; generation stops
+# at any of them that the vocabulary has, as well as at EOS.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "</s>")
+
+
+@dataclass(frozen=True)
+class Template:
+    """A named Jinja chat template. `source` says where it came from (model, gallery, run)."""
+
+    name: str
+    jinja: str
+    source: str
+
+
+def resolve_template(name: str, tokenizer) -> Template:
+    """Pick the template for a config value: auto, model, or a gallery name."""
+    own = getattr(tokenizer, "chat_template", None)
+    if name == "auto":
+        return Template("model", own, "model") if own else Template("alpaca", ALPACA_TEMPLATE, "gallery")
+    if name == "model":
+        if not own:
+            raise TemplateError(
+                "This model has no chat template of its own (it is probably a base model). "
+                f"Set data.template to one of: {', '.join(GALLERY)}."
+            )
+        return Template("model", own, "model")
+    if name in GALLERY:
+        return Template(name, GALLERY[name], "gallery")
+    raise TemplateError(f"Unknown template {name!r}. Choose auto, model, or one of: {', '.join(GALLERY)}.")
+
+
+def template_from_text(jinja: str, source: str) -> Template:
+    """A Template for stored text, named after the gallery entry it matches (else "model")."""
+    name = next((n for n, text in GALLERY.items() if text == jinja), "model")
+    return Template(name, jinja, source)
+
+
+def render(tokenizer, template: Template, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    """The text the model sees for `messages` (through transformers' chat-template renderer)."""
+    try:
+        return tokenizer.apply_chat_template(
+            messages, chat_template=template.jinja, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    except Exception as exc:  # jinja errors of all kinds, raised by templates on bad roles
+        raise TemplateError(f"Template {template.name!r} cannot render this conversation: {exc}") from None
+
+
+@dataclass(frozen=True)
+class TokenizedRow:
+    """Token ids of one row and, per token, 1 if it is trained (part of a response) else 0."""
+
+    text: str
+    input_ids: list[int]
+    trained: list[int]
+
+
+def tokenize_conversation(tokenizer, template: Template, messages: list[dict], train_on: str) -> TokenizedRow:
+    """Render a conversation and mark the tokens of every assistant turn as trained."""
+    text = render(tokenizer, template, messages)
+    spans = _response_spans(tokenizer, template, messages, text) if train_on == "responses" else [(0, len(text))]
+    return _tokenize_with_spans(tokenizer, text, spans)
+
+
+def tokenize_text(tokenizer, text: str) -> TokenizedRow:
+    """A raw-text row: the whole text plus EOS, all trained."""
+    full = text + (tokenizer.eos_token or "")
+    return _tokenize_with_spans(tokenizer, full, [(0, len(full))])
+
+
+def _response_spans(tokenizer, template: Template, messages: list[dict], text: str) -> list[tuple[int, int]]:
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prefix = render(tokenizer, template, messages[:i], add_generation_prompt=True)
+        upto = render(tokenizer, template, messages[: i + 1])
+        if not (upto.startswith(prefix) and text.startswith(upto)):
+            raise TemplateError(
+                f"Template {template.name!r} renders turn {i + 1} differently depending on what follows, "
+                "so responses cannot be located. Choose another template or train on everything (data.train_on=all)."
+            )
+        spans.append((len(prefix), len(upto)))
+    return spans
+
+
+def _tokenize_with_spans(tokenizer, text: str, spans: list[tuple[int, int]]) -> TokenizedRow:
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+    trained = [int(any(lo <= start < hi for lo, hi in spans)) for start, _ in offsets]
+    bos = tokenizer.bos_token
+    if bos and _adds_bos(tokenizer) and not text.startswith(bos):
+        ids.insert(0, tokenizer.bos_token_id)
+        trained.insert(0, 0)
+    return TokenizedRow(text=text, input_ids=ids, trained=trained)
+
+
+def _adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts BOS in front by itself (Llama, Gemma do; Qwen does not)."""
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
+def prompt_ids(tokenizer, template: Template, messages: list[dict]) -> list[int]:
+    """Token ids that ask the model for the next assistant turn (for chat and verification)."""
+    text = render(tokenizer, template, messages, add_generation_prompt=True)
+    return _tokenize_with_spans(tokenizer, text, []).input_ids
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """EOS plus every end-of-turn token the vocabulary has."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
+    return sorted(ids)

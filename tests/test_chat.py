@@ -1,0 +1,51 @@
+"""Streaming chat from the trained run: adapter on and off on the same weights, and from a GGUF file."""
+
+import threading
+
+from studio.chat import stream_reply
+from studio.chat_session import ChatSession
+from studio.config import GenerationConfig
+
+PROMPT = [{"role": "user", "content": "What is the capital of Peru?"}]
+
+
+def test_adapter_on_and_off_answer_differently_without_reloading(trained_run):
+    session = ChatSession.open(str(trained_run))
+    try:
+        weights_before = {n: p.clone() for n, p in session.model.named_parameters() if "lora_B" in n}
+        tuned = list(session.stream(PROMPT, "tuned"))
+        base = list(session.stream(PROMPT, "base"))
+        assert len(tuned) > 1, "tokens arrive one piece at a time"
+        assert "".join(tuned) != "".join(base)
+        assert "".join(session.stream(PROMPT, "tuned")) == "".join(tuned), "greedy is reproducible"
+        for name, param in session.model.named_parameters():
+            if name in weights_before:
+                assert param.equal(weights_before[name]), "switching the adapter off must not change it"
+    finally:
+        session.close()
+
+
+def test_stop_event_ends_generation_early(trained_run):
+    session = ChatSession.open(str(trained_run), overrides=["generation.max_new_tokens=200"])
+    try:
+        stop = threading.Event()
+        pieces = []
+        for piece in stream_reply(session.model, session.tokenizer, session.template, PROMPT,
+                                  GenerationConfig(max_new_tokens=200), stop=stop):
+            pieces.append(piece)
+            stop.set()
+        assert len(pieces) < 10
+    finally:
+        session.close()
+
+
+def test_gguf_chat_streams_with_the_runs_template(trained_run):
+    from studio.export import export_run
+
+    gguf = next(p for p in export_run(trained_run, gguf_types=("q8_0",)).files if p.suffix == ".gguf")
+    session = ChatSession.open(str(trained_run), gguf=str(gguf))
+    try:
+        pieces = list(session.stream(PROMPT, "gguf"))
+        assert pieces and all(isinstance(p, str) for p in pieces)
+    finally:
+        session.close()

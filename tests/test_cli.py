@@ -1,0 +1,69 @@
+"""The headless commands, run as a user runs them: `python launch.py ...` in a child process."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLE_DATA
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def launch(*args, cwd=ROOT, timeout=600):
+    return subprocess.run([sys.executable, str(ROOT / "launch.py"), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("command", ["train", "resume", "export", "chat", "runs"])
+def test_every_command_has_help(command):
+    done = launch(command, "--help")
+    assert done.returncode == 0 and "usage: launch.py " + command in done.stdout
+
+
+def write_recipe(tmp_path, model, extra="") -> Path:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"name: cli\nmodel:\n  name_or_path: {model}\ndata:\n  path: {SAMPLE_DATA}\n  max_samples: 32\n"
+        f"train:\n  max_steps: 4\n  batch_size: 4\n  grad_accum: 1\n  learning_rate: 3.0e-3\n  max_length: 128\n"
+        f"  runs_dir: {tmp_path / 'runs'}\n  gradient_checkpointing: false\n{extra}"
+    )
+    return recipe
+
+
+def test_bad_inputs_print_the_named_error_and_exit_2(tmp_path, tiny_llama):
+    done = launch("train", write_recipe(tmp_path, tiny_llama, "lora:\n  rnak: 4\n"))
+    assert done.returncode == 2 and "error: Unknown key 'lora.rnak'. Did you mean 'r'?" in done.stderr
+    done = launch("train", write_recipe(tmp_path, tmp_path / "no-model"))
+    assert done.returncode == 2 and "error: Model not found" in done.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\nnot json\n')
+    done = launch("train", write_recipe(tmp_path, tiny_llama), f"data.path={bad}")
+    assert done.returncode == 2 and "bad.jsonl:2: not valid JSON" in done.stderr
+    done = launch("export", tmp_path / "nowhere")
+    assert done.returncode == 2 and "No run found" in done.stderr
+
+
+def test_train_chat_export_from_the_command_line(tmp_path, tiny_llama):
+    done = launch("train", write_recipe(tmp_path, tiny_llama), "lora.r=4")
+    assert done.returncode == 0, done.stderr
+    assert "step 4/4" in done.stdout and "completed at step 4" in done.stdout
+    run = next((tmp_path / "runs").iterdir())
+    assert "r: 4" in (run / "config.yaml").read_text()
+
+    done = launch("chat", run, "--compare", "--prompt", "What is the capital of Peru?", "generation.max_new_tokens=8")
+    assert done.returncode == 0, done.stderr
+    assert "[base] " in done.stdout and "[tuned] " in done.stdout
+
+    done = launch("export", run, "--gguf", "q4_k_m")
+    assert done.returncode == 0, done.stderr
+    assert "PASSED" in done.stdout and (run / "exports" / "cli-q4_k_m.gguf").is_file()
+
+    done = launch("runs", "--runs-dir", tmp_path / "runs")
+    assert "completed" in done.stdout
+
+
+def test_core_does_not_import_gradio():
+    code = ("import sys, studio.cli, studio.train, studio.export, studio.chat_session, studio.verify; "
+            "sys.exit('gradio' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0

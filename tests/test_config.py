@@ -1,0 +1,78 @@
+from pathlib import Path
+
+import pytest
+
+from studio.config import RunConfig, apply_overrides, field_help, from_dict, load_recipe, save_config, to_dict
+from studio.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_typed_and_documented():
+    cfg = RunConfig()
+    assert cfg.lora.r == 16 and cfg.train.max_steps == 60
+    assert "rank" in field_help("lora", "r")
+
+
+def test_recipe_overrides_only_what_it_names(tmp_path):
+    cfg = load_recipe(write(tmp_path, "lora:\n  r: 32\ntrain:\n  learning_rate: 1e-4\n"))
+    assert cfg.lora.r == 32
+    assert cfg.train.learning_rate == pytest.approx(1e-4)  # YAML reads 1e-4 as text: accepted as a number
+    assert cfg.lora.alpha == RunConfig().lora.alpha
+
+
+def test_unknown_key_names_it_and_the_closest_valid_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"Unknown key 'lora\.rank'.*Did you mean 'r'"):
+        load_recipe(write(tmp_path, "lora:\n  rank: 8\n"))
+    with pytest.raises(ConfigError, match=r"Unknown key 'trian'.*Did you mean 'train'"):
+        load_recipe(write(tmp_path, "trian:\n  max_steps: 8\n"))
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.max_steps must be a whole number"):
+        load_recipe(write(tmp_path, "train:\n  max_steps: lots\n"))
+    with pytest.raises(ConfigError, match=r"lora\.enabled must be true or false"):
+        load_recipe(write(tmp_path, "lora:\n  enabled: 3\n"))
+    with pytest.raises(ConfigError, match=r"model\.load_in must be one of '16bit', '8bit', '4bit'"):
+        load_recipe(write(tmp_path, "model:\n  load_in: 2bit\n"))
+
+
+def test_dotted_overrides_parse_values_and_reject_unknown_keys():
+    cfg = apply_overrides(RunConfig(), ["lora.r=32", "train.max_steps=60", "lora.target_modules=[q_proj,v_proj]",
+                                        "data.path=my data.jsonl", "lora.use_dora=true"])
+    assert (cfg.lora.r, cfg.train.max_steps, cfg.lora.target_modules) == (32, 60, ("q_proj", "v_proj"))
+    assert cfg.data.path == "my data.jsonl" and cfg.lora.use_dora is True
+    with pytest.raises(ConfigError, match=r"Unknown key 'lora\.rr'.*Did you mean 'r'"):
+        apply_overrides(RunConfig(), ["lora.rr=3"])
+    with pytest.raises(ConfigError, match="must look like section.key=value"):
+        apply_overrides(RunConfig(), ["lora.r"])
+
+
+def test_saved_config_loads_back_identically(tmp_path):
+    cfg = apply_overrides(RunConfig(), ["lora.r=4", "export.gguf=[f16,q8_0]"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_recipe(tmp_path / "config.yaml") == cfg
+    assert to_dict(cfg)["export"]["gguf"] == ["f16", "q8_0"]
+
+
+def test_missing_recipe_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="Recipe not found"):
+        load_recipe(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_recipe(write(tmp_path, "lora: [unclosed\n"))
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        from_dict({"lora": 3})
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_recipe_loads_and_has_a_header(recipe):
+    load_recipe(recipe)
+    header = recipe.read_text().splitlines()[:12]
+    assert any(line.startswith("# Run:") for line in header), "recipes say how to run them"
+    assert any(line.startswith("# Hardware:") for line in header), "recipes say what hardware they need"

@@ -1,0 +1,80 @@
+import json
+
+import pytest
+
+from studio.data import detect_format, read_rows, to_messages
+from studio.errors import DataError
+
+
+def test_jsonl_json_csv_parquet_txt_read_the_same_rows(tmp_path):
+    records = [{"instruction": "Say hi", "input": "", "output": "Hi!"},
+               {"instruction": "Add, please", "input": "1, 2", "output": "3\nDone."}]
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n\n")
+    (tmp_path / "a.json").write_text(json.dumps(records))
+    (tmp_path / "cols.json").write_text(json.dumps({k: [r[k] for r in records] for k in records[0]}))
+    import pandas as pd
+
+    pd.DataFrame(records).to_csv(tmp_path / "a.csv", index=False)
+    pd.DataFrame(records).to_csv(tmp_path / "a.tsv", index=False, sep="\t")
+    pd.DataFrame(records).to_parquet(tmp_path / "a.parquet")
+    for name in ("a.jsonl", "a.json", "cols.json", "a.csv", "a.tsv", "a.parquet"):
+        rows = read_rows(tmp_path / name)
+        assert [r.fields["output"] for r in rows] == ["Hi!", "3\nDone."], name
+        assert detect_format(rows) == "alpaca"
+    (tmp_path / "a.txt").write_text("first document\n\nsecond document\n")
+    assert [r.fields["text"] for r in read_rows(tmp_path / "a.txt")] == ["first document", "second document"]
+
+
+def test_malformed_jsonl_line_is_named_with_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "ok"}\n{"text": "ok"}\n{"text": broken}\n')
+    with pytest.raises(DataError, match=r"bad\.jsonl:3: not valid JSON"):
+        read_rows(path)
+
+
+def test_bad_inputs_get_named_errors(tmp_path):
+    with pytest.raises(DataError, match="Dataset not found"):
+        read_rows(tmp_path / "missing.jsonl")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(DataError, match="holds no rows"):
+        read_rows(tmp_path / "empty.jsonl")
+    (tmp_path / "latin1.jsonl").write_bytes('{"text": "caf\xe9"}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8"):
+        read_rows(tmp_path / "latin1.jsonl")
+    (tmp_path / "list.jsonl").write_text("[1, 2]\n")
+    with pytest.raises(DataError, match=r"list\.jsonl:1: each line must be a JSON object"):
+        read_rows(tmp_path / "list.jsonl")
+    (tmp_path / "odd.json").write_text('"just a string"')
+    with pytest.raises(DataError, match="expected a list of objects"):
+        read_rows(tmp_path / "odd.json")
+    (tmp_path / "x.xlsx").write_text("")
+    with pytest.raises(DataError, match="unsupported file type"):
+        read_rows(tmp_path / "x.xlsx")
+
+
+def test_formats_become_conversations(tmp_path):
+    path = tmp_path / "chat.jsonl"
+    rows = [
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                      {"role": "assistant", "content": "Hello."}]},
+        {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]},
+        {"prompt": "2+2=", "completion": "4"},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    read = read_rows(path)
+    assert detect_format(read) == "messages"
+    assert to_messages(read[0], "messages")[0] == {"role": "system", "content": "Be brief."}
+    assert to_messages(read[1], "sharegpt") == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    assert to_messages(read[2], "prompt_completion")[1]["content"] == "4"
+
+
+def test_bad_rows_name_their_place(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"instruction": "x"}\n{"messages": [{"role": "wizard", "content": "hi"}]}\n')
+    first, second = read_rows(path)
+    with pytest.raises(DataError, match=r"rows\.jsonl:1: missing column 'output'"):
+        to_messages(first, "alpaca")
+    with pytest.raises(DataError, match=r"rows\.jsonl:2: turn 0 has unknown role 'wizard'"):
+        to_messages(second, "messages")
+    with pytest.raises(DataError, match="cannot tell the format"):
+        detect_format([type(first)({"question": "?"}, "rows.jsonl:1")])

@@ -1,0 +1,73 @@
+"""Real exports: merged weights, GGUF through llama.cpp's converter and quantizer, verified in llama-cpp-python."""
+
+import json
+
+import pytest
+
+from studio.errors import DiskSpaceError
+from studio.export import export_run
+from studio.gguf_tools import tensor_type_counts
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run):
+    return export_run(trained_run, gguf_types=("f16", "q8_0", "q4_k_m"),
+                      formats=("adapter", "merged_16bit", "merged_4bit"))
+
+
+def test_every_gguf_passes_its_report_card(exported):
+    assert exported.passed and len(exported.reports) == 3
+    for report in exported.reports:
+        statuses = {c.name: c.status for c in report.checks}
+        assert statuses == {"loads": "pass", "tensor types": "pass", "chat template": "pass", "eos": "pass",
+                            "tokenizer": "pass", "greedy": "pass"}, report.summary()
+        saved = json.loads(open(report.path.replace(".gguf", ".report.json")).read())
+        assert saved["passed"] is True
+
+
+def test_f16_greedy_output_equals_the_hf_models(exported):
+    f16 = next(r for r in exported.reports if r.gguf_type == "f16")
+    for sample in f16.samples:
+        assert sample["gguf"] == sample["hf"] and sample["matching_tokens"] == sample["of"]
+
+
+def test_files_hold_the_types_asked_for(exported):
+    out = exported.out_dir
+    assert set(tensor_type_counts(out / "tiny-q4_k_m.gguf")) <= {"Q4_K", "Q6_K", "F32"}
+    assert set(tensor_type_counts(out / "tiny-q8_0.gguf")) == {"Q8_0", "F32"}
+    assert set(tensor_type_counts(out / "tiny-f16.gguf")) == {"F16", "F32"}
+    assert (out / "tiny-q4_k_m.Modelfile").read_text().startswith("FROM ./tiny-q4_k_m.gguf")
+    assert not (out / ".work").exists() and not list(out.glob("*.part"))
+
+
+def test_merged_exports_load_and_hold_the_template(exported, trained_run):
+    from studio.config import ModelConfig
+    from studio.models import load_model
+
+    out = exported.out_dir
+    model, tokenizer = load_model(ModelConfig(name_or_path=str(out / "tiny-merged-16bit")))
+    assert tokenizer.chat_template == (trained_run / "template.jinja").read_text()
+    model4, _ = load_model(ModelConfig(name_or_path=str(out / "tiny-merged-4bit")))
+    assert type(model4.model.layers[0].mlp.up_proj).__name__ == "Linear4bit"
+    assert (out / "tiny-adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_qwen2_model_template_converts_and_verifies(tiny_qwen, tmp_path):
+    from conftest import tiny_config, train_tiny
+
+    run = train_tiny(tiny_config(tiny_qwen, tmp_path, "train.max_steps=2")).run_dir
+    result = export_run(run, gguf_types=("f16",))
+    assert result.passed, result.reports[0].summary()
+
+
+def test_disk_preflight_refuses_before_writing(trained_run, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 1000))
+    before = set((trained_run / "exports").glob("*")) if (trained_run / "exports").exists() else set()
+    with pytest.raises(DiskSpaceError, match=r"need about .* GiB, .* GiB is free"):
+        export_run(trained_run, gguf_types=("q6_k",))
+    after = set((trained_run / "exports").glob("*"))
+    assert after == before, "nothing is written when the exports cannot fit"

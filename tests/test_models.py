@@ -1,0 +1,47 @@
+import pytest
+
+from studio.config import ModelConfig
+from studio.errors import ModelLoadError
+from studio.models import load_model, resolve_source
+
+
+def test_missing_model_paths_are_named(tmp_path):
+    with pytest.raises(ModelLoadError, match="Model not found: ./nowhere"):
+        resolve_source("./nowhere")
+    with pytest.raises(ModelLoadError, match="GGUF file not found"):
+        resolve_source(str(tmp_path / "model.gguf"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="has no config.json"):
+        resolve_source(str(tmp_path / "empty"))
+    with pytest.raises(ModelLoadError, match="No model chosen"):
+        resolve_source("")
+
+
+def test_hub_id_offline_gives_a_clear_error():
+    with pytest.raises(ModelLoadError, match="hub is not reachable"):
+        load_model(ModelConfig(name_or_path="nobody/no-such-model"))
+
+
+@pytest.mark.parametrize("load_in", ["16bit", "8bit", "4bit"])
+def test_loads_in_each_precision(tiny_llama, load_in):
+    model, tokenizer = load_model(ModelConfig(name_or_path=str(tiny_llama), load_in=load_in))
+    linear = model.model.layers[0].self_attn.q_proj
+    expected = {"16bit": "Linear", "8bit": "Linear8bitLt", "4bit": "Linear4bit"}[load_in]
+    assert type(linear).__name__ == expected
+    assert tokenizer.pad_token is not None
+
+
+def test_gguf_model_is_dequantized_once_and_cached(trained_run, tmp_path):
+    """A .gguf file loads through transformers; the second load reuses the cached folder."""
+    from studio.export import export_run
+    from studio.models import dequantized_folder
+
+    result = export_run(trained_run, gguf_types=("f16",))
+    gguf = next(p for p in result.files if p.suffix == ".gguf")
+    model, tokenizer = load_model(ModelConfig(name_or_path=str(gguf)))
+    folder = dequantized_folder(gguf)
+    assert (folder / "config.json").is_file()
+    mtime = folder.stat().st_mtime
+    load_model(ModelConfig(name_or_path=str(gguf)))
+    assert dequantized_folder(gguf).stat().st_mtime == mtime
+    assert model.config.vocab_size == len(tokenizer)

@@ -1,0 +1,89 @@
+"""Real training through TRL on tiny models: weights change, events are written, stop and resume work."""
+
+import json
+import threading
+
+import pytest
+from conftest import tiny_config, train_tiny
+
+from studio.errors import ConfigError, DataError
+from studio.events import read_events
+from studio.runs import latest_checkpoint, read_status
+
+
+def adapter_tensors(run_dir):
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "adapter" / "adapter_model.safetensors")
+
+
+def test_lora_run_changes_the_adapter_and_writes_events(trained_run):
+    tensors = adapter_tensors(trained_run)
+    lora_b = [t for name, t in tensors.items() if "lora_B" in name]
+    assert lora_b and all(t.abs().sum() > 0 for t in lora_b), "lora_B starts at zero; training must move it"
+
+    events = read_events(trained_run / "events.jsonl")
+    logs = [e for e in events if e.kind == "log"]
+    assert [e.step for e in logs] == list(range(1, 11))
+    for e in logs:
+        assert e.loss > 0 and e.learning_rate is not None and e.grad_norm is not None
+        assert e.tokens_per_second > 0 and e.elapsed_s >= 0 and e.eta_s is not None and e.epoch > 0
+        assert e.memory["process_rss"] > 0 and e.memory["ram_total"] > 0
+    assert logs[-1].loss < logs[0].loss
+    assert events[-1].kind == "end" and events[-1].extra["state"] == "completed"
+
+    assert read_status(trained_run)["state"] == "completed"
+    assert (trained_run / "config.yaml").is_file() and (trained_run / "template.jinja").is_file()
+    assert latest_checkpoint(trained_run).name == "checkpoint-10"
+    saved_template = json.loads((trained_run / "adapter" / "tokenizer_config.json").read_text()).get("chat_template")
+    assert saved_template is None or saved_template == (trained_run / "template.jinja").read_text()
+
+
+def test_stop_saves_a_checkpoint_and_resume_continues_from_it(tiny_llama, tmp_path):
+    from studio.events import JsonlSink, fan_out
+    from studio.train import run_training
+
+    stop = threading.Event()
+
+    def stop_at_step_3(event):
+        if event.kind == "log" and event.step == 3:
+            stop.set()
+
+    result = train_tiny(tiny_config(tiny_llama, tmp_path, "train.save_steps=100"), stop=stop, sink=stop_at_step_3)
+    run_dir = result.run_dir
+    assert (result.state, result.step) == ("stopped", 3)
+    assert read_status(run_dir)["state"] == "stopped"
+    assert latest_checkpoint(run_dir).name == "checkpoint-3"
+    assert (run_dir / "adapter").is_dir(), "a stopped run keeps what it learned so far"
+
+    resumed = run_training(run_dir, JsonlSink(run_dir / "events.jsonl"), threading.Event(), resume=True)
+    assert (resumed.state, resumed.step) == ("completed", 10)
+    logs = [e for e in read_events(run_dir / "events.jsonl") if e.kind == "log"]
+    assert [e.step for e in logs] == list(range(1, 11)), "resume continues at step 4, it does not start over"
+    optimizer_state = latest_checkpoint(run_dir) / "optimizer.pt"
+    assert optimizer_state.is_file()
+
+
+def test_full_finetuning_trains_all_weights(tiny_llama, tmp_path):
+    result = train_tiny(tiny_config(tiny_llama, tmp_path, "lora.enabled=false", "train.max_steps=2",
+                                    "train.learning_rate=1e-4"))
+    assert (result.run_dir / "model" / "model.safetensors").is_file()
+    assert not (result.run_dir / "adapter").exists()
+
+
+def test_qlora_on_a_4bit_base_trains_on_cpu(tiny_llama, tmp_path):
+    result = train_tiny(tiny_config(tiny_llama, tmp_path, "model.load_in=4bit", "train.max_steps=2"))
+    assert result.state == "completed" and (result.run_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_bad_inputs_fail_with_named_errors_and_a_failed_status(tiny_llama, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": \n')
+    with pytest.raises(DataError, match=r"bad\.jsonl:2"):
+        train_tiny(tiny_config(tiny_llama, tmp_path, f"data.path={bad}"))
+    with pytest.raises(ConfigError, match="no module named wq_proj"):
+        train_tiny(tiny_config(tiny_llama, tmp_path, "lora.target_modules=[wq_proj]"))
+    with pytest.raises(ConfigError, match="Full fine-tuning needs 16-bit weights"):
+        train_tiny(tiny_config(tiny_llama, tmp_path, "lora.enabled=false", "model.load_in=4bit"))
+    states = {read_status(p.parent)["state"] for p in tmp_path.glob("*/config.yaml")}
+    assert states == {"failed"}
