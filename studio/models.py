@@ -152,13 +152,12 @@ def load_model(cfg: ModelConfig):
     from transformers import AutoModelForCausalLM
 
     source = hf_folder(cfg.name_or_path)
+    options = {"dtype": resolve_dtype(cfg.dtype), "device_map": {"": 0} if has_cuda() else None}
+    quantization = quantization_config(cfg)
+    if quantization is not None:  # an explicit None would also drop a checkpoint's own (saved 4-bit) settings
+        options["quantization_config"] = quantization
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            source,
-            dtype=resolve_dtype(cfg.dtype),
-            quantization_config=quantization_config(cfg),
-            device_map={"": 0} if has_cuda() else None,
-        )
+        model = AutoModelForCausalLM.from_pretrained(source, **options)
     except OSError as exc:
         hint = " The model hub is not reachable from here: use a local folder or .gguf file." if isinstance(source, str) else ""
         raise ModelLoadError(f"Cannot load {cfg.name_or_path}: {exc}.{hint}") from None

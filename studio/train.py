@@ -197,6 +197,9 @@ class ProgressCallback(TrainerCallback):
         self.last_tokens = state.num_input_tokens_seen
 
     def on_step_end(self, args, state, control, **kwargs):
+        return self._stop_if_asked(control)
+
+    def _stop_if_asked(self, control):
         if self.stop.is_set():
             # Save a checkpoint at this step, then leave the loop cleanly.
             control.should_save = True
@@ -229,6 +232,8 @@ class ProgressCallback(TrainerCallback):
             eta_s=eta,
             memory=self.probe.snapshot().to_dict(),
         ))
+        # A stop asked for while this step's numbers were shown still stops at this step.
+        return self._stop_if_asked(control)
 
     def on_save(self, args, state, control, **kwargs):
         self.sink(Event("checkpoint", message=f"Checkpoint saved at step {state.global_step}", step=state.global_step))

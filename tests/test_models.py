@@ -44,4 +44,9 @@ def test_gguf_model_is_dequantized_once_and_cached(trained_run, tmp_path):
     mtime = folder.stat().st_mtime
     load_model(ModelConfig(name_or_path=str(gguf)))
     assert dequantized_folder(gguf).stat().st_mtime == mtime
-    assert model.config.vocab_size == len(tokenizer)
+    from transformers import AutoTokenizer
+
+    original = AutoTokenizer.from_pretrained(trained_run / "adapter")
+    text = "What is the capital of Peru? Ünïcödé 🚀"
+    assert tokenizer(text)["input_ids"] == original(text)["input_ids"]
+    assert model.config.vocab_size == original.vocab_size

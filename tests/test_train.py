@@ -45,7 +45,7 @@ def test_stop_saves_a_checkpoint_and_resume_continues_from_it(tiny_llama, tmp_pa
 
     stop = threading.Event()
 
-    def stop_at_step_3(event):
+    def stop_at_step_3(event):  # as if the user pressed Stop while step 3's numbers were shown
         if event.kind == "log" and event.step == 3:
             stop.set()
 
