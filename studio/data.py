@@ -232,7 +232,16 @@ def _truncate(row: TokenizedRow, max_length: int) -> TokenizedRow:
 
 def to_hf_dataset(rows: list[TokenizedRow]):
     """A `datasets.Dataset` with input_ids and labels (-100 where masked): TRL trains on it as it is."""
-    from datasets import Dataset
+    import hashlib
 
-    labels = [[tok if on else -100 for tok, on in zip(r.input_ids, r.trained)] for r in rows]
-    return Dataset.from_dict({"input_ids": [r.input_ids for r in rows], "labels": labels})
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
+
+    columns = {
+        "input_ids": [r.input_ids for r in rows],
+        "labels": [[tok if on else -100 for tok, on in zip(r.input_ids, r.trained)] for r in rows],
+    }
+    # Name the data by its content ourselves: `datasets` would otherwise pickle the whole
+    # table to hash it, which is slow on big data and fails outright on some Python/pyarrow pairs.
+    digest = hashlib.sha256(repr(columns).encode()).hexdigest()[:16]
+    return Dataset(InMemoryTable.from_pydict(columns), fingerprint=digest)

@@ -98,7 +98,7 @@ def _run_template(run_dir: Path, cfg: RunConfig, tokenizer) -> Template:
 
 def _make_trainer(cfg: RunConfig, run_dir: Path, model, tokenizer, built, sink: Sink, stop: threading.Event):
     import torch
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig, SFTTrainer, pack_dataset
 
     t = cfg.train
     dtype = resolve_dtype(cfg.model.dtype)
@@ -134,12 +134,19 @@ def _make_trainer(cfg: RunConfig, run_dir: Path, model, tokenizer, built, sink: 
         disable_tqdm=True,
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
+        # Rows arrive tokenized, masked (labels) and cut to max_length by studio.data: the
+        # preview shows exactly what trains, and TRL has nothing left to redo.
+        dataset_kwargs={"skip_prepare_dataset": True},
     )
+    train_dataset, eval_dataset = to_hf_dataset(built.train), to_hf_dataset(built.eval) if has_eval else None
+    if t.packing:
+        # Best-fit packing keeps rows whole; the trainer then keeps them apart in attention.
+        train_dataset = pack_dataset(train_dataset, t.max_length, "bfd")
     trainer = SFTTrainer(
         model=model,
         args=args,
-        train_dataset=to_hf_dataset(built.train),
-        eval_dataset=to_hf_dataset(built.eval) if has_eval else None,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         callbacks=[ProgressCallback(sink, stop, MemoryProbe())],
     )
