@@ -1,6 +1,9 @@
-"""Write assets/sample_instructions.jsonl, the studio's built-in sample dataset.
+"""Write the studio's built-in sample datasets into assets/.
 
-A few hundred short Alpaca-format rows (instruction, input, output) in a
+sample_instructions.jsonl (Alpaca format) and sample_chat.jsonl (the same
+answers as two-turn OpenAI `messages` conversations).
+
+A few hundred short rows (instruction, input, output) in a
 consistent voice: one or two complete sentences, correct, then stop. A base
 model answers such prompts by rambling on; after a few minutes of LoRA on this
 data it answers briefly and in this style, which makes the effect of
@@ -180,10 +183,30 @@ def rows(rng: random.Random) -> list[dict]:
     return out
 
 
-if __name__ == "__main__":
-    target = Path(__file__).resolve().parent.parent / "assets" / "sample_instructions.jsonl"
-    data = rows(random.Random(7))
+SYSTEM_PROMPTS = ("You are a concise assistant.", "Answer in one or two sentences.", "You are a helpful tutor.")
+
+
+def conversations(instruction_rows: list[dict], rng: random.Random) -> list[dict]:
+    """The same answers as OpenAI-style `messages`: two user/assistant turns, sometimes a system turn."""
+    out = []
+    for first, second in zip(instruction_rows[0::2], instruction_rows[1::2]):
+        messages = [{"role": "system", "content": rng.choice(SYSTEM_PROMPTS)}] if rng.random() < 0.5 else []
+        for row in (first, second):
+            user = f"{row['instruction']}\n\n{row['input']}" if row["input"] else row["instruction"]
+            messages += [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
+        out.append({"messages": messages})
+    return out
+
+
+def write_jsonl(target: Path, records: list[dict]) -> None:
     with target.open("w", encoding="utf-8") as fh:
-        for row in data:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    print(f"wrote {len(data)} rows to {target}")
+        for record in records:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+    print(f"wrote {len(records)} rows to {target}")
+
+
+if __name__ == "__main__":
+    assets = Path(__file__).resolve().parent.parent / "assets"
+    instructions = rows(random.Random(7))
+    write_jsonl(assets / "sample_instructions.jsonl", instructions)
+    write_jsonl(assets / "sample_chat.jsonl", conversations(instructions, random.Random(11)))

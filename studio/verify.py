@@ -195,6 +195,8 @@ def _check_greedy(llm, hf_model, tokenizer, template: Template, gguf_type: str, 
     else:
         # Near-ties flip under rounding; a lossless type should still match exactly.
         status = "fail" if gguf_type in LOSSLESS_TYPES and first_agree < len(VERIFY_PROMPTS) else "warn"
+    if status == "warn":
+        detail += "; quantization changes some answers (q8_0 or q6_k stay closer to the trained model)"
     return Check("greedy", status, detail), samples
 
 

@@ -71,3 +71,31 @@ def test_disk_preflight_refuses_before_writing(trained_run, monkeypatch):
         export_run(trained_run, gguf_types=("q6_k",))
     after = set((trained_run / "exports").glob("*"))
     assert after == before, "nothing is written when the exports cannot fit"
+
+
+def test_bf16_and_other_k_quants_verify(trained_run):
+    result = export_run(trained_run, gguf_types=("bf16", "q5_k_m", "q6_k"))
+    assert [r.gguf_type for r in result.reports] == ["bf16", "q5_k_m", "q6_k"]
+    assert all(r.passed for r in result.reports), "\n".join(r.summary() for r in result.reports)
+
+
+def test_a_failed_conversion_leaves_nothing_that_looks_finished(tmp_path):
+    """llama.cpp cannot convert OPT: the error is named and no GGUF or temporary file is left behind."""
+    import torch
+    from conftest import tiny_config, train_tiny
+    from tiny import build_tokenizer
+    from transformers import OPTConfig, OPTForCausalLM
+
+    from studio.errors import ExportError
+
+    tokenizer = build_tokenizer("llama")
+    config = OPTConfig(vocab_size=len(tokenizer), hidden_size=64, ffn_dim=128, num_hidden_layers=1,
+                       num_attention_heads=2, word_embed_proj_dim=64, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    OPTForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp_path / "opt")
+    tokenizer.save_pretrained(tmp_path / "opt")
+    run = train_tiny(tiny_config(tmp_path / "opt", tmp_path / "runs", "train.max_steps=1",
+                                 "lora.target_modules=[q_proj,v_proj]")).run_dir
+    with pytest.raises(ExportError, match="llama.cpp failed while converting"):
+        export_run(run, gguf_types=("q4_k_m",))
+    leftovers = [p.name for p in (run / "exports").iterdir()]
+    assert leftovers == [], leftovers

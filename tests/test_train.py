@@ -2,6 +2,7 @@
 
 import json
 import threading
+from pathlib import Path
 
 import pytest
 from conftest import tiny_config, train_tiny
@@ -9,6 +10,8 @@ from conftest import tiny_config, train_tiny
 from studio.errors import ConfigError, DataError
 from studio.events import read_events
 from studio.runs import latest_checkpoint, read_status
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def adapter_tensors(run_dir):
@@ -87,3 +90,24 @@ def test_bad_inputs_fail_with_named_errors_and_a_failed_status(tiny_llama, tmp_p
         train_tiny(tiny_config(tiny_llama, tmp_path, "lora.enabled=false", "model.load_in=4bit"))
     states = {read_status(p.parent)["state"] for p in tmp_path.glob("*/config.yaml")}
     assert states == {"failed"}
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_recipe_trains_on_a_tiny_model(recipe, tiny_qwen, tmp_path):
+    """Each recipe as written, with only the model swapped for a tiny one and the run cut short."""
+    from studio.config import load_recipe
+    from studio.events import MemorySink
+    from studio.runs import create_run_dir
+    from studio.train import run_training
+
+    cfg = load_recipe(recipe, [f"model.name_or_path={tiny_qwen}", "train.max_steps=2", "data.max_samples=16",
+                               f"train.runs_dir={tmp_path}", "train.max_length=128"])
+    result = run_training(create_run_dir(cfg), MemorySink(), threading.Event())
+    assert result.state == "completed" and result.step == 2
+
+
+def test_eval_split_reports_eval_loss_and_packing_trains(tiny_llama, tmp_path):
+    result = train_tiny(tiny_config(tiny_llama, tmp_path, "data.eval_fraction=0.25", "train.eval_steps=5",
+                                    "train.packing=true", "train.max_steps=5"))
+    evals = [e for e in read_events(result.run_dir / "events.jsonl") if e.kind == "eval"]
+    assert evals and evals[0].step == 5 and evals[0].eval_loss > 0
