@@ -77,9 +77,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _quiet_libraries() -> None:
     """Our events report progress; the libraries' own bars and info logs would drown them."""
+    import warnings
+
     import datasets
     from transformers.utils import logging
 
+    warnings.filterwarnings("ignore", category=FutureWarning)  # deprecations inside the libraries
     datasets.disable_progress_bars()
     logging.set_verbosity_error()
     logging.disable_progress_bar()

@@ -1,0 +1,43 @@
+from studio.catalog import CATALOG, GEMMA_3_270M, LLAMA_3_1_8B, LLAMA_3_2_1B
+from studio.config import RunConfig, apply_overrides
+from studio.fit import advice, estimate_fit, lora_parameters, parameter_counts, shape_of
+
+
+def test_parameter_counts_match_the_published_sizes():
+    assert round(sum(parameter_counts(GEMMA_3_270M)) / 1e6) == 268
+    assert round(sum(parameter_counts(LLAMA_3_2_1B)) / 1e9, 2) == 1.24
+    assert round(sum(parameter_counts(LLAMA_3_1_8B)) / 1e9, 2) == 8.03
+
+
+def test_shape_read_from_a_local_config_counts_the_real_parameters(tiny_llama):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    shape = shape_of(str(tiny_llama))
+    matrices = sum(p.numel() for p in model.parameters() if p.dim() == 2)
+    assert sum(parameter_counts(shape)) == matrices
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    peft = get_peft_model(model, LoraConfig(r=8, target_modules=targets))
+    trainable = sum(p.numel() for p in peft.parameters() if p.requires_grad)
+    assert lora_parameters(shape, 8) == trainable
+    assert torch.is_tensor(next(model.parameters()))
+
+
+def test_verdicts_and_advice_name_the_numbers_and_the_fix():
+    cfg = apply_overrides(RunConfig(), ["model.load_in=16bit", "train.max_length=2048", "train.batch_size=2"])
+    big = estimate_fit(LLAMA_3_1_8B, cfg, available_gib=8.0, on_gpu=True)
+    assert big.verdict == "does not fit"
+    text = advice(LLAMA_3_1_8B, cfg, big, on_gpu=True)
+    assert text.startswith("Does not fit: needs ~") and "of 8.0 GiB GPU" in text and "4-bit loading (~" in text
+    four_bit = apply_overrides(cfg, ["model.load_in=4bit"])
+    four = estimate_fit(LLAMA_3_1_8B, four_bit, 8.0, True)
+    assert four.weights_gib < big.weights_gib * 0.4 and four.activations_gib == big.activations_gib
+    small = estimate_fit(GEMMA_3_270M, RunConfig(), available_gib=24.0, on_gpu=False)
+    assert small.verdict == "fits" and advice(GEMMA_3_270M, RunConfig(), small, False).startswith("Fits: needs ~")
+
+
+def test_catalog_marks_base_and_instruct_models():
+    assert {m.kind for m in CATALOG} == {"base", "instruct"}
+    assert CATALOG[0].source == "builtin:gemma-3-270m"
