@@ -29,10 +29,14 @@ class ChatSession:
     llm: object = None
 
     @classmethod
-    def open(cls, run: str | None, gguf: str | None = None, overrides: list[str] = ()) -> "ChatSession":
+    def open(cls, run: str | None, gguf: str | None = None, overrides: list[str] = (),
+             load_hf: bool = True) -> "ChatSession":
+        """A run's model (unless load_hf is False) and/or a GGUF file; a run brings its template."""
+        from transformers import AutoTokenizer
+
         from studio.chat import open_gguf
         from studio.models import load_trained
-        from studio.runs import find_run, load_run_config, read_template
+        from studio.runs import find_run, load_run_config, read_template, weights_dir
 
         if not run and not gguf:
             raise StudioError("Name a run to chat with, or a GGUF file with --gguf.")
@@ -42,20 +46,35 @@ class ChatSession:
         if run:
             session.run_dir = find_run(run)
             session.template = read_template(session.run_dir)
-            if not gguf:
+            if load_hf:
                 session.model, session.tokenizer = load_trained(session.run_dir, cfg.model)
                 session.model.eval()
-            else:
-                from studio.models import load_tokenizer
-
-                session.tokenizer = load_tokenizer(cfg.model.name_or_path)
+            else:  # only the tokenizer, to build prompts for the GGUF exactly as in training
+                session.tokenizer = AutoTokenizer.from_pretrained(weights_dir(session.run_dir))
         if gguf:
             session.llm = open_gguf(Path(gguf))
         return session
 
+    @classmethod
+    def open_model(cls, name_or_path: str, generation: GenerationConfig) -> "ChatSession":
+        """Any model on its own (a chat/instruct model to compare with): HF folder or GGUF file."""
+        from studio.chat import open_gguf
+        from studio.config import ModelConfig
+        from studio.models import load_model
+        from studio.templates import resolve_template
+
+        session = cls(generation=generation)
+        if name_or_path.endswith(".gguf"):
+            session.llm = open_gguf(Path(name_or_path))  # its embedded chat template applies
+            return session
+        session.model, session.tokenizer = load_model(ModelConfig(name_or_path=name_or_path))
+        session.model.eval()
+        session.template = resolve_template("auto", session.tokenizer)
+        return session
+
     @property
     def default_mode(self) -> str:
-        return "gguf" if self.llm is not None else "tuned"
+        return "gguf" if self.model is None else "tuned"
 
     def describe(self) -> str:
         return str(self.run_dir or "") + (f" (GGUF)" if self.llm is not None else "")
@@ -66,7 +85,9 @@ class ChatSession:
         if mode == "gguf" or self.model is None:
             if self.llm is None:
                 raise StudioError("No GGUF file is loaded for chat.")
-            return stream_gguf_reply(self.llm, messages, self.generation, self.tokenizer, self.template, stop)
+            # A run's GGUF gets the prompt built exactly as in training; a loose GGUF uses its own template.
+            tokenizer, template = (self.tokenizer, self.template) if self.run_dir else (None, None)
+            return stream_gguf_reply(self.llm, messages, self.generation, tokenizer, template, stop)
         return stream_reply(self.model, self.tokenizer, self.template, messages, self.generation,
                             use_adapter=(mode != "base"), stop=stop)
 

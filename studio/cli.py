@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("run", nargs="?", help="Run folder or run name (omit with --gguf FILE alone).")
     chat.add_argument("--prompt", help="Answer this one prompt and exit (otherwise: interactive).")
     chat.add_argument("--base", action="store_true", help="Answer as the base model (adapter switched off).")
-    chat.add_argument("--compare", action="store_true", help="Answer as base and fine-tuned model, one after the other.")
+    chat.add_argument("--compare", action="store_true", help="Answer as base, fine-tuned (and GGUF) model, one after the other.")
     chat.add_argument("--gguf", help="Chat with this GGUF file through llama.cpp (with a run: its template).")
     chat.add_argument("overrides", nargs="*", default=[], help="Generation overrides, e.g. generation.max_new_tokens=64.")
 
@@ -153,9 +153,14 @@ def cmd_export(args) -> int:
 def cmd_chat(args) -> int:
     from studio.chat_session import ChatSession
 
-    session = ChatSession.open(args.run, args.gguf, args.overrides)
+    # With a GGUF alone, the run's HF model is not needed: its tokenizer and template suffice.
+    needs_hf = args.run and (not args.gguf or args.compare or args.base)
+    session = ChatSession.open(args.run, args.gguf, args.overrides, load_hf=bool(needs_hf))
     try:
-        modes = ["base", "tuned"] if args.compare else (["base"] if args.base else [session.default_mode])
+        if args.compare:
+            modes = ["base", "tuned"] * (session.model is not None) + ["gguf"] * (session.llm is not None)
+        else:
+            modes = ["base"] if args.base else ["gguf" if args.gguf else session.default_mode]
         if args.prompt:
             for mode in modes:
                 _print_reply(session, [{"role": "user", "content": args.prompt}], mode, label=args.compare)

@@ -179,6 +179,11 @@ def apply_overrides(cfg: RunConfig, overrides: typing.Sequence[str]) -> RunConfi
     return _build(RunConfig, data, prefix="", source="override")
 
 
+def replace_section(cfg: RunConfig, section: str, **changes: Any) -> RunConfig:
+    """A copy of `cfg` with some fields of one section changed (values already typed)."""
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
+
+
 def to_dict(cfg: Any) -> dict:
     """Plain nested data (tuples become lists) for YAML and JSON."""
     out = {}
@@ -190,6 +195,25 @@ def to_dict(cfg: Any) -> dict:
             value = list(value)
         out[f.name] = value
     return out
+
+
+def differences(cfg: RunConfig) -> dict:
+    """Only what differs from the defaults, nested: what a recipe needs to say."""
+    ours, defaults = to_dict(cfg), to_dict(RunConfig())
+    out: dict = {}
+    for section, value in ours.items():
+        if isinstance(value, dict):
+            changed = {k: v for k, v in value.items() if v != defaults[section][k]}
+            if changed:
+                out[section] = changed
+        elif value != defaults[section]:
+            out[section] = value
+    return out
+
+
+def recipe_text(cfg: RunConfig) -> str:
+    """A recipe holding only what differs from the defaults."""
+    return yaml.safe_dump(differences(cfg), sort_keys=False, allow_unicode=True)
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

@@ -11,7 +11,7 @@ without checkpointing), the loss over the vocabulary, and runtime overhead.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from studio.catalog import Shape, find
@@ -112,7 +112,13 @@ def shape_of(name_or_path: str) -> Shape | None:
     known = find(name_or_path)
     if known:
         return known.shape
-    config_file = Path(name_or_path) / "config.json"
+    path = Path(name_or_path)
+    if path.suffix == ".gguf":  # known once it has been loaded (and dequantized) one time
+        from studio.models import data_home
+
+        cached = sorted((data_home() / "cache" / "dequantized").glob(f"{path.stem}-*/config.json"))
+        path = cached[-1].parent if cached else path
+    config_file = path / "config.json"
     if not config_file.is_file():
         return None
     config = json.loads(config_file.read_text())
@@ -126,5 +132,10 @@ def shape_of(name_or_path: str) -> Shape | None:
     )
 
 
-def with_shape(shape: Shape, **changes) -> Shape:
-    return replace(shape, **changes)
+def check_fit(cfg: RunConfig, available_gib: float, on_gpu: bool) -> tuple[FitEstimate | None, str]:
+    """The estimate and its sentence, or None with the reason when the model's shape is unknown."""
+    shape = shape_of(cfg.model.name_or_path)
+    if shape is None:
+        return None, "Size unknown until the model is loaded (not in the catalog and not a local folder)."
+    est = estimate_fit(shape, cfg, available_gib, on_gpu)
+    return est, advice(shape, cfg, est, on_gpu)

@@ -1,0 +1,180 @@
+"""The one services object the studio builds at start and hands to every tab.
+
+It owns the GPU arbiter (one job at a time), the chat session, and the memory
+probe. Every method is a plain call on the headless core, so the UI and tests
+drive the same code:
+
+    studio = Studio(runs_dir="runs")
+    run_dir = studio.start_training(cfg)
+    studio.jobs.snapshot()
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from studio.config import RunConfig, replace_section
+from studio.errors import BusyError, StudioError
+from studio.events import JsonlSink, fan_out
+from studio.hardware import GIB, MemoryProbe, device_name, has_cuda
+from studio.jobs import JobRunner
+
+
+@dataclass
+class Studio:
+    runs_dir: Path = Path("runs")
+    jobs: JobRunner = field(default_factory=JobRunner)
+    probe: MemoryProbe = field(default_factory=MemoryProbe)
+    chats: dict = field(default_factory=dict)  # (run, gguf file or None) -> ChatSession
+    other_chat: object = None  # the chat/instruct model of the comparison pane
+    other_key: str | None = None
+
+    # ------------------------------------------------------------ hardware
+
+    def hardware(self) -> dict:
+        """Device name and the memory a run may use (GiB)."""
+        import torch
+
+        snap = self.probe.snapshot()
+        if has_cuda():
+            free, total = torch.cuda.mem_get_info()
+            return {"device": device_name(), "gpu": True, "available_gib": free / GIB, "total_gib": total / GIB,
+                    "ram_total_gib": snap.ram_total}
+        return {"device": "CPU only", "gpu": False, "available_gib": snap.ram_total - snap.ram_used,
+                "total_gib": snap.ram_total, "ram_total_gib": snap.ram_total}
+
+    def describe_model(self, name_or_path: str) -> str:
+        """A short description of a model from its config and tokenizer (weights are not loaded)."""
+        from transformers import AutoConfig
+
+        from studio.fit import parameter_counts, shape_of
+        from studio.models import hf_folder, load_tokenizer
+
+        source = hf_folder(name_or_path)
+        config = AutoConfig.from_pretrained(source)
+        tokenizer = load_tokenizer(name_or_path)
+        shape = shape_of(str(source)) or shape_of(name_or_path)
+        size = f"{sum(parameter_counts(shape)) / 1e6:,.0f}M parameters · " if shape else ""
+        template = "its own chat template" if tokenizer.chat_template else "no chat template (a base model: Alpaca is used)"
+        return (f"**Ready**: {config.architectures[0] if config.architectures else config.model_type} · {size}"
+                f"vocabulary {len(tokenizer):,} · {template}")
+
+    def preview_data(self, cfg: RunConfig, row: int):
+        """The Data tab's preview of `cfg.data` with the model's tokenizer and the chosen template."""
+        from studio.models import load_tokenizer
+        from studio.preview import preview_dataset
+        from studio.templates import resolve_template
+
+        tokenizer = load_tokenizer(cfg.model.name_or_path)
+        template = resolve_template(cfg.data.template, tokenizer)
+        return preview_dataset(cfg.data, tokenizer, template, cfg.train.max_length, row)
+
+    def list_runs(self) -> list[Path]:
+        from studio.runs import list_runs
+
+        return list_runs(self.runs_dir)
+
+    def find_run(self, run: str) -> Path:
+        from studio.runs import find_run
+
+        return find_run(run, self.runs_dir)
+
+    def save_recipe(self, cfg: RunConfig, folder: str = "my_recipes") -> Path:
+        from studio.config import recipe_text
+
+        path = Path(folder) / f"{cfg.name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"# Saved from the studio.\n# Run: python launch.py train {path}\n{recipe_text(cfg)}", encoding="utf-8")
+        return path
+
+    # ------------------------------------------------------------ jobs
+
+    def start_training(self, cfg: RunConfig) -> Path:
+        """Create the run folder and train in the background (frees the chat model first)."""
+        from studio.runs import create_run_dir
+        from studio.train import run_training
+
+        self._refuse_if_busy()
+        self.close_chat()
+        cfg = replace_section(cfg, "train", runs_dir=str(self.runs_dir))
+        run_dir = create_run_dir(cfg)
+        log = JsonlSink(run_dir / "events.jsonl")
+        self.jobs.start("train", run_dir.name, lambda sink, stop: run_training(run_dir, fan_out(log, sink), stop))
+        return run_dir
+
+    def resume_training(self, run_dir: Path) -> None:
+        from studio.train import run_training
+
+        self._refuse_if_busy()
+        self.close_chat()
+        log = JsonlSink(run_dir / "events.jsonl")
+        self.jobs.start("train", run_dir.name,
+                        lambda sink, stop: run_training(run_dir, fan_out(log, sink), stop, resume=True))
+
+    def start_export(self, run_dir: Path, gguf_types: tuple, formats: tuple) -> None:
+        from studio.export import export_run
+        from studio.runs import load_run_config
+
+        self._refuse_if_busy()
+        self.close_chat()
+        tokens = load_run_config(run_dir).export.verify_tokens
+        self.jobs.start("export", run_dir.name,
+                        lambda sink, stop: export_run(run_dir, gguf_types, formats, sink, tokens))
+
+    def _refuse_if_busy(self) -> None:
+        if self.jobs.busy:
+            snap = self.jobs.snapshot()
+            raise BusyError(f"Busy: a {snap.kind} job ({snap.name}) is running. Wait for it or stop it first.")
+
+    # ------------------------------------------------------------ chat
+
+    def open_chat(self, run: str | None, gguf: str | None):
+        """A run's model (gguf None) or a GGUF file, loaded once and reused until training or export."""
+        from studio.chat_session import ChatSession
+
+        key = (run, gguf)
+        if key not in self.chats:
+            self.chats[key] = ChatSession.open(run, gguf, load_hf=gguf is None)
+        return self.chats[key]
+
+    def stream_pane(self, mode: str, run: str | None, gguf: str | None, other: str | None,
+                    messages: list[dict], overrides: list[str], stop=None) -> Iterator[str]:
+        """One chat pane: "base" / "tuned" (the run's weights, adapter off / on), "gguf", or "other" (any model)."""
+        from studio.chat_session import ChatSession
+        from studio.config import apply_overrides
+
+        self._refuse_if_busy()
+        if mode == "other":
+            if not other:
+                raise StudioError("Type the folder or .gguf file of a chat model for this pane.")
+            if self.other_chat is None or self.other_key != other:
+                self._close_other()
+                self.other_chat, self.other_key = ChatSession.open_model(other, RunConfig().generation), other
+            session = self.other_chat
+        elif mode == "gguf":
+            if not gguf:
+                raise StudioError("Choose an exported GGUF file for this pane (Export tab, or the GGUF list).")
+            session = self.open_chat(run, gguf)
+        else:
+            if not run:
+                raise StudioError("Choose a trained run for this pane.")
+            session = self.open_chat(run, None)
+        session.generation = apply_overrides(RunConfig(generation=session.generation), overrides).generation
+        yield from session.stream(messages, session.default_mode if mode == "other" else mode, stop)
+
+    def list_ggufs(self) -> list[str]:
+        return sorted(str(p) for p in self.runs_dir.glob("*/exports/*.gguf"))
+
+    def _close_other(self) -> None:
+        if self.other_chat is not None:
+            self.other_chat.close()
+        self.other_chat, self.other_key = None, None
+
+    def close_chat(self) -> None:
+        """Free every chat model (training and export need the memory)."""
+        for session in self.chats.values():
+            session.close()
+        self.chats.clear()
+        self._close_other()

@@ -1,0 +1,1 @@
+"""The Gradio skin over the headless core: one module per tab. The only package that imports gradio."""

@@ -1,0 +1,54 @@
+"""The studio: five tabs over the headless core, served on 127.0.0.1.
+
+    studio = Studio(runs_dir=Path("runs"))
+    app = build_app(studio)          # no server yet (tests build it this way)
+    serve(studio, port=7860)         # python launch.py
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from studio.services import Studio
+from studio.ui import chat_tab, data_tab, export_tab, model_tab, train_tab
+
+ASSETS = Path(__file__).resolve().parent.parent.parent / "assets"
+
+
+def build_app(studio: Studio) -> gr.Blocks:
+    form: dict = {}
+    with gr.Blocks(title="Fine-tuning studio") as app:
+        gr.Markdown("## Fine-tuning studio\nModel → Data → Train → Chat → Export: a verified GGUF at the end.",
+                    elem_id="header")
+        with gr.Tabs() as tabs:
+            with gr.Tab("Model", id="model"):
+                model = model_tab.build(studio, form)
+            with gr.Tab("Data", id="data"):
+                data = data_tab.build(studio, form)
+            with gr.Tab("Train", id="train"):
+                train = train_tab.build(studio, form)
+            with gr.Tab("Chat", id="chat"):
+                chat = chat_tab.build(studio, form)
+            with gr.Tab("Export", id="export"):
+                export = export_tab.build(studio, form)
+        # Wired once every tab exists: handlers read the whole run form across tabs.
+        model_tab.wire(studio, form, model)
+        data_tab.wire(studio, form, data)
+        train_tab.wire(studio, form, train)
+        chat_tab.wire(studio, form, chat)
+        export_tab.wire(studio, form, export, chat, tabs)
+        app.load(model["fit_event"], list(form.values()), model["fit"], api_visibility="private")
+        app.load(chat["refresh"], None, [chat["run"], chat["gguf"]], api_name="chat_sources")
+    return app
+
+
+def serve(studio: Studio, host: str = "127.0.0.1", port: int = 7860, block: bool = True) -> gr.Blocks:
+    """Build and launch; returns the app (with `block=False` the call returns at once, for tests)."""
+    app = build_app(studio)
+    app.queue(default_concurrency_limit=4)
+    app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=not block,
+               theme=gr.themes.Soft(primary_hue="emerald", neutral_hue="slate"),
+               css_paths=[ASSETS / "studio.css"], inbrowser=False)
+    return app

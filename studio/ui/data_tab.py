@@ -1,0 +1,75 @@
+"""Data tab: load a file, see its format, the rendered row token by token, and the length histogram."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from studio.errors import StudioError
+from studio.ui.form import config_from_form, named
+
+SAMPLE = "assets/sample_instructions.jsonl"
+TOKEN_COLOURS = {"trained": "#16a34a", "masked": "#9ca3af", "special": "#7c3aed"}
+
+
+def build(studio, form: dict) -> dict:
+    with gr.Row():
+        with gr.Column(scale=2):
+            form["data.path"] = gr.Textbox(SAMPLE, label="Dataset file", info="jsonl, json, csv, tsv, parquet or txt")
+            upload = gr.File(label="…or upload a file", file_types=[".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt"])
+            with gr.Row():
+                form["data.format"] = gr.Dropdown(["auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text"],
+                                                  value="auto", label="Format")
+                form["data.template"] = gr.Dropdown(["auto", "model", "alpaca", "chatml", "plain"], value="auto",
+                                                    label="Prompt template")
+            form["data.train_on"] = gr.Radio(["responses", "all"], value="responses", label="Train on")
+            with gr.Row():
+                form["data.max_samples"] = gr.Number(0, precision=0, label="Max rows (0: all)")
+                form["data.eval_fraction"] = gr.Number(0.0, label="Eval fraction", minimum=0, maximum=0.5)
+            with gr.Row():
+                row = gr.Number(0, precision=0, label="Row to show", minimum=0)
+                preview = gr.Button("Preview", variant="primary")
+        with gr.Column(scale=3):
+            summary = gr.Markdown(elem_id="data-summary")
+            tokens = gr.HighlightedText(label="What the model sees (green: trained, grey: masked, purple: special)",
+                                        color_map=TOKEN_COLOURS, show_legend=True, combine_adjacent=False,
+                                        elem_id="token-preview")
+            histogram = gr.BarPlot(x="tokens", y="rows", color="fits", title="Token length per row",
+                                   x_title="tokens (bins)", y_title="rows", height=260, elem_id="length-histogram")
+    return {"upload": upload, "row": row, "preview": preview, "summary": summary, "tokens": tokens,
+            "histogram": histogram}
+
+
+def wire(studio, form: dict, refs: dict) -> None:
+    keys, inputs = list(form), list(form.values())
+
+    def show(row: int, *values):
+        """Inputs: row number and the run form. Outputs: summary, token highlights, histogram."""
+        try:
+            p = studio.preview_data(config_from_form(keys, values), int(row or 0))
+        except StudioError as exc:
+            return f"⚠️ {exc}", None, None
+        return _summary(p), _highlights(p), _histogram(p)
+
+    named(show, keys, ("row",))
+    refs["upload"].upload(lambda f: f, refs["upload"], form["data.path"], api_visibility="private")
+    refs["preview"].click(show, [refs["row"], *inputs], [refs["summary"], refs["tokens"], refs["histogram"]],
+                          api_name="preview_data")
+
+
+def _summary(p) -> str:
+    cut = f"⚠️ **{p.cut} rows** longer than max length {p.max_length} would be cut" if p.cut else \
+        f"no row is longer than max length {p.max_length}"
+    return (f"**{p.rows} rows** · format **{p.format}** · template **{p.template}** · columns {', '.join(p.columns)}\n\n"
+            f"Row {p.row}: {len(p.tokens)} tokens, {p.trained_tokens} trained · {cut}")
+
+
+def _highlights(p) -> list[tuple[str, str]]:
+    return [(piece, "special" if special else ("trained" if trained else "masked")) for piece, trained, special in p.tokens]
+
+
+def _histogram(p) -> pd.DataFrame:
+    width = max(8, (max(p.lengths) // 20) or 1)
+    frame = pd.DataFrame({"tokens": [(n // width) * width for n in p.lengths]})
+    frame["fits"] = ["cut" if n > p.max_length else f"≤ {p.max_length}" for n in p.lengths]
+    return frame.groupby(["tokens", "fits"]).size().reset_index(name="rows")

@@ -1,0 +1,96 @@
+"""Export tab: adapter, merged weights and GGUF files, each GGUF with its report card."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import gradio as gr
+
+from studio.errors import StudioError
+from studio.hardware import GIB
+
+GGUF_TYPES = ["f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k"]
+STATUS_ICON = {"pass": "✅", "warn": "🟡", "fail": "⛔"}
+
+
+def build(studio, form: dict) -> dict:
+    with gr.Row():
+        with gr.Column(scale=2):
+            run = gr.Dropdown([], label="Run", allow_custom_value=True, elem_id="export-run")
+            formats = gr.CheckboxGroup(["adapter", "merged_16bit", "merged_4bit"], value=[], label="Weights")
+            gguf = gr.CheckboxGroup(GGUF_TYPES, value=["q4_k_m"], label="GGUF types", elem_id="export-gguf")
+            disk = gr.Markdown(_disk_text(studio.runs_dir))
+            start = gr.Button("Export", variant="primary", elem_id="export-start")
+            notice = gr.Markdown(elem_id="export-notice")
+        with gr.Column(scale=3):
+            status = gr.Markdown("No export yet.", elem_id="export-status")
+            cards = gr.Markdown(elem_id="report-cards")
+            files = gr.Markdown(elem_id="export-files")
+            modelfile = gr.Code(label="Ollama Modelfile", language=None, elem_id="modelfile")
+            open_chat = gr.Button("Open the GGUF in Chat", elem_id="open-in-chat")
+    return {"run": run, "formats": formats, "gguf": gguf, "disk": disk, "start": start, "notice": notice,
+            "status": status, "cards": cards, "files": files, "modelfile": modelfile, "open_chat": open_chat,
+            "timer": gr.Timer(1.0)}
+
+
+def wire(studio, form: dict, refs: dict, chat_refs: dict, tabs) -> None:
+    def start(run: str, formats: list[str], gguf: list[str]):
+        """Inputs: run, weight formats, GGUF types. Outputs: notice."""
+        try:
+            studio.start_export(studio.find_run(run), tuple(gguf), tuple(formats))
+        except StudioError as exc:
+            return f"⚠️ {exc}"
+        return f"Exporting **{run}**…"
+
+    def poll():
+        """Inputs: none (job snapshot). Outputs: status, report cards, files, Modelfile, run choices."""
+        snap = studio.jobs.snapshot()
+        runs = gr.update(choices=[str(p) for p in studio.list_runs()])
+        return (*export_view(snap), runs)
+
+    def open_in_chat(run: str):
+        """Inputs: run. Outputs: chat run, chat GGUF, the Chat tab selected."""
+        ggufs = [g for g in studio.list_ggufs() if run and g.startswith(str(Path(run)))]
+        choice = ggufs[-1] if ggufs else None
+        return gr.update(value=run), gr.update(choices=studio.list_ggufs(), value=choice), gr.Tabs(selected="chat")
+
+    refs["start"].click(start, [refs["run"], refs["formats"], refs["gguf"]], refs["notice"], api_name="export")
+    refs["timer"].tick(poll, None, [refs["status"], refs["cards"], refs["files"], refs["modelfile"], refs["run"]],
+                       api_name="export_snapshot", show_progress="hidden")
+    refs["open_chat"].click(open_in_chat, refs["run"], [chat_refs["run"], chat_refs["gguf"], tabs],
+                            api_name="open_in_chat")
+
+
+def export_view(snap) -> tuple[str, str, str, str]:
+    if snap.kind != "export":
+        return "No export yet.", "", "", ""
+    stages = [e for e in snap.events if e.kind == "stage"]
+    reports = [e.extra["report"] for e in stages if "report" in e.extra]
+    head = {"running": "⏳ Exporting", "completed": "✅ Done", "failed": "⛔ Failed"}.get(snap.state, snap.state)
+    status = f"{head} **{snap.name}**"
+    if snap.state == "running" and stages:
+        status += f" · {stages[-1].message.splitlines()[0]}"
+    if snap.error:
+        status += f"\n\n⚠️ {snap.error}"
+    files = snap.result.files if snap.result is not None else []
+    listing = "\n".join(f"- `{p}`" for p in files)
+    modelfiles = [p for p in files if str(p).endswith(".Modelfile")]
+    return status, "\n\n".join(report_card(r) for r in reports), listing, \
+        (Path(modelfiles[-1]).read_text() if modelfiles else "")
+
+
+def report_card(report: dict) -> str:
+    verdict = "✅ PASSED" if report["passed"] else "⛔ FAILED (file not kept)"
+    rows = "\n".join(f"| {STATUS_ICON[c['status']]} {c['name']} | {c['detail']} |" for c in report["checks"])
+    samples = "\n".join(f"| {s['prompt']} | {s['hf']!r} | {s['gguf']!r} | {s['matching_tokens']}/{s['of']} |"
+                        for s in report.get("samples", []))
+    return (f"#### {Path(report['path']).name} · {verdict} · {report['size_bytes'] / 2**20:.1f} MiB\n\n"
+            f"| check | result |\n|---|---|\n{rows}\n\n"
+            f"| prompt | HF model | GGUF | same tokens |\n|---|---|---|---|\n{samples}")
+
+
+def _disk_text(folder: Path) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free / GIB
+    return f"Free disk in `{folder}`: **{free:.1f} GiB** (checked again before anything is written)"

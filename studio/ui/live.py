@@ -1,0 +1,81 @@
+"""Turn a job snapshot into what the Train and Export tabs show: text, a progress bar, plot frames."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from studio.events import Event
+
+EMPTY_CURVE = pd.DataFrame({"step": [], "value": [], "series": []})
+EMPTY_MEMORY = pd.DataFrame({"seconds": [], "GiB": [], "series": []})
+
+
+def progress_bar(step: int, total: int) -> str:
+    percent = 100 * step / total if total else 0
+    return (f'<div class="progress"><div class="progress-fill" style="width:{percent:.1f}%"></div>'
+            f'<span>{step}/{total or "?"} steps</span></div>')
+
+
+def training_view(snap) -> tuple:
+    """(status, progress html, loss frame, lr/grad frame, memory text, memory frame) for a snapshot."""
+    if snap.kind != "train":
+        return "No training yet.", progress_bar(0, 0), EMPTY_CURVE, EMPTY_CURVE, "", EMPTY_MEMORY
+    logs = [e for e in snap.events if e.kind == "log"]
+    evals = [e for e in snap.events if e.kind == "eval"]
+    last = logs[-1] if logs else None
+    return (_status(snap, last), progress_bar(last.step if last else 0, last.max_steps if last else 0),
+            _curves(logs, evals), _lr_grad(logs), _memory_text(last), _memory_frame(logs, snap.started_at))
+
+
+def _status(snap, last: Event | None) -> str:
+    head = {"running": "⏳ Training", "completed": "✅ Completed", "stopped": "⏸️ Stopped", "failed": "⛔ Failed"}
+    text = f"{head.get(snap.state, snap.state)} **{snap.name}**"
+    if last is not None:
+        text += f" · step {last.step}/{last.max_steps} · loss {last.loss:.4f}"
+        if last.tokens_per_second:
+            text += f" · {last.tokens_per_second:,.0f} tokens/s"
+        if snap.state == "running" and last.eta_s is not None:
+            text += f" · ETA {int(last.eta_s) // 60}m{int(last.eta_s) % 60:02d}s"
+    else:
+        stages = [e.message for e in snap.events if e.kind == "stage"]
+        text += f" · {stages[-1]}" if stages else ""
+    if snap.error:
+        text += f"\n\n⚠️ {snap.error}"
+    return text
+
+
+def _curves(logs: list[Event], evals: list[Event]) -> pd.DataFrame:
+    rows = [(e.step, e.loss, "loss") for e in logs] + [(e.step, e.eval_loss, "eval loss") for e in evals]
+    return pd.DataFrame(rows, columns=["step", "value", "series"]) if rows else EMPTY_CURVE
+
+
+def _lr_grad(logs: list[Event]) -> pd.DataFrame:
+    # Learning rate is scaled x1000 to share the axis with grad norm; the legend says so.
+    rows = [(e.step, e.learning_rate * 1000, "lr x1000") for e in logs if e.learning_rate is not None]
+    rows += [(e.step, e.grad_norm, "grad norm") for e in logs if e.grad_norm is not None]
+    return pd.DataFrame(rows, columns=["step", "value", "series"]) if rows else EMPTY_CURVE
+
+
+def _memory_text(last: Event | None) -> str:
+    if last is None or not last.memory:
+        return ""
+    m = last.memory
+    parts = []
+    if m.get("gpu_allocated") is not None:
+        parts.append(f"**GPU (torch)** allocated {m['gpu_allocated']:.2f} · reserved {m['gpu_reserved']:.2f} · "
+                     f"peak {m['gpu_peak']:.2f} GiB")
+    if m.get("gpu_total") is not None:
+        parts.append(f"**GPU (NVML)** used {m['gpu_used']:.2f} / {m['gpu_total']:.1f} GiB · "
+                     f"{m['gpu_util_percent']:.0f}% busy · {m['gpu_temp_c']:.0f} °C")
+    parts.append(f"**RAM** process {m['process_rss']:.2f} GiB · system {m['ram_used']:.1f} / {m['ram_total']:.1f} GiB")
+    return "  \n".join(parts)
+
+
+def _memory_frame(logs: list[Event], started: float | None) -> pd.DataFrame:
+    rows = []
+    for e in logs:
+        seconds = round(e.time - (started or e.time), 1)
+        if e.memory.get("gpu_allocated") is not None:
+            rows += [(seconds, e.memory["gpu_allocated"], "GPU allocated"), (seconds, e.memory["gpu_reserved"], "GPU reserved")]
+        rows.append((seconds, e.memory["process_rss"], "process RAM"))
+    return pd.DataFrame(rows, columns=["seconds", "GiB", "series"]) if rows else EMPTY_MEMORY

@@ -1,0 +1,73 @@
+"""Model tab: pick a model (catalog, hub id, local folder, GGUF), precision, hardware, fit estimate."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from studio.catalog import CATALOG
+from studio.errors import StudioError
+from studio.fit import check_fit
+from studio.ui.form import config_from_form, named
+
+CUSTOM = "Other: hub id, local folder or .gguf file"
+
+
+def build(studio, form: dict) -> dict:
+    hw = studio.hardware()
+    with gr.Row():
+        with gr.Column(scale=3):
+            choice = gr.Dropdown([m.name + (" · instruct" if m.kind == "instruct" else " · base") for m in CATALOG]
+                                 + [CUSTOM], value=_label(CATALOG[0]), label="Model")
+            form["model.name_or_path"] = gr.Textbox(CATALOG[0].source, label="Model path or hub id",
+                                                    info="A catalog pick fills this in; or type a folder, a .gguf file or a hub id.")
+            form["model.load_in"] = gr.Radio(["16bit", "8bit", "4bit"], value="16bit", label="Load weights in",
+                                             info="4bit (nf4) + LoRA is QLoRA: about a quarter of the memory.")
+            load = gr.Button("Check model", variant="secondary")
+        with gr.Column(scale=2):
+            gr.Markdown(f"**Hardware** · {hw['device']} · {hw['total_gib']:.1f} GiB "
+                        f"{'VRAM' if hw['gpu'] else 'RAM'}", elem_id="hardware")
+            fit = gr.Markdown(elem_id="fit-estimate")
+            info = gr.Markdown(elem_id="model-info")
+    return {"choice": choice, "load": load, "fit": fit, "info": info}
+
+
+def wire(studio, form: dict, refs: dict) -> None:
+    keys, inputs = list(form), list(form.values())
+
+    def pick(label: str):
+        """Inputs: catalog label. Outputs: the model path box."""
+        source = next((m.source for m in CATALOG if _label(m) == label), None)
+        return gr.update() if source is None else source
+
+    def estimate(*values):
+        """Inputs: the whole run form. Outputs: fit verdict markdown."""
+        try:
+            cfg = config_from_form(keys, values)
+        except StudioError as exc:
+            return f"⚠️ {exc}"
+        hw = studio.hardware()
+        est, sentence = check_fit(cfg, hw["available_gib"], hw["gpu"])
+        icon = {"fits": "✅", "tight": "🟡", "does not fit": "⛔"}.get(est.verdict if est else "", "❔")
+        parts = "" if est is None else (f"\n\nweights {est.weights_gib:.2f} · trainable+optimizer {est.trainable_gib:.2f} · "
+                                         f"activations {est.activations_gib:.2f} · overhead {est.overhead_gib:.1f} GiB")
+        return f"{icon} {sentence}{parts}"
+
+    def check(name_or_path: str, progress=gr.Progress()):
+        """Inputs: model path. Outputs: what the model is (loads config and tokenizer, not the weights)."""
+        progress(0.1, desc="Preparing the model files (first use of a GGUF dequantizes it once)")
+        try:
+            return studio.describe_model(name_or_path)
+        except StudioError as exc:
+            return f"⚠️ {exc}"
+
+    named(estimate, keys)
+    refs["choice"].change(pick, refs["choice"], form["model.name_or_path"], api_name="pick_model")
+    for key in ("model.name_or_path", "model.load_in", "lora.enabled", "lora.r", "train.batch_size",
+                "train.max_length", "train.gradient_checkpointing", "train.optimizer"):
+        form[key].change(estimate, inputs, refs["fit"], api_visibility="private")
+    refs["load"].click(check, form["model.name_or_path"], refs["info"], api_name="check_model")
+    refs["fit_event"] = estimate
+
+
+def _label(model) -> str:
+    return model.name + (" · instruct" if model.kind == "instruct" else " · base")

@@ -1,0 +1,141 @@
+"""Train tab: method and hyper-parameters, Start / Stop / Resume, live curves and memory.
+
+The page polls the job's snapshot every second (gr.Timer), so a reload simply
+re-attaches to whatever is running.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from studio.config import recipe_text
+from studio.errors import StudioError
+from studio.ui import live
+from studio.ui.form import config_from_form, named
+
+
+def build(studio, form: dict) -> dict:
+    with gr.Row():
+        with gr.Column(scale=2):
+            form["name"] = gr.Textbox("quickstart", label="Run name")
+            with gr.Row():
+                form["train.method"] = gr.Dropdown(["sft"], value="sft", label="Method")
+                form["lora.enabled"] = gr.Radio([("LoRA / QLoRA", True), ("Full fine-tuning", False)], value=True,
+                                                label="Train")
+            with gr.Row():
+                form["lora.r"] = gr.Number(16, precision=0, label="LoRA rank r")
+                form["lora.alpha"] = gr.Number(16, precision=0, label="LoRA alpha")
+            with gr.Row():
+                form["train.max_steps"] = gr.Number(60, precision=0, label="Max steps (0: epochs)")
+                form["train.batch_size"] = gr.Number(4, precision=0, label="Batch size")
+                form["train.grad_accum"] = gr.Number(1, precision=0, label="Grad accumulation")
+            with gr.Row():
+                form["train.learning_rate"] = gr.Number(3e-4, label="Learning rate")
+                form["train.max_length"] = gr.Number(256, precision=0, label="Max length")
+            with gr.Accordion("Advanced", open=False):
+                _advanced(form)
+            with gr.Row():
+                start = gr.Button("Start", variant="primary", elem_id="train-start")
+                stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
+            with gr.Row():
+                resume_run = gr.Dropdown([], label="Resume run", allow_custom_value=True, scale=3)
+                resume = gr.Button("Resume", scale=1)
+            with gr.Row():
+                show = gr.Button("Show command", size="sm")
+                save = gr.Button("Save recipe", size="sm")
+            notice = gr.Markdown(elem_id="train-notice")
+            command = gr.Code(label="Headless twin", language="yaml", visible=True, elem_id="train-command")
+        with gr.Column(scale=3):
+            status = gr.Markdown("No training yet.", elem_id="train-status")
+            progress = gr.HTML(live.progress_bar(0, 0), elem_id="train-progress")
+            with gr.Row():
+                loss = gr.LinePlot(x="step", y="value", color="series", title="Loss", height=240, elem_id="loss-plot")
+                lr = gr.LinePlot(x="step", y="value", color="series", title="Learning rate · grad norm", height=240)
+            memory = gr.Markdown(elem_id="memory-panel")
+            memory_plot = gr.LinePlot(x="seconds", y="GiB", color="series", title="Memory", height=200,
+                                      elem_id="memory-plot")
+    return {"start": start, "stop": stop, "resume_run": resume_run, "resume": resume, "show": show, "save": save,
+            "command": command, "notice": notice, "status": status, "progress": progress, "loss": loss, "lr": lr, "memory": memory,
+            "memory_plot": memory_plot, "timer": gr.Timer(1.0)}
+
+
+def _advanced(form: dict) -> None:
+    with gr.Row():
+        form["train.warmup_steps"] = gr.Number(5, precision=0, label="Warm-up steps")
+        form["train.scheduler"] = gr.Dropdown(["linear", "cosine", "constant", "constant_with_warmup"], value="linear",
+                                              label="Scheduler")
+        form["train.optimizer"] = gr.Dropdown(["auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "sgd"],
+                                              value="auto", label="Optimizer")
+    with gr.Row():
+        form["train.weight_decay"] = gr.Number(0.01, label="Weight decay")
+        form["train.seed"] = gr.Number(3407, precision=0, label="Seed")
+        form["lora.dropout"] = gr.Number(0.0, label="LoRA dropout")
+    with gr.Row():
+        form["train.packing"] = gr.Checkbox(False, label="Packing")
+        form["train.gradient_checkpointing"] = gr.Checkbox(False, label="Gradient checkpointing")
+        form["lora.use_rslora"] = gr.Checkbox(False, label="rsLoRA")
+        form["lora.use_dora"] = gr.Checkbox(False, label="DoRA")
+    with gr.Row():
+        form["train.save_steps"] = gr.Number(20, precision=0, label="Checkpoint every")
+        form["train.eval_steps"] = gr.Number(20, precision=0, label="Eval every")
+
+
+def wire(studio, form: dict, refs: dict) -> None:
+    keys, inputs = list(form), list(form.values())
+
+    def start(*values):
+        """Inputs: the run form. Outputs: status line (the timer shows the rest)."""
+        try:
+            run_dir = studio.start_training(config_from_form(keys, values))
+        except StudioError as exc:
+            return f"⚠️ {exc}"
+        return f"Started **{run_dir.name}**"
+
+    def stop():
+        """Inputs: none. Outputs: status line."""
+        studio.jobs.stop()
+        return "Stopping after the current step (a checkpoint is saved)…"
+
+    def resume(run: str):
+        """Inputs: a run folder. Outputs: status line."""
+        try:
+            studio.resume_training(studio.find_run(run))
+        except StudioError as exc:
+            return f"⚠️ {exc}"
+        return f"Resuming **{run}**"
+
+    def command(*values):
+        """Inputs: the run form. Outputs: the recipe and the command that runs it headless."""
+        try:
+            cfg = config_from_form(keys, values)
+        except StudioError as exc:
+            return f"# {exc}"
+        return f"# python launch.py train my_recipes/{cfg.name}.yaml\n{recipe_text(cfg)}"
+
+    def save(*values):
+        """Inputs: the run form. Outputs: where the recipe was written."""
+        try:
+            path = studio.save_recipe(config_from_form(keys, values))
+        except StudioError as exc:
+            return f"⚠️ {exc}"
+        return f"Saved **{path}** · run it with `python launch.py train {path}`"
+
+    def poll():
+        """Inputs: none (the job snapshot). Outputs: status, progress, loss, lr, memory text, memory plot, runs."""
+        snap = studio.jobs.snapshot()
+        runs = gr.update(choices=[str(p) for p in studio.list_runs()])
+        return (*live.training_view(snap), runs)
+
+    named(start, keys)
+    named(command, keys)
+    named(save, keys)
+    refs["start"].click(start, inputs, refs["notice"], api_name="start_training")
+    refs["stop"].click(stop, None, refs["notice"], api_name="stop_training")
+    refs["resume"].click(resume, refs["resume_run"], refs["notice"], api_name="resume_training")
+    refs["show"].click(command, inputs, refs["command"], api_name="show_command")
+    refs["save"].click(save, inputs, refs["notice"], api_name="save_recipe")
+    refs["timer"].tick(poll, None, [refs["status"], refs["progress"], refs["loss"], refs["lr"], refs["memory"],
+                                    refs["memory_plot"], refs["resume_run"]], api_name="training_snapshot",
+                       show_progress="hidden")

@@ -1,0 +1,123 @@
+"""The studio UI: built without a server, then driven end to end by gradio_client over HTTP."""
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_app_builds_without_launching(tmp_path):
+    from studio.services import Studio
+    from studio.ui.app import build_app
+
+    app = build_app(Studio(runs_dir=tmp_path))
+    names = {dep.get("api_name") for dep in app.config["dependencies"]}
+    assert {"check_model", "preview_data", "start_training", "stop_training", "training_snapshot", "chat",
+            "export", "export_snapshot", "open_in_chat", "show_command", "save_recipe"} <= names
+
+
+def test_only_the_ui_imports_gradio():
+    offenders = subprocess.run(["grep", "-rlE", r"^\s*(import gradio|from gradio)", "studio", "--include=*.py"],
+                               cwd=ROOT, capture_output=True, text=True).stdout.split()
+    assert offenders and all(path.startswith("studio/ui/") for path in offenders), offenders
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    from gradio_client import Client
+
+    from studio.services import Studio
+    from studio.ui.app import serve
+
+    port = free_port()
+    app = serve(Studio(runs_dir=tmp_path_factory.mktemp("ui-runs")), port=port, block=False)
+    yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    app.close()
+
+
+def wait_for(client, endpoint: str, done: tuple[str, ...], timeout: float = 180) -> list:
+    """Poll a snapshot endpoint until its status line says one of `done`; returns every status seen."""
+    seen, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        result = client.predict(api_name=endpoint)
+        seen.append(result)
+        if any(word in result[0] for word in done):
+            return seen
+        time.sleep(0.5)
+    raise AssertionError(f"{endpoint} never reached {done}: last {seen[-1][0]!r}")
+
+
+def test_the_whole_flow_through_the_api(client, tiny_llama):
+    model = {"model_name_or_path": str(tiny_llama)}
+    assert client.predict(api_name="/check_model", name_or_path=str(tiny_llama)).startswith("**Ready**: LlamaForCausalLM")
+
+    summary, tokens, histogram = client.predict(api_name="/preview_data", row=3, **model)
+    assert "**370 rows** · format **alpaca** · template **alpaca**" in summary
+    labels = {item["class_or_confidence"] for item in tokens}
+    assert {"trained", "masked", "special"} <= labels
+    assert histogram["data"], "the length histogram has bars"
+
+    assert "python launch.py train" in client.predict(api_name="/show_command", **model, train_max_steps=5)
+    notice = client.predict(api_name="/start_training", **model, name="ui", train_max_steps=12,
+                            train_learning_rate=3e-3, train_batch_size=4, data_max_samples=64)
+    assert notice.startswith("Started **")
+    busy = client.predict(api_name="/start_training", **model, name="second")
+    assert "Busy" in busy or "is running" in busy, "a second start is refused while training runs"
+
+    snapshots = wait_for(client, "/training_snapshot", ("Completed", "Failed"))
+    assert "Completed" in snapshots[-1][0], snapshots[-1][0]
+    live = [s for s in snapshots if "Training" in s[0] and "step " in s[0]]
+    assert live, "numbers arrive while the run is going"
+    final = snapshots[-1]
+    assert len(final[2]["data"]) == 12 and "RAM" in final[4] and final[5]["data"]
+
+    runs = sorted(p for p in Path(client.predict(api_name="/chat_sources")[0]["choices"][0][0]).parent.iterdir())
+    run = str(runs[-1])
+    base, _, tuned, _, _ = client.predict(api_name="/chat", prompt="What is the capital of Peru?", run=run, gguf="",
+                                          panes=["Base", "Fine-tuned"])
+    answer = lambda board: board[-1]["content"][0]["text"]
+    assert answer(base) and answer(tuned) and answer(base) != answer(tuned), (answer(base), answer(tuned))
+
+    assert client.predict(api_name="/export", run=run, gguf=["q4_k_m"], formats=[]).startswith("Exporting")
+    status, cards, files, modelfile, _ = wait_for(client, "/export_snapshot", ("Done", "Failed"))[-1]
+    assert status.startswith("✅ Done"), status
+    assert "ui-q4_k_m.gguf · ✅ PASSED" in cards and "| ✅ tokenizer |" in cards
+    assert "ui-q4_k_m.gguf" in files and modelfile.startswith("FROM ./ui-q4_k_m.gguf")
+    chosen = client.predict(api_name="/open_in_chat", run=run)
+    chosen_gguf = chosen[1]["value"] if isinstance(chosen[1], dict) else chosen[1]
+    assert chosen_gguf.endswith("ui-q4_k_m.gguf"), chosen
+    _, _, _, gguf_pane, _ = client.predict(api_name="/chat", prompt="Hello", run=run, gguf=chosen_gguf, panes=["GGUF"])
+    assert gguf_pane[-1]["role"] == "assistant"
+
+
+def test_launch_py_opens_the_studio(tmp_path):
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--port", str(port), "--runs-dir", str(tmp_path)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        from gradio_client import Client
+
+        deadline = time.time() + 90
+        while True:
+            try:
+                client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+                break
+            except Exception:
+                if time.time() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(1)
+        assert client.predict(api_name="/training_snapshot")[0] == "No training yet."
+    finally:
+        server.terminate()
+        server.wait(10)
