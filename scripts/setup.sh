@@ -27,6 +27,16 @@ inputs_hash() {
   { cat requirements.txt scripts/setup.sh; [ $want_dev = 1 ] && cat requirements-dev.txt; echo "gpu=$gpu"; } \
     | sha256sum | cut -d' ' -f1
 }
+# The browser test drives Debian's Chromium (a system package, not a download at run time).
+if [ $want_dev = 1 ] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] Chromium for the browser test (Debian packages chromium, fonts-noto-color-emoji)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-color-emoji >/dev/null
+  else
+    echo "[setup] Chromium is not installed: the browser test will be skipped (apt-get install chromium)"
+  fi
+fi
+
 stamp="$venv/.setup-$( [ $want_dev = 1 ] && echo dev || echo run )"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(inputs_hash)" ]; then
   exit 0

@@ -41,8 +41,9 @@ def client(tmp_path_factory):
     from studio.ui.app import serve
 
     port = free_port()
-    app = serve(Studio(runs_dir=tmp_path_factory.mktemp("ui-runs")), port=port, block=False)
-    yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    runs_dir = tmp_path_factory.mktemp("ui-runs")
+    app = serve(Studio(runs_dir=runs_dir), port=port, block=False)
+    yield Client(f"http://127.0.0.1:{port}/", verbose=False), runs_dir
     app.close()
 
 
@@ -59,6 +60,7 @@ def wait_for(client, endpoint: str, done: tuple[str, ...], timeout: float = 180)
 
 
 def test_the_whole_flow_through_the_api(client, tiny_llama):
+    client, runs_dir = client
     model = {"model_name_or_path": str(tiny_llama)}
     assert client.predict(api_name="/check_model", name_or_path=str(tiny_llama)).startswith("**Ready**: LlamaForCausalLM")
 
@@ -82,15 +84,14 @@ def test_the_whole_flow_through_the_api(client, tiny_llama):
     final = snapshots[-1]
     assert len(final[2]["data"]) == 12 and "RAM" in final[4] and final[5]["data"]
 
-    runs = sorted(p for p in Path(client.predict(api_name="/chat_sources")[0]["choices"][0][0]).parent.iterdir())
-    run = str(runs[-1])
+    run = str(sorted(runs_dir.iterdir())[-1])
     base, _, tuned, _, _ = client.predict(api_name="/chat", prompt="What is the capital of Peru?", run=run, gguf="",
                                           panes=["Base", "Fine-tuned"])
     answer = lambda board: board[-1]["content"][0]["text"]
     assert answer(base) and answer(tuned) and answer(base) != answer(tuned), (answer(base), answer(tuned))
 
     assert client.predict(api_name="/export", run=run, gguf=["q4_k_m"], formats=[]).startswith("Exporting")
-    status, cards, files, modelfile, _ = wait_for(client, "/export_snapshot", ("Done", "Failed"))[-1]
+    status, cards, files, modelfile = wait_for(client, "/export_snapshot", ("Done", "Failed"))[-1]
     assert status.startswith("✅ Done"), status
     assert "ui-q4_k_m.gguf · ✅ PASSED" in cards and "| ✅ tokenizer |" in cards
     assert "ui-q4_k_m.gguf" in files and modelfile.startswith("FROM ./ui-q4_k_m.gguf")

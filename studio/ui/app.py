@@ -27,11 +27,11 @@ def build_app(studio: Studio) -> gr.Blocks:
                 model = model_tab.build(studio, form)
             with gr.Tab("Data", id="data"):
                 data = data_tab.build(studio, form)
-            with gr.Tab("Train", id="train"):
+            with gr.Tab("Train", id="train") as train_page:
                 train = train_tab.build(studio, form)
-            with gr.Tab("Chat", id="chat"):
+            with gr.Tab("Chat", id="chat") as chat_page:
                 chat = chat_tab.build(studio, form)
-            with gr.Tab("Export", id="export"):
+            with gr.Tab("Export", id="export") as export_page:
                 export = export_tab.build(studio, form)
         # Wired once every tab exists: handlers read the whole run form across tabs.
         model_tab.wire(studio, form, model)
@@ -40,7 +40,12 @@ def build_app(studio: Studio) -> gr.Blocks:
         chat_tab.wire(studio, form, chat)
         export_tab.wire(studio, form, export, chat, tabs)
         app.load(model["fit_event"], list(form.values()), model["fit"], api_visibility="private")
-        app.load(chat["refresh"], None, [chat["run"], chat["gguf"]], api_name="chat_sources")
+        # Run lists are refreshed when a tab is opened, not by the timers: an open dropdown stays still.
+        for page, refs, name in ((train_page, train, "train_runs"), (chat_page, chat, "chat_sources"),
+                                 (export_page, export, "export_runs")):
+            handler, outputs = refs["refresh"]
+            page.select(handler, None, outputs, api_name=name)
+        app.load(chat["refresh"][0], None, chat["refresh"][1], api_visibility="private")
     return app
 
 

@@ -78,7 +78,7 @@ def wire(studio, form: dict, refs: dict) -> None:
     refs["prompt"].submit(answer, inputs, outputs, api_visibility="private")
     refs["stop"].click(lambda: stop_event.set(), None, None, api_name="stop_chat")
     refs["clear"].click(lambda: [[] for _ in PANES], None, refs["boards"], api_visibility="private")
-    refs["refresh"] = sources
+    refs["refresh"] = (sources, [refs["run"], refs["gguf"]])
 
 
 def _plain(history: list[dict]) -> list[dict]:

@@ -27,7 +27,7 @@ def build(studio, form: dict) -> dict:
                 form["data.max_samples"] = gr.Number(0, precision=0, label="Max rows (0: all)")
                 form["data.eval_fraction"] = gr.Number(0.0, label="Eval fraction", minimum=0, maximum=0.5)
             with gr.Row():
-                row = gr.Number(0, precision=0, label="Row to show", minimum=0)
+                row = gr.Number(0, precision=0, label="Row to show", minimum=0, elem_id="data-row")
                 preview = gr.Button("Preview", variant="primary")
         with gr.Column(scale=3):
             summary = gr.Markdown(elem_id="data-summary")
@@ -65,7 +65,9 @@ def _summary(p) -> str:
 
 
 def _highlights(p) -> list[tuple[str, str]]:
-    return [(piece, "special" if special else ("trained" if trained else "masked")) for piece, trained, special in p.tokens]
+    # New lines would vanish in the flow of tokens: show them as ↵.
+    return [(piece.replace("\n", "↵"), "special" if special else ("trained" if trained else "masked"))
+            for piece, trained, special in p.tokens]
 
 
 def _histogram(p) -> pd.DataFrame:

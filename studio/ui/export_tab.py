@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import shutil
 from pathlib import Path
 
@@ -44,10 +45,13 @@ def wire(studio, form: dict, refs: dict, chat_refs: dict, tabs) -> None:
         return f"Exporting **{run}**…"
 
     def poll():
-        """Inputs: none (job snapshot). Outputs: status, report cards, files, Modelfile, run choices."""
-        snap = studio.jobs.snapshot()
-        runs = gr.update(choices=[str(p) for p in studio.list_runs()])
-        return (*export_view(snap), runs)
+        """Inputs: none (job snapshot). Outputs: status, report cards, files, Modelfile."""
+        return export_view(studio.jobs.snapshot())
+
+    def runs():
+        """Inputs: none. Outputs: run choices, the newest selected."""
+        choices = [str(p) for p in studio.list_runs()]
+        return gr.update(choices=choices, value=choices[-1] if choices else None)
 
     def open_in_chat(run: str):
         """Inputs: run. Outputs: chat run, chat GGUF, the Chat tab selected."""
@@ -56,8 +60,9 @@ def wire(studio, form: dict, refs: dict, chat_refs: dict, tabs) -> None:
         return gr.update(value=run), gr.update(choices=studio.list_ggufs(), value=choice), gr.Tabs(selected="chat")
 
     refs["start"].click(start, [refs["run"], refs["formats"], refs["gguf"]], refs["notice"], api_name="export")
-    refs["timer"].tick(poll, None, [refs["status"], refs["cards"], refs["files"], refs["modelfile"], refs["run"]],
+    refs["timer"].tick(poll, None, [refs["status"], refs["cards"], refs["files"], refs["modelfile"]],
                        api_name="export_snapshot", show_progress="hidden")
+    refs["refresh"] = (runs, [refs["run"]])
     refs["open_chat"].click(open_in_chat, refs["run"], [chat_refs["run"], chat_refs["gguf"], tabs],
                             api_name="open_in_chat")
 
@@ -82,12 +87,17 @@ def export_view(snap) -> tuple[str, str, str, str]:
 
 def report_card(report: dict) -> str:
     verdict = "✅ PASSED" if report["passed"] else "⛔ FAILED (file not kept)"
-    rows = "\n".join(f"| {STATUS_ICON[c['status']]} {c['name']} | {c['detail']} |" for c in report["checks"])
-    samples = "\n".join(f"| {s['prompt']} | {s['hf']!r} | {s['gguf']!r} | {s['matching_tokens']}/{s['of']} |"
-                        for s in report.get("samples", []))
+    rows = "\n".join(f"| {STATUS_ICON[c['status']]} {c['name']} | {_cell(c['detail'])} |" for c in report["checks"])
+    samples = "\n".join(f"| {_cell(s['prompt'])} | {_cell(repr(s['hf']))} | {_cell(repr(s['gguf']))} | "
+                        f"{s['matching_tokens']}/{s['of']} |" for s in report.get("samples", []))
     return (f"#### {Path(report['path']).name} · {verdict} · {report['size_bytes'] / 2**20:.1f} MiB\n\n"
             f"| check | result |\n|---|---|\n{rows}\n\n"
             f"| prompt | HF model | GGUF | same tokens |\n|---|---|---|---|\n{samples}")
+
+
+def _cell(text: str) -> str:
+    """Table-safe text: tokens such as </s> must show, not vanish as HTML tags."""
+    return html.escape(text).replace("|", "\\|").replace("\n", " ")
 
 
 def _disk_text(folder: Path) -> str:

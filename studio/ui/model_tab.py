@@ -19,7 +19,8 @@ def build(studio, form: dict) -> dict:
             choice = gr.Dropdown([m.name + (" · instruct" if m.kind == "instruct" else " · base") for m in CATALOG]
                                  + [CUSTOM], value=_label(CATALOG[0]), label="Model")
             form["model.name_or_path"] = gr.Textbox(CATALOG[0].source, label="Model path or hub id",
-                                                    info="A catalog pick fills this in; or type a folder, a .gguf file or a hub id.")
+                                                    info="A catalog pick fills this in; or type a folder, a .gguf file or a hub id.",
+                                                    elem_id="model-path")
             form["model.load_in"] = gr.Radio(["16bit", "8bit", "4bit"], value="16bit", label="Load weights in",
                                              info="4bit (nf4) + LoRA is QLoRA: about a quarter of the memory.")
             load = gr.Button("Check model", variant="secondary")

@@ -19,7 +19,7 @@ from studio.ui.form import config_from_form, named
 def build(studio, form: dict) -> dict:
     with gr.Row():
         with gr.Column(scale=2):
-            form["name"] = gr.Textbox("quickstart", label="Run name")
+            form["name"] = gr.Textbox("quickstart", label="Run name", elem_id="run-name")
             with gr.Row():
                 form["train.method"] = gr.Dropdown(["sft"], value="sft", label="Method")
                 form["lora.enabled"] = gr.Radio([("LoRA / QLoRA", True), ("Full fine-tuning", False)], value=True,
@@ -28,11 +28,11 @@ def build(studio, form: dict) -> dict:
                 form["lora.r"] = gr.Number(16, precision=0, label="LoRA rank r")
                 form["lora.alpha"] = gr.Number(16, precision=0, label="LoRA alpha")
             with gr.Row():
-                form["train.max_steps"] = gr.Number(60, precision=0, label="Max steps (0: epochs)")
+                form["train.max_steps"] = gr.Number(60, precision=0, label="Max steps (0: epochs)", elem_id="max-steps")
                 form["train.batch_size"] = gr.Number(4, precision=0, label="Batch size")
                 form["train.grad_accum"] = gr.Number(1, precision=0, label="Grad accumulation")
             with gr.Row():
-                form["train.learning_rate"] = gr.Number(3e-4, label="Learning rate")
+                form["train.learning_rate"] = gr.Number(3e-4, label="Learning rate", elem_id="learning-rate")
                 form["train.max_length"] = gr.Number(256, precision=0, label="Max length")
             with gr.Accordion("Advanced", open=False):
                 _advanced(form)
@@ -123,10 +123,12 @@ def wire(studio, form: dict, refs: dict) -> None:
         return f"Saved **{path}** · run it with `python launch.py train {path}`"
 
     def poll():
-        """Inputs: none (the job snapshot). Outputs: status, progress, loss, lr, memory text, memory plot, runs."""
-        snap = studio.jobs.snapshot()
-        runs = gr.update(choices=[str(p) for p in studio.list_runs()])
-        return (*live.training_view(snap), runs)
+        """Inputs: none (the job snapshot). Outputs: status, progress, loss, lr, memory text, memory plot."""
+        return live.training_view(studio.jobs.snapshot())
+
+    def runs():
+        """Inputs: none. Outputs: the runs that can be resumed."""
+        return gr.update(choices=[str(p) for p in studio.list_runs()])
 
     named(start, keys)
     named(command, keys)
@@ -137,5 +139,5 @@ def wire(studio, form: dict, refs: dict) -> None:
     refs["show"].click(command, inputs, refs["command"], api_name="show_command")
     refs["save"].click(save, inputs, refs["notice"], api_name="save_recipe")
     refs["timer"].tick(poll, None, [refs["status"], refs["progress"], refs["loss"], refs["lr"], refs["memory"],
-                                    refs["memory_plot"], refs["resume_run"]], api_name="training_snapshot",
-                       show_progress="hidden")
+                                    refs["memory_plot"]], api_name="training_snapshot", show_progress="hidden")
+    refs["refresh"] = (runs, [refs["resume_run"]])
