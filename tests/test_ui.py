@@ -67,7 +67,7 @@ def test_the_whole_flow_through_the_api(client, tiny_llama):
     summary, tokens, histogram = client.predict(api_name="/preview_data", row=3, **model)
     assert "**370 rows** · format **alpaca** · template **alpaca**" in summary
     labels = {item["class_or_confidence"] for item in tokens}
-    assert {"trained", "masked", "special"} <= labels
+    assert {"trained", "masked", "special, masked", "special, trained"} <= labels  # BOS masked, EOS trained
     assert histogram["data"], "the length histogram has bars"
 
     assert "python launch.py train" in client.predict(api_name="/show_command", **model, train_max_steps=5)

@@ -9,7 +9,7 @@ from studio.errors import StudioError
 from studio.ui.form import config_from_form, named
 
 SAMPLE = "assets/sample_instructions.jsonl"
-TOKEN_COLOURS = {"trained": "#16a34a", "masked": "#9ca3af", "special": "#7c3aed"}
+TOKEN_COLOURS = {"trained": "#16a34a", "masked": "#9ca3af", "special, trained": "#7c3aed", "special, masked": "#c4b5fd"}
 
 
 def build(studio, form: dict) -> dict:
@@ -31,7 +31,7 @@ def build(studio, form: dict) -> dict:
                 preview = gr.Button("Preview", variant="primary")
         with gr.Column(scale=3):
             summary = gr.Markdown(elem_id="data-summary")
-            tokens = gr.HighlightedText(label="What the model sees (green: trained, grey: masked, purple: special)",
+            tokens = gr.HighlightedText(label="What the model sees: trained tokens green, masked grey, special tokens purple",
                                         color_map=TOKEN_COLOURS, show_legend=True, combine_adjacent=False,
                                         elem_id="token-preview")
             histogram = gr.BarPlot(x="tokens", y="rows", color="fits", title="Token length per row",
@@ -66,7 +66,7 @@ def _summary(p) -> str:
 
 def _highlights(p) -> list[tuple[str, str]]:
     # New lines would vanish in the flow of tokens: show them as ↵.
-    return [(piece.replace("\n", "↵"), "special" if special else ("trained" if trained else "masked"))
+    return [(piece.replace("\n", "↵"), ("special, " if special else "") + ("trained" if trained else "masked"))
             for piece, trained, special in p.tokens]
 
 

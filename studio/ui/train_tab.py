@@ -1,6 +1,6 @@
 """Train tab: method and hyper-parameters, Start / Stop / Resume, live curves and memory.
 
-The page polls the job's snapshot every second (gr.Timer), so a reload simply
+The page polls the job's snapshot twice a second (gr.Timer), so a reload simply
 re-attaches to whatever is running.
 """
 
@@ -58,7 +58,7 @@ def build(studio, form: dict) -> dict:
                                       elem_id="memory-plot")
     return {"start": start, "stop": stop, "resume_run": resume_run, "resume": resume, "show": show, "save": save,
             "command": command, "notice": notice, "status": status, "progress": progress, "loss": loss, "lr": lr, "memory": memory,
-            "memory_plot": memory_plot, "timer": gr.Timer(1.0)}
+            "memory_plot": memory_plot, "timer": gr.Timer(0.5)}
 
 
 def _advanced(form: dict) -> None:

@@ -1,0 +1,105 @@
+"""Measure the studio UI: delay from a training step to its numbers on screen, and the cost of the open page.
+
+Trains the same run twice: once headless, once started from the Train tab with
+the page open in headless Chromium (which polls once a second). Reports the
+median seconds per step of both, and for every step the delay between the
+trainer's log event and the moment the page shows that step.
+
+Run as:  python scripts/ui_latency.py [MODEL] [STEPS]     (default: builtin:gemma-3-270m 20)
+"""
+
+import json
+import shutil
+import socket
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def config(model: str, steps: int, runs: Path):
+    from studio.config import load_recipe
+
+    return load_recipe(ROOT / "recipes" / "quickstart.yaml",
+                       [f"model.name_or_path={model}", f"train.max_steps={steps}", f"train.runs_dir={runs}",
+                        "train.save_steps=1000", "name=latency"])
+
+
+def seconds_per_step(run_dir: Path) -> float:
+    from studio.events import read_events
+
+    logs = [e for e in read_events(run_dir / "events.jsonl") if e.kind == "log"]
+    gaps = [b.time - a.time for a, b in zip(logs[1:], logs[2:])]  # skip the first (warm-up) step
+    return statistics.median(gaps)
+
+
+def headless(model: str, steps: int, runs: Path) -> Path:
+    from studio.events import JsonlSink
+    from studio.runs import create_run_dir
+    from studio.train import run_training
+
+    run_dir = create_run_dir(config(model, steps, runs))
+    run_training(run_dir, JsonlSink(run_dir / "events.jsonl"), threading.Event())
+    return run_dir
+
+
+def with_page(model: str, steps: int, runs: Path) -> tuple[Path, list[float]]:
+    from playwright.sync_api import sync_playwright
+
+    from studio.events import read_events
+    from studio.services import Studio
+    from studio.ui.app import serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    studio = Studio(runs_dir=runs)
+    app = serve(studio, port=port, block=False)
+    seen: dict[int, float] = {}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=FLAGS)
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.get_by_role("tab", name="Train").click()
+        run_dir = studio.start_training(config(model, steps, runs))
+        status = page.locator("#train-status")
+        while studio.jobs.busy:
+            text = status.inner_text()
+            if " · step " in text:
+                step = int(text.split(" · step ")[1].split("/")[0])
+                seen.setdefault(step, time.time())
+            time.sleep(0.02)
+        browser.close()
+    app.close()
+    logged = {e.step: e.time for e in read_events(run_dir / "events.jsonl") if e.kind == "log"}
+    return run_dir, [seen[s] - logged[s] for s in sorted(seen) if s in logged]
+
+
+def main() -> None:
+    model = sys.argv[1] if len(sys.argv) > 1 else "builtin:gemma-3-270m"
+    steps = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+    runs = Path("/tmp/ui_latency_runs")
+    shutil.rmtree(runs, ignore_errors=True)
+    headless_run = headless(model, steps, runs)
+    page_run, delays = with_page(model, steps, runs)
+    result = {
+        "model": model, "steps": steps,
+        "headless_s_per_step": round(seconds_per_step(headless_run), 3),
+        "page_open_s_per_step": round(seconds_per_step(page_run), 3),
+        "delay_median_s": round(statistics.median(delays), 3), "delay_max_s": round(max(delays), 3),
+        "steps_seen_on_screen": len(delays),
+    }
+    result["slowdown_percent"] = round(100 * (result["page_open_s_per_step"] / result["headless_s_per_step"] - 1), 1)
+    out = ROOT / "results" / "ui_latency-cpu.json"
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
