@@ -67,14 +67,16 @@ def with_page(model: str, steps: int, runs: Path) -> tuple[Path, list[float]]:
         page = browser.new_page()
         page.goto(f"http://127.0.0.1:{port}/")
         page.get_by_role("tab", name="Train").click()
+        # The page itself notes when each step appears (no polling from here that would load the CPU).
+        page.evaluate("""() => { window.seen = {};
+            new MutationObserver(() => {
+                const m = document.querySelector('#train-status').innerText.match(/ · step (\\d+)\\//);
+                if (m && !(m[1] in window.seen)) window.seen[m[1]] = Date.now() / 1000;
+            }).observe(document.querySelector('#train-status'), {subtree: true, childList: true, characterData: true}); }""")
         run_dir = studio.start_training(config(model, steps, runs))
-        status = page.locator("#train-status")
         while studio.jobs.busy:
-            text = status.inner_text()
-            if " · step " in text:
-                step = int(text.split(" · step ")[1].split("/")[0])
-                seen.setdefault(step, time.time())
-            time.sleep(0.02)
+            time.sleep(0.5)
+        seen = {int(k): v for k, v in page.evaluate("() => window.seen").items()}
         browser.close()
     app.close()
     logged = {e.step: e.time for e in read_events(run_dir / "events.jsonl") if e.kind == "log"}

@@ -26,7 +26,7 @@ from studio.errors import ConfigError
 def _f(default: Any, help: str) -> Any:
     """A dataclass field with a help string (shown by `launch.py ... --help` and the UI)."""
     if isinstance(default, (list, dict, tuple)):
-        return field(default_factory=lambda: default, metadata={"help": help})
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
     return field(default=default, metadata={"help": help})
 
 
@@ -57,6 +57,9 @@ class DataConfig:
     max_samples: int = _f(0, "Use at most this many rows (0: all).")
     eval_fraction: float = _f(0.0, "Fraction of rows held out for evaluation (0: no eval split).")
     shuffle_seed: int = _f(3407, "Seed for the shuffle before the train/eval split.")
+    columns: dict[str, str] = _f(
+        {}, "Column mapping when names differ: {instruction: Question Text, output: Answer} (format field: file column)."
+    )
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,8 @@ def to_dict(cfg: Any) -> dict:
             value = to_dict(value)
         elif isinstance(value, tuple):
             value = list(value)
+        elif isinstance(value, dict):
+            value = dict(value)
         out[f.name] = value
     return out
 
@@ -273,6 +278,10 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key, source)
+    if origin is dict:
+        if not isinstance(value, dict):
+            fail("a mapping (name: value)")
+        return {str(k): _coerce(v, args[1], f"{key}.{k}", source) for k, v in value.items()}
     if origin is tuple:
         if isinstance(value, str):
             value = [value]

@@ -121,6 +121,25 @@ def _read_txt(path: Path) -> list[Row]:
     return rows
 
 
+def map_columns(rows: list[Row], mapping: dict[str, str]) -> list[Row]:
+    """Rename file columns to the names a format expects ({"instruction": "Question Text"})."""
+    if not mapping:
+        return rows
+    present = set(rows[0].fields)
+    missing = [source for source in mapping.values() if source not in present]
+    if missing:
+        raise DataError(f"{rows[0].where}: data.columns maps from {missing[0]!r}, but the file has no such column. "
+                        f"Its columns are: {', '.join(sorted(present))}.")
+    return [Row({**r.fields, **{target: r.fields.get(source) for target, source in mapping.items()}}, r.where)
+            for r in rows]
+
+
+def load_rows(cfg: DataConfig) -> tuple[list[Row], str]:
+    """Rows with the column mapping applied, and their format (detected unless set)."""
+    rows = map_columns(read_rows(cfg.path), cfg.columns)
+    return rows, detect_format(rows) if cfg.format == "auto" else cfg.format
+
+
 # ---------------------------------------------------------------- formats
 
 
@@ -206,8 +225,7 @@ def build_dataset(cfg: DataConfig, tokenizer, template: Template, max_length: in
     """Read, shuffle, tokenize and split; refuse data that would teach nothing."""
     import random
 
-    rows = read_rows(cfg.path)
-    fmt = detect_format(rows) if cfg.format == "auto" else cfg.format
+    rows, fmt = load_rows(cfg)
     random.Random(cfg.shuffle_seed).shuffle(rows)
     if cfg.max_samples:
         rows = rows[: cfg.max_samples]

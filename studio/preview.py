@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 
 from studio.config import DataConfig
-from studio.data import detect_format, read_rows, tokenize_row
+from studio.data import load_rows, tokenize_row
 from studio.templates import Template
 
 STATS_SAMPLE = 2000  # rows tokenized for the statistics of a big file
@@ -39,12 +39,12 @@ class DataPreview:
 
 
 def preview_dataset(cfg: DataConfig, tokenizer, template: Template, max_length: int, row: int = 0) -> DataPreview:
-    rows = read_rows(cfg.path)
-    fmt = detect_format(rows) if cfg.format == "auto" else cfg.format
+    rows, fmt = load_rows(cfg)
     row = max(0, min(row, len(rows) - 1))
     shown = tokenize_row(rows[row], fmt, tokenizer, template, cfg.train_on)
     specials = set(tokenizer.all_special_ids)
     tokens = [(tokenizer.decode([t]), bool(on), t in specials) for t, on in zip(shown.input_ids, shown.trained)]
     sample = rows if len(rows) <= STATS_SAMPLE else random.Random(0).sample(rows, STATS_SAMPLE)
     lengths = [len(tokenize_row(r, fmt, tokenizer, template, cfg.train_on).input_ids) for r in sample]
-    return DataPreview(fmt, len(rows), sorted(rows[0].fields), row, shown.text, tokens, lengths, max_length, template.name)
+    return DataPreview(fmt, len(rows), sorted(rows[0].fields), row, shown.text, tokens, lengths, max_length,
+                       template.name)

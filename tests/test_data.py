@@ -78,3 +78,27 @@ def test_bad_rows_name_their_place(tmp_path):
         to_messages(second, "messages")
     with pytest.raises(DataError, match="cannot tell the format"):
         detect_format([type(first)({"question": "?"}, "rows.jsonl:1")])
+
+
+def test_column_mapping_renames_columns_and_names_a_missing_one(tmp_path):
+    from studio.config import DataConfig
+    from studio.data import load_rows
+
+    path = tmp_path / "qa.csv"
+    path.write_text('Question Text,Answer\n"What is 2+2?","4"\n"Say hi, please","Hi!"\n')
+    rows, fmt = load_rows(DataConfig(path=str(path), columns={"instruction": "Question Text", "output": "Answer"}))
+    assert fmt == "alpaca" and to_messages(rows[1], fmt)[1]["content"] == "Hi!"
+    with pytest.raises(DataError, match=r"maps from 'Question'.*Its columns are: Answer, Question Text"):
+        load_rows(DataConfig(path=str(path), columns={"instruction": "Question"}))
+
+
+def test_column_mapping_loads_from_a_recipe(tmp_path):
+    from studio.config import load_recipe
+    from studio.errors import ConfigError
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data:\n  columns:\n    instruction: Question Text\n")
+    assert load_recipe(recipe).data.columns == {"instruction": "Question Text"}
+    recipe.write_text("data:\n  columns: [a, b]\n")
+    with pytest.raises(ConfigError, match="data.columns must be a mapping"):
+        load_recipe(recipe)

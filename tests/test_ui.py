@@ -64,7 +64,7 @@ def test_the_whole_flow_through_the_api(client, tiny_llama):
     model = {"model_name_or_path": str(tiny_llama)}
     assert client.predict(api_name="/check_model", name_or_path=str(tiny_llama)).startswith("**Ready**: LlamaForCausalLM")
 
-    summary, tokens, histogram = client.predict(api_name="/preview_data", row=3, **model)
+    summary, tokens, histogram, *_ = client.predict(api_name="/preview_data", row=3, **model)
     assert "**370 rows** · format **alpaca** · template **alpaca**" in summary
     labels = {item["class_or_confidence"] for item in tokens}
     assert {"trained", "masked", "special, masked", "special, trained"} <= labels  # BOS masked, EOS trained
@@ -72,9 +72,9 @@ def test_the_whole_flow_through_the_api(client, tiny_llama):
 
     assert "python launch.py train" in client.predict(api_name="/show_command", **model, train_max_steps=5)
     notice = client.predict(api_name="/start_training", **model, name="ui", train_max_steps=12,
-                            train_learning_rate=3e-3, train_batch_size=4, data_max_samples=64)
+                            train_learning_rate=3e-3, train_batch_size=4, data_max_samples=64)[0]
     assert notice.startswith("Started **")
-    busy = client.predict(api_name="/start_training", **model, name="second")
+    busy = client.predict(api_name="/start_training", **model, name="second")[0]
     assert "Busy" in busy or "is running" in busy, "a second start is refused while training runs"
 
     snapshots = wait_for(client, "/training_snapshot", ("Completed", "Failed"))
@@ -90,8 +90,8 @@ def test_the_whole_flow_through_the_api(client, tiny_llama):
     answer = lambda board: board[-1]["content"][0]["text"]
     assert answer(base) and answer(tuned) and answer(base) != answer(tuned), (answer(base), answer(tuned))
 
-    assert client.predict(api_name="/export", run=run, gguf=["q4_k_m"], formats=[]).startswith("Exporting")
-    status, cards, files, modelfile = wait_for(client, "/export_snapshot", ("Done", "Failed"))[-1]
+    assert client.predict(api_name="/export", run=run, gguf=["q4_k_m"], formats=[])[0].startswith("Exporting")
+    status, cards, files, modelfile, *_ = wait_for(client, "/export_snapshot", ("Done", "Failed"))[-1]
     assert status.startswith("✅ Done"), status
     assert "ui-q4_k_m.gguf · ✅ PASSED" in cards and "| ✅ tokenizer |" in cards
     assert "ui-q4_k_m.gguf" in files and modelfile.startswith("FROM ./ui-q4_k_m.gguf")

@@ -46,6 +46,9 @@ def build_app(studio: Studio) -> gr.Blocks:
             handler, outputs = refs["refresh"]
             page.select(handler, None, outputs, api_name=name)
         app.load(chat["refresh"][0], None, chat["refresh"][1], api_visibility="private")
+        # A reload re-attaches: one poll draws the current (or last) job and restarts polling if it runs.
+        for tab in (train, export):
+            app.load(*tab["poll"], api_visibility="private")
     return app
 
 

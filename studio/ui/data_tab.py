@@ -9,6 +9,7 @@ from studio.errors import StudioError
 from studio.ui.form import config_from_form, named
 
 SAMPLE = "assets/sample_instructions.jsonl"
+MAPPED_FIELDS = ("instruction", "input", "output", "prompt", "completion", "text", "messages")
 TOKEN_COLOURS = {"trained": "#16a34a", "masked": "#9ca3af", "special, trained": "#7c3aed", "special, masked": "#c4b5fd"}
 
 
@@ -23,6 +24,11 @@ def build(studio, form: dict) -> dict:
                 form["data.template"] = gr.Dropdown(["auto", "model", "alpaca", "chatml", "plain"], value="auto",
                                                     label="Prompt template")
             form["data.train_on"] = gr.Radio(["responses", "all"], value="responses", label="Train on")
+            with gr.Accordion("Column mapping (when the file's names differ)", open=False):
+                with gr.Row():
+                    for name in MAPPED_FIELDS:
+                        form[f"data.columns.{name}"] = gr.Dropdown([""], value="", label=name, allow_custom_value=True,
+                                                                   min_width=120)
             with gr.Row():
                 form["data.max_samples"] = gr.Number(0, precision=0, label="Max rows (0: all)")
                 form["data.eval_fraction"] = gr.Number(0.0, label="Eval fraction", minimum=0, maximum=0.5)
@@ -43,17 +49,20 @@ def build(studio, form: dict) -> dict:
 def wire(studio, form: dict, refs: dict) -> None:
     keys, inputs = list(form), list(form.values())
 
+    mapping = [form[f"data.columns.{name}"] for name in MAPPED_FIELDS]
+
     def show(row: int, *values):
-        """Inputs: row number and the run form. Outputs: summary, token highlights, histogram."""
+        """Inputs: row number and the run form. Outputs: summary, token highlights, histogram, mapping choices."""
         try:
             p = studio.preview_data(config_from_form(keys, values), int(row or 0))
         except StudioError as exc:
-            return f"⚠️ {exc}", None, None
-        return _summary(p), _highlights(p), _histogram(p)
+            return f"⚠️ {exc}", None, None, *[gr.update() for _ in mapping]
+        choices = gr.update(choices=["", *p.columns])
+        return _summary(p), _highlights(p), _histogram(p), *[choices for _ in mapping]
 
     named(show, keys, ("row",))
     refs["upload"].upload(lambda f: f, refs["upload"], form["data.path"], api_visibility="private")
-    refs["preview"].click(show, [refs["row"], *inputs], [refs["summary"], refs["tokens"], refs["histogram"]],
+    refs["preview"].click(show, [refs["row"], *inputs], [refs["summary"], refs["tokens"], refs["histogram"], *mapping],
                           api_name="preview_data")
 
 

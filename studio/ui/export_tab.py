@@ -32,21 +32,26 @@ def build(studio, form: dict) -> dict:
             open_chat = gr.Button("Open the GGUF in Chat", elem_id="open-in-chat")
     return {"run": run, "formats": formats, "gguf": gguf, "disk": disk, "start": start, "notice": notice,
             "status": status, "cards": cards, "files": files, "modelfile": modelfile, "open_chat": open_chat,
-            "timer": gr.Timer(1.0)}
+            "timer": gr.Timer(1.0, active=False)}
 
 
 def wire(studio, form: dict, refs: dict, chat_refs: dict, tabs) -> None:
     def start(run: str, formats: list[str], gguf: list[str]):
-        """Inputs: run, weight formats, GGUF types. Outputs: notice."""
+        """Inputs: run, weight formats, GGUF types. Outputs: notice, the polling timer switched on."""
         try:
             studio.start_export(studio.find_run(run), tuple(gguf), tuple(formats))
         except StudioError as exc:
-            return f"⚠️ {exc}"
-        return f"Exporting **{run}**…"
+            return f"⚠️ {exc}", gr.Timer(active=studio.jobs.busy)
+        return f"Exporting **{run}**…", gr.Timer(active=True)
 
-    def poll():
-        """Inputs: none (job snapshot). Outputs: status, report cards, files, Modelfile."""
-        return export_view(studio.jobs.snapshot())
+    def poll(shown: tuple):
+        """Inputs: what the page shows. Outputs: status, report cards, files, Modelfile, shown, timer."""
+        snap = studio.jobs.snapshot()
+        now = (snap.name, snap.state, len(snap.events))
+        timer = gr.Timer(active=snap.running)
+        if now == tuple(shown or ()):
+            return (*[gr.skip()] * 4, shown, timer)
+        return (*export_view(snap), now, timer)
 
     def runs():
         """Inputs: none. Outputs: run choices, the newest selected."""
@@ -59,9 +64,12 @@ def wire(studio, form: dict, refs: dict, chat_refs: dict, tabs) -> None:
         choice = ggufs[-1] if ggufs else None
         return gr.update(value=run), gr.update(choices=studio.list_ggufs(), value=choice), gr.Tabs(selected="chat")
 
-    refs["start"].click(start, [refs["run"], refs["formats"], refs["gguf"]], refs["notice"], api_name="export")
-    refs["timer"].tick(poll, None, [refs["status"], refs["cards"], refs["files"], refs["modelfile"]],
-                       api_name="export_snapshot", show_progress="hidden")
+    refs["start"].click(start, [refs["run"], refs["formats"], refs["gguf"]], [refs["notice"], refs["timer"]],
+                        api_name="export")
+    shown = gr.State(())
+    outputs = [refs["status"], refs["cards"], refs["files"], refs["modelfile"], shown, refs["timer"]]
+    refs["timer"].tick(poll, shown, outputs, api_name="export_snapshot", show_progress="hidden")
+    refs["poll"] = (poll, shown, outputs)
     refs["refresh"] = (runs, [refs["run"]])
     refs["open_chat"].click(open_in_chat, refs["run"], [chat_refs["run"], chat_refs["gguf"], tabs],
                             api_name="open_in_chat")

@@ -14,6 +14,8 @@ def config_from_form(keys: list[str], values: tuple) -> RunConfig:
     """Nested dict from dotted keys, then the strict typed loader (a bad value names its key)."""
     raw: dict = {}
     for key, value in zip(keys, values):
+        if key.startswith("data.columns.") and not value:
+            continue  # an empty mapping dropdown: the column is used as it is named
         node = raw
         *sections, name = key.split(".")
         for section in sections:
@@ -28,6 +30,8 @@ def _is_int_field(key: str) -> bool:
     import dataclasses
     import typing
 
+    if key.count(".") != 1:
+        return False
     section, name = key.split(".")
     cls = typing.get_type_hints(RunConfig)[section]
     return typing.get_type_hints(cls)[name] is int and any(f.name == name for f in dataclasses.fields(cls))

@@ -58,7 +58,7 @@ def build(studio, form: dict) -> dict:
                                       elem_id="memory-plot")
     return {"start": start, "stop": stop, "resume_run": resume_run, "resume": resume, "show": show, "save": save,
             "command": command, "notice": notice, "status": status, "progress": progress, "loss": loss, "lr": lr, "memory": memory,
-            "memory_plot": memory_plot, "timer": gr.Timer(0.5)}
+            "memory_plot": memory_plot, "timer": gr.Timer(0.5, active=False)}
 
 
 def _advanced(form: dict) -> None:
@@ -86,12 +86,12 @@ def wire(studio, form: dict, refs: dict) -> None:
     keys, inputs = list(form), list(form.values())
 
     def start(*values):
-        """Inputs: the run form. Outputs: status line (the timer shows the rest)."""
+        """Inputs: the run form. Outputs: notice, the polling timer switched on."""
         try:
             run_dir = studio.start_training(config_from_form(keys, values))
         except StudioError as exc:
-            return f"⚠️ {exc}"
-        return f"Started **{run_dir.name}**"
+            return f"⚠️ {exc}", gr.Timer(active=studio.jobs.busy)
+        return f"Started **{run_dir.name}**", gr.Timer(active=True)
 
     def stop():
         """Inputs: none. Outputs: status line."""
@@ -99,12 +99,12 @@ def wire(studio, form: dict, refs: dict) -> None:
         return "Stopping after the current step (a checkpoint is saved)…"
 
     def resume(run: str):
-        """Inputs: a run folder. Outputs: status line."""
+        """Inputs: a run folder. Outputs: notice, the polling timer switched on."""
         try:
             studio.resume_training(studio.find_run(run))
         except StudioError as exc:
-            return f"⚠️ {exc}"
-        return f"Resuming **{run}**"
+            return f"⚠️ {exc}", gr.Timer(active=studio.jobs.busy)
+        return f"Resuming **{run}**", gr.Timer(active=True)
 
     def command(*values):
         """Inputs: the run form. Outputs: the recipe and the command that runs it headless."""
@@ -122,9 +122,15 @@ def wire(studio, form: dict, refs: dict) -> None:
             return f"⚠️ {exc}"
         return f"Saved **{path}** · run it with `python launch.py train {path}`"
 
-    def poll():
-        """Inputs: none (the job snapshot). Outputs: status, progress, loss, lr, memory text, memory plot."""
-        return live.training_view(studio.jobs.snapshot())
+    def poll(shown: tuple):
+        """Inputs: what the page shows. Outputs: status, progress, loss, lr, memory text, memory plot, shown, timer."""
+        snap = studio.jobs.snapshot()
+        now = (snap.name, snap.state, len(snap.events))
+        timer = gr.Timer(active=snap.running)  # polling stops with the job: an idle page costs nothing
+        if now == tuple(shown or ()):
+            # Nothing new: leave the page alone rather than redraw every plot (CPU the trainer needs).
+            return (*[gr.skip()] * 6, shown, timer)
+        return (*live.training_view(snap), now, timer)
 
     def runs():
         """Inputs: none. Outputs: the runs that can be resumed."""
@@ -133,11 +139,15 @@ def wire(studio, form: dict, refs: dict) -> None:
     named(start, keys)
     named(command, keys)
     named(save, keys)
-    refs["start"].click(start, inputs, refs["notice"], api_name="start_training")
+    refs["start"].click(start, inputs, [refs["notice"], refs["timer"]], api_name="start_training")
     refs["stop"].click(stop, None, refs["notice"], api_name="stop_training")
-    refs["resume"].click(resume, refs["resume_run"], refs["notice"], api_name="resume_training")
+    refs["resume"].click(resume, refs["resume_run"], [refs["notice"], refs["timer"]], api_name="resume_training")
     refs["show"].click(command, inputs, refs["command"], api_name="show_command")
     refs["save"].click(save, inputs, refs["notice"], api_name="save_recipe")
-    refs["timer"].tick(poll, None, [refs["status"], refs["progress"], refs["loss"], refs["lr"], refs["memory"],
-                                    refs["memory_plot"]], api_name="training_snapshot", show_progress="hidden")
+    shown = gr.State(())
+    refs["timer"].tick(poll, shown, [refs["status"], refs["progress"], refs["loss"], refs["lr"], refs["memory"],
+                                     refs["memory_plot"], shown, refs["timer"]], api_name="training_snapshot",
+                       show_progress="hidden")
+    refs["poll"] = (poll, shown, [refs["status"], refs["progress"], refs["loss"], refs["lr"], refs["memory"],
+                                  refs["memory_plot"], shown, refs["timer"]])
     refs["refresh"] = (runs, [refs["resume_run"]])
