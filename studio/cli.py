@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--gguf", help="Chat with this GGUF file through llama.cpp (with a run: its template).")
     chat.add_argument("overrides", nargs="*", default=[], help="Generation overrides, e.g. generation.max_new_tokens=64.")
 
+    data = sub.add_parser("data", help="Show what a recipe's data trains on: format, statistics, a row token by token.")
+    data.add_argument("recipe", help="Path of a recipe, e.g. recipes/quickstart.yaml.")
+    data.add_argument("overrides", nargs="*", help="Dotted overrides, e.g. data.path=my.jsonl data.template=chatml.")
+    data.add_argument("--row", type=int, default=0, help="Row to show token by token (default 0).")
+
     runs = sub.add_parser("runs", help="List runs and their state.")
     runs.add_argument("--runs-dir", default="runs")
     return parser
@@ -67,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "runs":
         _quiet_libraries()
     try:
-        return {"train": cmd_train, "resume": cmd_resume, "export": cmd_export, "chat": cmd_chat, "runs": cmd_runs}[
-            args.command
-        ](args)
+        commands = {"train": cmd_train, "resume": cmd_resume, "export": cmd_export, "chat": cmd_chat, "data": cmd_data,
+                    "runs": cmd_runs}
+        return commands[args.command](args)
     except StudioError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -201,6 +206,46 @@ def _repl(session, modes: list[str]) -> int:
         history.append({"role": "user", "content": text})
         history.append({"role": "assistant", "content": _print_reply(session, history, mode, label=False)})
     return 0
+
+
+def cmd_data(args) -> int:
+    from studio.config import load_recipe
+    from studio.services import Studio
+
+    cfg = load_recipe(args.recipe, args.overrides)
+    p = Studio().preview_data(cfg, args.row)
+    st = p.stats
+    print(f"{cfg.data.path}: {p.rows} rows · format {p.format} · template {p.template} · columns {', '.join(p.columns)}")
+    scope = f" (a sample of {st.rows})" if st.sampled else ""
+    print(f"tokens{scope}: {st.tokens:,} in all, {st.trained_tokens:,} trained ({100 * st.trained_tokens / max(st.tokens, 1):.0f}%)")
+    print(f"max_length {p.max_length}: {st.rows_cut} rows cut, {st.responses_cut} of them lose response tokens")
+    print(f"rows with nothing to learn: {st.fully_masked} · duplicate rows: {st.duplicates}")
+    print("token length per row:")
+    for low, count in _histogram(p.lengths):
+        marker = "  <- cut at max_length" if low > p.max_length else ""
+        print(f"  {low:>6}+ {'█' * max(1, round(40 * count / len(p.lengths)))} {count}{marker}")
+    print(f"\nrow {p.row} ({len(p.tokens)} tokens, {p.trained_tokens} trained; trained tokens in [brackets]):")
+    print(_bracket_trained(p.tokens))
+    return 0
+
+
+def _histogram(lengths: list[int], bins: int = 10) -> list[tuple[int, int]]:
+    width = max(1, -(-(max(lengths) - min(lengths) + 1) // bins))
+    counts: dict[int, int] = {}
+    for n in lengths:
+        low = min(lengths) + (n - min(lengths)) // width * width
+        counts[low] = counts.get(low, 0) + 1
+    return sorted(counts.items())
+
+
+def _bracket_trained(tokens: list[tuple[str, bool, bool]]) -> str:
+    out, inside = [], False
+    for piece, trained, _ in tokens:
+        if trained != inside:
+            out.append("[" if trained else "]")
+            inside = trained
+        out.append(piece)
+    return "".join(out) + ("]" if inside else "")
 
 
 def cmd_runs(args) -> int:

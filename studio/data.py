@@ -101,8 +101,18 @@ def _read_csv(path: Path) -> list[Row]:
         except csv.Error:
             dialect = csv.excel_tab if path.suffix.lower() == ".tsv" else csv.excel
         reader = csv.DictReader(fh, dialect=dialect)
-        # reader.line_num is the physical line where a record ends (records may span lines).
-        return [Row(dict(record), f"{path.name}:{reader.line_num}") for record in reader]
+        rows = []
+        try:
+            for record in reader:
+                # reader.line_num is the physical line where a record ends (records may span lines).
+                where = f"{path.name}:{reader.line_num}"
+                if None in record:
+                    raise DataError(f"{where}: {len(record) - 1 + len(record[None])} values, but the header names "
+                                    f"{len(reader.fieldnames)} columns. Quote values that contain the delimiter.")
+                rows.append(Row(dict(record), where))
+        except csv.Error as exc:
+            raise DataError(f"{path.name}:{reader.line_num}: not valid CSV ({exc}).") from None
+        return rows
 
 
 def _read_parquet(path: Path) -> list[Row]:

@@ -67,10 +67,16 @@ def wire(studio, form: dict, refs: dict) -> None:
 
 
 def _summary(p) -> str:
-    cut = f"⚠️ **{p.cut} rows** longer than max length {p.max_length} would be cut" if p.cut else \
-        f"no row is longer than max length {p.max_length}"
+    st = p.stats
+    cut = (f"⚠️ **{st.rows_cut} rows** longer than max length {p.max_length} would be cut "
+           f"({st.responses_cut} lose response tokens)") if st.rows_cut else f"no row is longer than max length {p.max_length}"
+    warnings = [f"⚠️ {st.fully_masked} rows have nothing to learn (all masked)"] if st.fully_masked else []
+    warnings += [f"{st.duplicates} duplicate rows"] if st.duplicates else []
+    scope = f" (sample of {st.rows})" if st.sampled else ""
     return (f"**{p.rows} rows** · format **{p.format}** · template **{p.template}** · columns {', '.join(p.columns)}\n\n"
-            f"Row {p.row}: {len(p.tokens)} tokens, {p.trained_tokens} trained · {cut}")
+            f"Tokens{scope}: {st.tokens:,}, of which **{st.trained_tokens:,} trained** · {cut}"
+            + ("  \n" + " · ".join(warnings) if warnings else "")
+            + f"\n\nRow {p.row}: {len(p.tokens)} tokens, {p.trained_tokens} trained")
 
 
 def _highlights(p) -> list[tuple[str, str]]:

@@ -13,6 +13,7 @@ from studio.hardware import GIB
 
 GGUF_TYPES = ["f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k"]
 STATUS_ICON = {"pass": "✅", "warn": "🟡", "fail": "⛔"}
+IDLE_POLL_S = 3.0  # seconds between polls while no job runs
 
 
 def build(studio, form: dict) -> dict:
@@ -32,7 +33,7 @@ def build(studio, form: dict) -> dict:
             open_chat = gr.Button("Open the GGUF in Chat", elem_id="open-in-chat")
     return {"run": run, "formats": formats, "gguf": gguf, "disk": disk, "start": start, "notice": notice,
             "status": status, "cards": cards, "files": files, "modelfile": modelfile, "open_chat": open_chat,
-            "timer": gr.Timer(1.0, active=False)}
+            "timer": gr.Timer(IDLE_POLL_S)}
 
 
 def wire(studio, form: dict, refs: dict, chat_refs: dict, tabs) -> None:
@@ -41,14 +42,14 @@ def wire(studio, form: dict, refs: dict, chat_refs: dict, tabs) -> None:
         try:
             studio.start_export(studio.find_run(run), tuple(gguf), tuple(formats))
         except StudioError as exc:
-            return f"⚠️ {exc}", gr.Timer(active=studio.jobs.busy)
-        return f"Exporting **{run}**…", gr.Timer(active=True)
+            return f"⚠️ {exc}", gr.skip()
+        return f"Exporting **{run}**…", gr.Timer(1.0)
 
     def poll(shown: tuple):
         """Inputs: what the page shows. Outputs: status, report cards, files, Modelfile, shown, timer."""
         snap = studio.jobs.snapshot()
         now = (snap.name, snap.state, len(snap.events))
-        timer = gr.Timer(active=snap.running)
+        timer = gr.Timer(1.0 if snap.running else IDLE_POLL_S)
         if now == tuple(shown or ()):
             return (*[gr.skip()] * 4, shown, timer)
         return (*export_view(snap), now, timer)

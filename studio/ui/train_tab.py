@@ -1,6 +1,6 @@
 """Train tab: method and hyper-parameters, Start / Stop / Resume, live curves and memory.
 
-The page polls the job's snapshot twice a second (gr.Timer), so a reload simply
+The page polls the job's snapshot twice a second while it runs (every 3 s when idle), so a reload simply
 re-attaches to whatever is running.
 """
 
@@ -14,6 +14,7 @@ from studio.config import recipe_text
 from studio.errors import StudioError
 from studio.ui import live
 from studio.ui.form import config_from_form, named
+IDLE_POLL_S = 3.0  # seconds between polls while no job runs
 
 
 def build(studio, form: dict) -> dict:
@@ -58,7 +59,7 @@ def build(studio, form: dict) -> dict:
                                       elem_id="memory-plot")
     return {"start": start, "stop": stop, "resume_run": resume_run, "resume": resume, "show": show, "save": save,
             "command": command, "notice": notice, "status": status, "progress": progress, "loss": loss, "lr": lr, "memory": memory,
-            "memory_plot": memory_plot, "timer": gr.Timer(0.5, active=False)}
+            "memory_plot": memory_plot, "timer": gr.Timer(IDLE_POLL_S)}
 
 
 def _advanced(form: dict) -> None:
@@ -90,8 +91,8 @@ def wire(studio, form: dict, refs: dict) -> None:
         try:
             run_dir = studio.start_training(config_from_form(keys, values))
         except StudioError as exc:
-            return f"⚠️ {exc}", gr.Timer(active=studio.jobs.busy)
-        return f"Started **{run_dir.name}**", gr.Timer(active=True)
+            return f"⚠️ {exc}", gr.skip()
+        return f"Started **{run_dir.name}**", gr.Timer(0.5)
 
     def stop():
         """Inputs: none. Outputs: status line."""
@@ -103,8 +104,8 @@ def wire(studio, form: dict, refs: dict) -> None:
         try:
             studio.resume_training(studio.find_run(run))
         except StudioError as exc:
-            return f"⚠️ {exc}", gr.Timer(active=studio.jobs.busy)
-        return f"Resuming **{run}**", gr.Timer(active=True)
+            return f"⚠️ {exc}", gr.skip()
+        return f"Resuming **{run}**", gr.Timer(0.5)
 
     def command(*values):
         """Inputs: the run form. Outputs: the recipe and the command that runs it headless."""
@@ -126,7 +127,9 @@ def wire(studio, form: dict, refs: dict) -> None:
         """Inputs: what the page shows. Outputs: status, progress, loss, lr, memory text, memory plot, shown, timer."""
         snap = studio.jobs.snapshot()
         now = (snap.name, snap.state, len(snap.events))
-        timer = gr.Timer(active=snap.running)  # polling stops with the job: an idle page costs nothing
+        # Fast while a job runs, slow when idle (an idle page then costs next to nothing, yet still
+        # notices a job started from another browser).
+        timer = gr.Timer(0.5 if snap.running else IDLE_POLL_S)
         if now == tuple(shown or ()):
             # Nothing new: leave the page alone rather than redraw every plot (CPU the trainer needs).
             return (*[gr.skip()] * 6, shown, timer)
