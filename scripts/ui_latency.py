@@ -17,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -73,14 +75,28 @@ def with_page(model: str, steps: int, runs: Path) -> tuple[Path, list[float]]:
                 const m = document.querySelector('#train-status').innerText.match(/ · step (\\d+)\\//);
                 if (m && !(m[1] in window.seen)) window.seen[m[1]] = Date.now() / 1000;
             }).observe(document.querySelector('#train-status'), {subtree: true, childList: true, characterData: true}); }""")
+        browser_processes = [p for p in psutil.process_iter() if "chrom" in p.name()]
+        cpu_before = _cpu_seconds(browser_processes)
         run_dir = studio.start_training(config(model, steps, runs))
         while studio.jobs.busy:
             time.sleep(0.5)
+        browser_cpu = _cpu_seconds(browser_processes) - cpu_before
         seen = {int(k): v for k, v in page.evaluate("() => window.seen").items()}
         browser.close()
     app.close()
     logged = {e.step: e.time for e in read_events(run_dir / "events.jsonl") if e.kind == "log"}
-    return run_dir, [seen[s] - logged[s] for s in sorted(seen) if s in logged]
+    return run_dir, [seen[s] - logged[s] for s in sorted(seen) if s in logged], browser_cpu
+
+
+def _cpu_seconds(processes) -> float:
+    total = 0.0
+    for p in processes:
+        try:
+            times = p.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
 
 def main() -> None:
@@ -89,13 +105,14 @@ def main() -> None:
     runs = Path("/tmp/ui_latency_runs")
     shutil.rmtree(runs, ignore_errors=True)
     headless_run = headless(model, steps, runs)
-    page_run, delays = with_page(model, steps, runs)
+    page_run, delays, browser_cpu = with_page(model, steps, runs)
     result = {
         "model": model, "steps": steps,
         "headless_s_per_step": round(seconds_per_step(headless_run), 3),
         "page_open_s_per_step": round(seconds_per_step(page_run), 3),
         "delay_median_s": round(statistics.median(delays), 3), "delay_max_s": round(max(delays), 3),
         "steps_seen_on_screen": len(delays),
+        "browser_cpu_s_per_step": round(browser_cpu / steps, 3),
     }
     result["slowdown_percent"] = round(100 * (result["page_open_s_per_step"] / result["headless_s_per_step"] - 1), 1)
     out = ROOT / "results" / "ui_latency-cpu.json"

@@ -220,6 +220,8 @@ def cmd_data(args) -> int:
     print(f"tokens{scope}: {st.tokens:,} in all, {st.trained_tokens:,} trained ({100 * st.trained_tokens / max(st.tokens, 1):.0f}%)")
     print(f"max_length {p.max_length}: {st.rows_cut} rows cut, {st.responses_cut} of them lose response tokens")
     print(f"rows with nothing to learn: {st.fully_masked} · duplicate rows: {st.duplicates}")
+    for warning in p.warnings:
+        print(f"warning: {warning}")
     print("token length per row:")
     for low, count in _histogram(p.lengths):
         marker = "  <- cut at max_length" if low > p.max_length else ""

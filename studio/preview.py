@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from studio.config import DataConfig
 from studio.data import load_rows, tokenize_row
-from studio.templates import Template
+from studio.templates import Template, template_warnings
 
 STATS_SAMPLE = 2000  # rows tokenized for the statistics of a big file
 
@@ -28,7 +28,7 @@ class DataStats:
     trained_tokens: int
     rows_cut: int  # longer than max_length
     responses_cut: int  # of those, rows that lose trained (response) tokens
-    fully_masked: int  # rows with nothing to learn (even before cutting)
+    fully_masked: int  # rows with nothing left to learn once cut to max_length (training drops them)
     duplicates: int  # rows whose rendered text appeared before
 
 
@@ -44,6 +44,7 @@ class DataPreview:
     max_length: int
     template: str
     stats: DataStats
+    warnings: list[str]
 
     @property
     def cut(self) -> int:
@@ -65,7 +66,7 @@ def preview_dataset(cfg: DataConfig, tokenizer, template: Template, max_length: 
     tokenized = [tokenize_row(r, fmt, tokenizer, template, cfg.train_on) for r in sample]
     return DataPreview(fmt, len(rows), sorted(rows[0].fields), row, shown.text, tokens,
                        [len(t.input_ids) for t in tokenized], max_length, template.name,
-                       _stats(tokenized, max_length, sampled))
+                       _stats(tokenized, max_length, sampled), template_warnings(tokenizer, template))
 
 
 def _stats(tokenized, max_length: int, sampled: bool) -> DataStats:
@@ -81,6 +82,6 @@ def _stats(tokenized, max_length: int, sampled: bool) -> DataStats:
         trained_tokens=sum(sum(t.trained) for t in tokenized),
         rows_cut=sum(len(t.input_ids) > max_length for t in tokenized),
         responses_cut=sum(any(t.trained[max_length:]) for t in tokenized),
-        fully_masked=sum(not any(t.trained[1:]) for t in tokenized),
+        fully_masked=sum(not any(t.trained[1:max_length]) for t in tokenized),
         duplicates=duplicates,
     )

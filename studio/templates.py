@@ -17,6 +17,7 @@ template, with no searching for marker strings.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from studio.errors import TemplateError
 
@@ -55,7 +56,59 @@ PLAIN_TEMPLATE = (
     "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}"
 )
 
-GALLERY = {"alpaca": ALPACA_TEMPLATE, "chatml": CHATML_TEMPLATE, "plain": PLAIN_TEMPLATE}
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] + '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+
+# Gemma has no system role: a system message goes in front of the first user turn.
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% if messages and messages[0]['role'] == 'system' %}"
+    "{% set first = messages[0]['content'] + '\\n\\n' %}{% set loop_messages = messages[1:] %}"
+    "{% else %}{% set first = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{% for message in loop_messages %}{% set role = 'model' if message['role'] == 'assistant' else 'user' %}"
+    "{{ '<start_of_turn>' + role + '\\n' + (first if loop.first else '') + message['content'] + '<end_of_turn>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+
+MISTRAL_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}"
+)
+
+PHI3_TEMPLATE = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+
+VICUNA_PREAMBLE = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+VICUNA_TEMPLATE = (
+    "{% if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}"
+    "{% set loop_messages = messages[1:] %}"
+    "{% else %}{{ \"" + VICUNA_PREAMBLE + "\" }}{% set loop_messages = messages %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{% if message['role'] == 'user' %}{{ ' USER: ' + message['content'] }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' ASSISTANT: ' + message['content'] + eos_token }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ ' ASSISTANT:' }}{% endif %}"
+)
+
+GALLERY = {
+    "alpaca": ALPACA_TEMPLATE,
+    "chatml": CHATML_TEMPLATE,  # also Qwen's format
+    "llama3": LLAMA3_TEMPLATE,
+    "gemma": GEMMA_TEMPLATE,
+    "mistral": MISTRAL_TEMPLATE,
+    "phi3": PHI3_TEMPLATE,
+    "vicuna": VICUNA_TEMPLATE,
+    "plain": PLAIN_TEMPLATE,
+}
 
 # Tokens that end an assistant turn in common chat templates; generation stops
 # at any of them that the vocabulary has, as well as at EOS.
@@ -85,7 +138,26 @@ def resolve_template(name: str, tokenizer) -> Template:
         return Template("model", own, "model")
     if name in GALLERY:
         return Template(name, GALLERY[name], "gallery")
-    raise TemplateError(f"Unknown template {name!r}. Choose auto, model, or one of: {', '.join(GALLERY)}.")
+    if name.endswith(".jinja"):
+        path = Path(name)
+        if not path.is_file():
+            raise TemplateError(f"Template file not found: {path}.")
+        return Template(path.stem, path.read_text(encoding="utf-8"), "file")
+    raise TemplateError(
+        f"Unknown template {name!r}. Choose auto, model, a .jinja file, or one of: {', '.join(GALLERY)}."
+    )
+
+
+def template_warnings(tokenizer, template: Template) -> list[str]:
+    """What a person should know about the template choice before training on it."""
+    own = getattr(tokenizer, "chat_template", None)
+    if not own and template.source == "gallery" and template.name == "alpaca":
+        return ["This model has no chat template (a base model): the Alpaca prompt is used, and chat and every "
+                "export use it too."]
+    if own and template.jinja != own:
+        return [f"This model has its own chat template, but {template.name!r} is chosen: the result answers well only "
+                "in that format (chat and export use it; apps that apply the model's original template will not)."]
+    return []
 
 
 def template_from_text(jinja: str, source: str) -> Template:

@@ -25,7 +25,7 @@ from studio.events import Event, Sink
 from studio.hardware import MemoryProbe, free_accelerator_memory, has_cuda, resolve_dtype
 from studio.models import attach_lora, load_model
 from studio.runs import latest_checkpoint, load_run_config, read_template, write_status
-from studio.templates import Template, resolve_template
+from studio.templates import Template, resolve_template, template_warnings
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,8 @@ def run_training(run_dir: Path, sink: Sink, stop: threading.Event | None = None,
         sink(Event("stage", message=f"Loading {cfg.model.name_or_path} ({cfg.model.load_in})"))
         model, tokenizer = load_model(cfg.model)
         template = _run_template(run_dir, cfg, tokenizer)
+        for warning in template_warnings(tokenizer, template):
+            sink(Event("stage", message=f"Note: {warning}"))
         built = build_dataset(cfg.data, tokenizer, template, cfg.train.max_length)
         sink(Event("stage", message=f"Data: {len(built.train)} training rows, {len(built.eval)} eval rows "
                    f"({built.format}, template {template.name}); {built.truncated} rows cut at {cfg.train.max_length} tokens"))

@@ -109,3 +109,28 @@ def test_template_that_is_not_prefix_stable_is_refused(llama_tok):
     with pytest.raises(TemplateError, match="renders turn 2 differently"):
         tokenize_conversation(llama_tok, unstable, CONVERSATION[1:3], "responses")
     assert "eos_token" in ALPACA_TEMPLATE
+
+
+@pytest.mark.parametrize("name", ["alpaca", "chatml", "llama3", "gemma", "mistral", "phi3", "vicuna", "plain"])
+def test_every_gallery_template_trains_exactly_the_responses(llama_tok, name):
+    from studio.templates import GALLERY
+
+    row = tokenize_conversation(llama_tok, resolve_template(name, llama_tok), CONVERSATION, "responses")
+    runs = runs_of_trained(llama_tok, row)
+    assert len(runs) == 2, runs
+    for run, answer in zip(runs, ("2 plus 2 is 4.", "3 plus 3 is 6.")):
+        assert run.strip().startswith(answer), (name, run)
+        end = run.strip()[len(answer):]
+        assert end, f"{name}: the end of the turn ({end!r}) is trained too, so the model learns to stop"
+    assert name in GALLERY
+
+
+def test_a_jinja_file_is_a_template_and_warnings_explain_the_choice(llama_tok, qwen_tok, tmp_path):
+    from studio.templates import template_warnings
+
+    path = tmp_path / "mine.jinja"
+    path.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")
+    assert resolve_template(str(path), llama_tok).name == "mine"
+    assert "no chat template" in template_warnings(llama_tok, resolve_template("auto", llama_tok))[0]
+    assert "its own chat template" in template_warnings(qwen_tok, resolve_template("alpaca", qwen_tok))[0]
+    assert template_warnings(qwen_tok, resolve_template("auto", qwen_tok)) == []

@@ -6,6 +6,7 @@ import gradio as gr
 import pandas as pd
 
 from studio.errors import StudioError
+from studio.templates import GALLERY
 from studio.ui.form import config_from_form, named
 
 SAMPLE = "assets/sample_instructions.jsonl"
@@ -21,8 +22,8 @@ def build(studio, form: dict) -> dict:
             with gr.Row():
                 form["data.format"] = gr.Dropdown(["auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text"],
                                                   value="auto", label="Format")
-                form["data.template"] = gr.Dropdown(["auto", "model", "alpaca", "chatml", "plain"], value="auto",
-                                                    label="Prompt template")
+                form["data.template"] = gr.Dropdown(["auto", "model", *GALLERY], value="auto", allow_custom_value=True,
+                                                    label="Prompt template", info="or the path of a .jinja file")
             form["data.train_on"] = gr.Radio(["responses", "all"], value="responses", label="Train on")
             with gr.Accordion("Column mapping (when the file's names differ)", open=False):
                 with gr.Row():
@@ -70,7 +71,8 @@ def _summary(p) -> str:
     st = p.stats
     cut = (f"⚠️ **{st.rows_cut} rows** longer than max length {p.max_length} would be cut "
            f"({st.responses_cut} lose response tokens)") if st.rows_cut else f"no row is longer than max length {p.max_length}"
-    warnings = [f"⚠️ {st.fully_masked} rows have nothing to learn (all masked)"] if st.fully_masked else []
+    warnings = [f"⚠️ {w}" for w in p.warnings]
+    warnings += [f"⚠️ {st.fully_masked} rows have nothing to learn (all masked)"] if st.fully_masked else []
     warnings += [f"{st.duplicates} duplicate rows"] if st.duplicates else []
     scope = f" (sample of {st.rows})" if st.sampled else ""
     return (f"**{p.rows} rows** · format **{p.format}** · template **{p.template}** · columns {', '.join(p.columns)}\n\n"
