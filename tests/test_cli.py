@@ -74,11 +74,11 @@ def test_data_command_prints_statistics_and_a_row(tmp_path, tiny_llama):
     rows = [{"instruction": "Say hi", "input": "", "output": "Hi!"}] * 2 + \
            [{"instruction": "Write a lot " * 30, "input": "", "output": "Done."}]
     data.write_text("".join(__import__("json").dumps(r) + "\n" for r in rows))
-    done = launch("data", write_recipe(tmp_path, tiny_llama), f"data.path={data}", "train.max_length=64", "--row", "0")
+    done = launch("data", write_recipe(tmp_path, tiny_llama), f"data.path={data}", "train.max_length=160", "--row", "0")
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "3 rows · format alpaca · template alpaca" in out
-    assert "max_length 64: 1 rows cut, 1 of them lose response tokens" in out
+    assert "max_length 160: 1 rows cut, 1 of them lose response tokens" in out
     assert "rows with nothing to learn: 1 · duplicate rows: 1" in out
     assert "<- cut at max_length" in out
     assert "[Hi!</s>]" in out, "trained tokens are bracketed, EOS included"
