@@ -111,3 +111,30 @@ def test_eval_split_reports_eval_loss_and_packing_trains(tiny_llama, tmp_path):
                                     "train.packing=true", "train.max_steps=5"))
     evals = [e for e in read_events(result.run_dir / "events.jsonl") if e.kind == "eval"]
     assert evals and evals[0].step == 5 and evals[0].eval_loss > 0
+
+
+def test_scoring_only_trained_positions_keeps_loss_and_gradients(tiny_llama):
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from studio.train import scoring_only_trained_positions
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    add_fused_lm_head(model)
+    torch.manual_seed(0)
+    input_ids = torch.randint(3, 1000, (2, 24))
+    labels = input_ids.clone()
+    labels[:, :15] = -100  # a masked prompt, as in instruction data
+
+    def loss_and_grad():
+        model.zero_grad()
+        loss = model(input_ids=input_ids, labels=labels, fused_lm_head=True).loss
+        loss.backward()
+        return loss.item(), model.lm_head.weight.grad.clone()
+
+    every_position = loss_and_grad()
+    with scoring_only_trained_positions():
+        trained_only = loss_and_grad()
+    assert abs(every_position[0] - trained_only[0]) < 1e-5
+    assert torch.allclose(every_position[1], trained_only[1], atol=1e-6)
