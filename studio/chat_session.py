@@ -77,7 +77,7 @@ class ChatSession:
         return "gguf" if self.model is None else "tuned"
 
     def describe(self) -> str:
-        return str(self.run_dir or "") + (f" (GGUF)" if self.llm is not None else "")
+        return str(self.run_dir or "") + (" (GGUF)" if self.llm is not None else "")
 
     def stream(self, messages: list[dict], mode: str, stop: threading.Event | None = None) -> Iterator[str]:
         from studio.chat import stream_gguf_reply, stream_reply

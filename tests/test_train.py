@@ -43,7 +43,7 @@ def test_lora_run_changes_the_adapter_and_writes_events(trained_run):
 
 
 def test_stop_saves_a_checkpoint_and_resume_continues_from_it(tiny_llama, tmp_path):
-    from studio.events import JsonlSink, fan_out
+    from studio.events import JsonlSink
     from studio.train import run_training
 
     stop = threading.Event()

@@ -10,10 +10,10 @@ import gradio as gr
 
 from studio.errors import StudioError
 from studio.hardware import GIB
+from studio.ui.live import IDLE_POLL_S, poll_outputs
 
 GGUF_TYPES = ["f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k"]
 STATUS_ICON = {"pass": "✅", "warn": "🟡", "fail": "⛔"}
-IDLE_POLL_S = 3.0  # seconds between polls while no job runs
 
 
 def build(studio, form: dict) -> dict:
@@ -47,12 +47,7 @@ def wire(studio, form: dict, refs: dict, chat_refs: dict, tabs) -> None:
 
     def poll(shown: tuple):
         """Inputs: what the page shows. Outputs: status, report cards, files, Modelfile, shown, timer."""
-        snap = studio.jobs.snapshot()
-        now = (snap.name, snap.state, len(snap.events))
-        timer = gr.Timer(1.0 if snap.running else IDLE_POLL_S)
-        if now == tuple(shown or ()):
-            return (*[gr.skip()] * 4, shown, timer)
-        return (*export_view(snap), now, timer)
+        return poll_outputs(studio.jobs.snapshot(), shown, export_view, 4, fast_s=1.0)
 
     def runs():
         """Inputs: none. Outputs: run choices, the newest selected."""

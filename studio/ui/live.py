@@ -2,12 +2,41 @@
 
 from __future__ import annotations
 
+import time
+
+import gradio as gr
 import pandas as pd
 
 from studio.events import Event
 
+IDLE_POLL_S = 3.0  # seconds between polls while no job runs
+PLOT_EVERY_S = 5.0  # seconds between chart redraws while a job runs (text updates at every step)
+
 EMPTY_CURVE = pd.DataFrame({"step": [], "value": [], "series": []})
 EMPTY_MEMORY = pd.DataFrame({"seconds": [], "GiB": [], "series": []})
+
+
+def poll_outputs(snap, shown: tuple, render, outputs: int, fast_s: float, plots: tuple[int, ...] = ()) -> tuple:
+    """Outputs of a polling tick: the rendered snapshot, with gr.skip() wherever nothing needs redrawing.
+
+    Ends with the new "shown" state and the timer: fast while a job runs, slow when idle
+    (an idle page then costs next to nothing, yet notices a job started from another browser).
+    While a job runs, the outputs at `plots` are redrawn at most every PLOT_EVERY_S: drawing
+    charts is the browser's heaviest work, and on a CPU machine it competes with training.
+    """
+    key = (snap.name, snap.state, len(snap.events))
+    last_key, last_plot = (tuple(shown[:3]), shown[3]) if shown else ((), 0.0)
+    timer = gr.Timer(fast_s if snap.running else IDLE_POLL_S)
+    if key == last_key:
+        return (*[gr.skip()] * outputs, shown, timer)
+    values = list(render(snap))
+    now = time.time()
+    if snap.running and now - last_plot < PLOT_EVERY_S:
+        for index in plots:
+            values[index] = gr.skip()
+    else:
+        last_plot = now
+    return (*values, (*key, last_plot), timer)
 
 
 def progress_bar(step: int, total: int) -> str:

@@ -6,15 +6,12 @@ re-attaches to whatever is running.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import gradio as gr
 
 from studio.config import recipe_text
 from studio.errors import StudioError
 from studio.ui import live
 from studio.ui.form import config_from_form, named
-IDLE_POLL_S = 3.0  # seconds between polls while no job runs
 
 
 def build(studio, form: dict) -> dict:
@@ -59,7 +56,7 @@ def build(studio, form: dict) -> dict:
                                       elem_id="memory-plot")
     return {"start": start, "stop": stop, "resume_run": resume_run, "resume": resume, "show": show, "save": save,
             "command": command, "notice": notice, "status": status, "progress": progress, "loss": loss, "lr": lr, "memory": memory,
-            "memory_plot": memory_plot, "timer": gr.Timer(IDLE_POLL_S)}
+            "memory_plot": memory_plot, "timer": gr.Timer(live.IDLE_POLL_S)}
 
 
 def _advanced(form: dict) -> None:
@@ -125,15 +122,7 @@ def wire(studio, form: dict, refs: dict) -> None:
 
     def poll(shown: tuple):
         """Inputs: what the page shows. Outputs: status, progress, loss, lr, memory text, memory plot, shown, timer."""
-        snap = studio.jobs.snapshot()
-        now = (snap.name, snap.state, len(snap.events))
-        # Fast while a job runs, slow when idle (an idle page then costs next to nothing, yet still
-        # notices a job started from another browser).
-        timer = gr.Timer(0.5 if snap.running else IDLE_POLL_S)
-        if now == tuple(shown or ()):
-            # Nothing new: leave the page alone rather than redraw every plot (CPU the trainer needs).
-            return (*[gr.skip()] * 6, shown, timer)
-        return (*live.training_view(snap), now, timer)
+        return live.poll_outputs(studio.jobs.snapshot(), shown, live.training_view, 6, fast_s=0.5, plots=(2, 3, 5))
 
     def runs():
         """Inputs: none. Outputs: the runs that can be resumed."""
