@@ -94,13 +94,7 @@ def _read_json(path: Path) -> list[Row]:
 
 def _read_csv(path: Path) -> list[Row]:
     with path.open(encoding="utf-8", newline="") as fh:
-        sample = fh.read(64 * 1024)
-        fh.seek(0)
-        try:
-            dialect = csv.Sniffer().sniff(sample, delimiters=",;\t|")
-        except csv.Error:
-            dialect = csv.excel_tab if path.suffix.lower() == ".tsv" else csv.excel
-        reader = csv.DictReader(fh, dialect=dialect)
+        reader = csv.DictReader(fh, delimiter=_delimiter(fh, path))
         rows = []
         try:
             for record in reader:
@@ -113,6 +107,23 @@ def _read_csv(path: Path) -> list[Row]:
         except csv.Error as exc:
             raise DataError(f"{path.name}:{reader.line_num}: not valid CSV ({exc}).") from None
         return rows
+
+
+def _delimiter(fh, path: Path) -> str:
+    """The delimiter, guessed from the start of the file; quoting always follows the usual CSV rules.
+
+    (csv.Sniffer also guesses quoting, and on small samples it guesses wrong: a
+    value of one double quote then reads back as two.)
+    """
+    sample = fh.read(64 * 1024)
+    fh.seek(0)
+    header = sample.splitlines()[0] if sample else ""
+    default = "\t" if path.suffix.lower() == ".tsv" else ","
+    try:
+        sniffed = csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
+    except csv.Error:
+        sniffed = default
+    return next((d for d in (sniffed, default, ",", "\t", ";", "|") if d in header), default)
 
 
 def _read_parquet(path: Path) -> list[Row]:

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -9,7 +10,11 @@ from hypothesis import strategies as st
 from studio.data import read_rows
 from studio.errors import DataError
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# CI explores the same 60 examples every run (a failure is reproducible, never flaky);
+# WIDE_SEARCH=2000 searches that many fresh random examples instead.
+WIDE = int(os.environ.get("WIDE_SEARCH", "0"))
+SETTINGS = settings(max_examples=WIDE or 60, deadline=None, derandomize=not WIDE,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
 records = st.lists(st.fixed_dictionaries({"instruction": text, "input": text, "output": text}), min_size=1, max_size=8)
 
