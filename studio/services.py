@@ -11,6 +11,7 @@ drive the same code:
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -30,6 +31,8 @@ class Studio:
     chats: dict = field(default_factory=dict)  # (run, gguf file or None) -> ChatSession
     other_chat: object = None  # the chat/instruct model of the comparison pane
     other_key: str | None = None
+    # Set to end a streaming reply: by the Stop button, and by any job that needs the GPU.
+    chat_stop: threading.Event = field(default_factory=threading.Event)
 
     # ------------------------------------------------------------ hardware
 
@@ -173,7 +176,8 @@ class Studio:
         self.other_chat, self.other_key = None, None
 
     def close_chat(self) -> None:
-        """Free every chat model (training and export need the memory)."""
+        """End any reply in flight and free every chat model (training and export need the memory)."""
+        self.chat_stop.set()
         for session in self.chats.values():
             session.close()
         self.chats.clear()

@@ -7,8 +7,6 @@ switched off and on.
 
 from __future__ import annotations
 
-import threading
-
 import gradio as gr
 
 from studio.errors import StudioError
@@ -38,11 +36,11 @@ def build(studio, form: dict) -> dict:
     notice = gr.Markdown(elem_id="chat-notice")
     return {"run": run, "gguf": gguf, "other": other, "panes": panes, "system": system, "max_tokens": max_tokens,
             "temperature": temperature, "boards": boards, "prompt": prompt, "send": send, "stop": stop,
-            "clear": clear, "notice": notice, "stop_event": threading.Event()}
+            "clear": clear, "notice": notice}
 
 
 def wire(studio, form: dict, refs: dict) -> None:
-    stop_event: threading.Event = refs["stop_event"]
+    stop_event = studio.chat_stop
 
     def answer(prompt, run, gguf, other, panes, system, max_tokens, temperature, *histories):
         """Inputs: prompt, sources, settings, the four histories. Outputs (streamed): histories, notice."""
