@@ -35,6 +35,8 @@ def read_rows(path: str | Path) -> list[Row]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"Dataset not found: {path}. Give the path of a {', '.join(SUFFIXES)} file.")
+    if path.is_dir():
+        return _read_saved_dataset(path)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise DataError(f"{path}: unsupported file type {suffix!r}. Use one of {', '.join(SUFFIXES)}.")
@@ -124,6 +126,24 @@ def _delimiter(fh, path: Path) -> str:
     except csv.Error:
         sniffed = default
     return next((d for d in (sniffed, default, ",", "\t", ";", "|") if d in header), default)
+
+
+def _read_saved_dataset(path: Path) -> list[Row]:
+    """A folder written by `datasets.save_to_disk` (a DatasetDict: its "train" split)."""
+    from datasets import DatasetDict, load_from_disk
+
+    try:
+        data = load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as exc:
+        raise DataError(f"{path} is a folder but not a saved dataset ({exc}). Give a file, or a folder from "
+                        "datasets' save_to_disk.") from None
+    if isinstance(data, DatasetDict):
+        split = "train" if "train" in data else next(iter(data))
+        data = data[split]
+    rows = [Row(record, f"{path.name}[{i}]") for i, record in enumerate(data)]
+    if not rows:
+        raise DataError(f"{path} holds no rows.")
+    return rows
 
 
 def _read_parquet(path: Path) -> list[Row]:

@@ -102,3 +102,16 @@ def test_column_mapping_loads_from_a_recipe(tmp_path):
     recipe.write_text("data:\n  columns: [a, b]\n")
     with pytest.raises(ConfigError, match="data.columns must be a mapping"):
         load_recipe(recipe)
+
+
+def test_a_folder_saved_by_datasets_reads_its_train_split(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    rows = [{"prompt": "2+2=", "completion": "4"}, {"prompt": "3+3=", "completion": "6"}]
+    DatasetDict({"train": Dataset.from_list(rows), "test": Dataset.from_list(rows[:1])}).save_to_disk(tmp_path / "saved")
+    read = read_rows(tmp_path / "saved")
+    assert [r.fields for r in read] == rows and read[1].where == "saved[1]"
+    assert detect_format(read) == "prompt_completion"
+    (tmp_path / "not-a-dataset").mkdir()
+    with pytest.raises(DataError, match="is a folder but not a saved dataset"):
+        read_rows(tmp_path / "not-a-dataset")

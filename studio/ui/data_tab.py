@@ -17,7 +17,7 @@ TOKEN_COLOURS = {"trained": "#16a34a", "masked": "#9ca3af", "special, trained": 
 def build(studio, form: dict) -> dict:
     with gr.Row():
         with gr.Column(scale=2):
-            form["data.path"] = gr.Textbox(SAMPLE, label="Dataset file", info="jsonl, json, csv, tsv, parquet or txt")
+            form["data.path"] = gr.Textbox(SAMPLE, label="Dataset file", info="jsonl, json, csv, tsv, parquet, txt, or a saved datasets folder")
             upload = gr.File(label="…or upload a file", file_types=[".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt"])
             with gr.Row():
                 form["data.format"] = gr.Dropdown(["auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text"],
