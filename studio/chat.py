@@ -84,11 +84,6 @@ def stream_reply(
         raise failure[0]
 
 
-def reply(model, tokenizer, template: Template, messages: list[dict], gen: GenerationConfig, use_adapter: bool = True) -> str:
-    """The whole reply as one string."""
-    return "".join(stream_reply(model, tokenizer, template, messages, gen, use_adapter))
-
-
 # ---------------------------------------------------------------- GGUF
 
 

@@ -40,11 +40,10 @@ class ChatSession:
 
         if not run and not gguf:
             raise StudioError("Name a run to chat with, or a GGUF file with --gguf.")
-        cfg = load_run_config(find_run(run)) if run else RunConfig()
-        cfg = apply_overrides(cfg, overrides)
-        session = cls(generation=cfg.generation)
-        if run:
-            session.run_dir = find_run(run)
+        run_dir = find_run(run) if run else None
+        cfg = apply_overrides(load_run_config(run_dir) if run_dir else RunConfig(), overrides)
+        session = cls(generation=cfg.generation, run_dir=run_dir)
+        if run_dir:
             session.template = read_template(session.run_dir)
             if load_hf:
                 session.model, session.tokenizer = load_trained(session.run_dir, cfg.model)

@@ -47,10 +47,6 @@ class DataPreview:
     warnings: list[str]
 
     @property
-    def cut(self) -> int:
-        return sum(n > self.max_length for n in self.lengths)
-
-    @property
     def trained_tokens(self) -> int:
         return sum(trained for _, trained, _ in self.tokens)
 
