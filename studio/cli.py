@@ -56,6 +56,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = sub.add_parser("runs", help="List runs and their state.")
     runs.add_argument("--runs-dir", default="runs")
+
+    bench = sub.add_parser(
+        "bench", help="Measure training speed and memory: the studio's path against the textbook one.",
+        description="Train a few steps of a real model shape (random weights, no download) or a model folder on "
+                    "the studio's path and on the textbook transformers + PEFT + bitsandbytes path, with the same "
+                    "rows; print tokens/s, TFLOP/s, MFU, peak memory and the ratio. --max-memory instead finds the "
+                    "longest sequence that trains at batch 1 under that cap.")
+    bench.add_argument("model", help="A shape (llama-3.2-1b, llama-3.2-3b, llama-3.1-8b, qwen2.5-1.5b, qwen2.5-7b, "
+                                     "qwen3-8b, gemma-3-270m, gemma-3-1b) or a model folder.")
+    bench.add_argument("--method", choices=("qlora", "lora"), default="qlora",
+                       help="qlora: 4-bit base + LoRA; lora: 16-bit base + LoRA (default qlora).")
+    bench.add_argument("--batch", type=int, default=2)
+    bench.add_argument("--length", type=int, default=2048, help="Tokens per row (default 2048).")
+    bench.add_argument("--steps", type=int, default=10, help="Measured steps, after 3 warm-up steps (default 10).")
+    bench.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16).")
+    bench.add_argument("overrides", nargs="*", help="Dotted overrides for the studio path, e.g. "
+                       "train.offload_activations=true train.kernels=none.")
+    bench.add_argument("--no-reference", action="store_true", help="Skip the textbook path.")
+    bench.add_argument("--max-memory", default=None, metavar="GIB",
+                       help="Find the longest trainable sequence at batch 1 under this much GPU memory, e.g. 24GiB.")
+    bench.add_argument("--out", default=None, help="Results file (.json, a .md table beside it; default bench/<...>.json).")
     return parser
 
 
@@ -73,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_libraries()
     try:
         commands = {"train": cmd_train, "resume": cmd_resume, "export": cmd_export, "chat": cmd_chat, "data": cmd_data,
-                    "runs": cmd_runs}
+                    "runs": cmd_runs, "bench": cmd_bench}
         return commands[args.command](args)
     except StudioError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -216,18 +237,36 @@ def cmd_data(args) -> int:
     p = Studio().preview_data(cfg, args.row)
     st = p.stats
     print(f"{cfg.data.path}: {p.rows} rows · format {p.format} · template {p.template} · columns {', '.join(p.columns)}")
+    if not p.complete:
+        of = f" of {p.size / 2**20:,.1f} MB" if p.size else ""
+        print(f"a sample: the first {p.rows:,} rows{of} (training reads all of it)")
+    if p.format == "fields":
+        print("format fields: each row is read through the format-string template's fields")
+    elif p.detected:
+        print(f"format {p.format} detected from the columns (set data.format to override)")
+    print(f"kept {st.rows} of {st.rows + len(p.skipped)} rows" + (f"; {len(p.skipped)} skipped:" if p.skipped else ""))
+    for skipped in p.skipped[:20]:
+        print(f"  skipped {skipped}")
     scope = f" (a sample of {st.rows})" if st.sampled else ""
     print(f"tokens{scope}: {st.tokens:,} in all, {st.trained_tokens:,} trained ({100 * st.trained_tokens / max(st.tokens, 1):.0f}%)")
     print(f"max_length {p.max_length}: {st.rows_cut} rows cut, {st.responses_cut} of them lose response tokens")
     print(f"rows with nothing to learn: {st.fully_masked} · duplicate rows: {st.duplicates}")
+    if p.format == "preference":
+        print(f"pairs whose chosen and rejected responses are the same: {st.identical_pairs}")
     for warning in p.warnings:
         print(f"warning: {warning}")
     print("token length per row:")
     for low, count in _histogram(p.lengths):
         marker = "  <- cut at max_length" if low > p.max_length else ""
         print(f"  {low:>6}+ {'█' * max(1, round(40 * count / len(p.lengths)))} {count}{marker}")
+    if p.row_error:
+        print(f"\nrow {p.row} is skipped: {p.row_error}")
+        return 0
     print(f"\nrow {p.row} ({len(p.tokens)} tokens, {p.trained_tokens} trained; trained tokens in [brackets]):")
     print(_bracket_trained(p.tokens))
+    if p.rejected:
+        print(f"\nrow {p.row}, rejected response (shown for comparison, not trained by SFT):")
+        print(_bracket_trained(p.rejected))
     return 0
 
 
@@ -257,3 +296,30 @@ def cmd_runs(args) -> int:
         status = read_status(run_dir)
         print(f"{run_dir}  {status.get('state', '?'):9}  step {status.get('step', '-')}  loss {status.get('loss', '-')}")
     return 0
+
+
+def cmd_bench(args) -> int:
+    from studio.bench import BenchSpec, describe, longest_sequence, run_bench, save_report
+
+    spec = BenchSpec(model=args.model, method=args.method, batch=args.batch, length=args.length, steps=args.steps,
+                     rank=args.rank, overrides=tuple(args.overrides))
+    if args.max_memory:
+        report = longest_sequence(spec, cap_gib=_gib(args.max_memory))
+    else:
+        report = run_bench(spec, reference=not args.no_reference)
+    name = Path(args.model).name
+    what = f"longest-{args.max_memory}" if args.max_memory else f"b{args.batch}-l{args.length}"
+    out = Path(args.out) if args.out else Path("bench") / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{args.method}-{what}.json"
+    save_report(report, out)
+    print(describe(report))
+    print(f"\nSaved {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+def _gib(text: str) -> float:
+    """'24GiB', '24G' or '24' -> 24.0."""
+    number = text.strip().lower().removesuffix("gib").removesuffix("gb").removesuffix("g")
+    try:
+        return float(number)
+    except ValueError:
+        raise StudioError(f"--max-memory: '{text}' is not an amount of memory; write e.g. 24GiB.") from None

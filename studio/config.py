@@ -43,22 +43,48 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    path: str = _f("", "Dataset file (jsonl, json, csv, parquet, txt).")
-    format: Literal["auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text"] = _f(
-        "auto", "Row format; auto detects it from the columns."
+    path: str = _f(
+        "",
+        "Dataset: a file (jsonl, json, csv, tsv, parquet, txt), a folder saved by datasets' save_to_disk, a glob "
+        "(data/*.jsonl), a hub dataset id (needs a network), or several of these separated by commas.",
+    )
+    format: Literal["auto", "alpaca", "messages", "sharegpt", "prompt_completion", "preference", "text", "fields"] = _f(
+        "auto",
+        "Row format; auto detects it from the columns. preference: prompt/chosen/rejected pairs (texts or message "
+        "lists); SFT trains on the prompt and the chosen response and does not use the rejected one. fields: each "
+        "row through a format-string template (auto picks it when data.template is one).",
     )
     template: str = _f(
         "auto",
-        "Prompt template: auto (the model's own chat template, else alpaca), model, alpaca, chatml, plain.",
+        "Prompt template: auto (the model's own chat template, else alpaca), model, a gallery name (alpaca, chatml, "
+        "llama3, gemma, mistral, phi3, vicuna, plain), a .jinja file, Jinja text, or a format string with named "
+        "fields, e.g. 'Summarize:\\n{dialogue}\\nSummary: {summary}': the last field is the response, the others "
+        "make the prompt (no literal braces in a format string).",
     )
     train_on: Literal["responses", "all"] = _f(
         "responses", "Compute the loss on the responses only (instruction data) or on every token."
     )
     max_samples: int = _f(0, "Use at most this many rows (0: all).")
     eval_fraction: float = _f(0.0, "Fraction of rows held out for evaluation (0: no eval split).")
+    eval_path: str = _f(
+        "", "A separate eval dataset (same forms as path, same format as the training data); instead of eval_fraction."
+    )
     shuffle_seed: int = _f(3407, "Seed for the shuffle before the train/eval split.")
     columns: dict[str, str] = _f(
         {}, "Column mapping when names differ: {instruction: Question Text, output: Answer} (format field: file column)."
+    )
+    split: str = _f("train", "Split to read from a hub dataset or a saved DatasetDict folder.")
+    subset: str = _f("", "Subset (configuration) of a hub dataset, e.g. wikitext-2-raw-v1 (empty: its default).")
+    text_unit: Literal["auto", "line", "block"] = _f(
+        "auto",
+        "How a .txt file splits into documents: line (one per line), block (blocks of lines between blank lines), "
+        "auto (block when the file's first MB has a blank line between text, else line).",
+    )
+    max_bad_fraction: float = _f(
+        0.1,
+        "Malformed rows (bad JSON, a missing column, an unknown role, a row the template cannot render) are reported "
+        "with file and line and skipped, up to this fraction of the rows; more than that stops loading. 0: the "
+        "first malformed row stops loading.",
     )
 
 
@@ -95,8 +121,25 @@ class TrainConfig:
     max_length: int = _f(1024, "Longest sequence in tokens; longer rows are cut.")
     packing: bool = _f(False, "Pack several short rows into one sequence (faster on short data).")
     gradient_checkpointing: bool = _f(True, "Recompute activations in backward: less memory, ~25% slower.")
+    selective_checkpointing: bool = _f(
+        False, "With checkpointing, keep attention outputs instead of recomputing them (faster on long rows)."
+    )
+    feed_forward_slice: int = _f(
+        8192, "Rows longer than this run their feed-forward blocks in slices of this many tokens, recomputed in "
+        "backward: same results, far less memory on long rows (0: off)."
+    )
+    offload_activations: bool = _f(
+        False, "Keep activations in CPU memory during the step (CUDA): much longer sequences fit, a little slower."
+    )
+    kernels: Literal["auto", "liger", "none"] = _f(
+        "auto", "Fused Triton kernels for RMSNorm, RoPE and SwiGLU (Liger Kernel, CUDA). auto: when installed."
+    )
+    cpu_embeddings: bool = _f(
+        True, "LoRA on CUDA: keep the input embedding table in CPU memory when the model has a separate output "
+        "head (~1 GiB less GPU memory on 8B models; same results)."
+    )
     logging_steps: int = _f(1, "Log loss, LR and memory every this many steps.")
-    eval_steps: int = _f(20, "Evaluate every this many steps (when data.eval_fraction > 0).")
+    eval_steps: int = _f(20, "Evaluate every this many steps (with data.eval_fraction > 0 or data.eval_path).")
     save_steps: int = _f(20, "Save a checkpoint every this many steps.")
     save_total_limit: int = _f(2, "Keep at most this many checkpoints (oldest are removed).")
     runs_dir: str = _f("runs", "Folder that holds run folders.")

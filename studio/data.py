@@ -1,165 +1,68 @@
-"""Load a dataset file, detect its format, and turn rows into trainable token ids.
+"""Detect a dataset's format, and turn its rows into trainable token ids.
 
+Rows come from studio.sources (files, globs, saved folders, hub datasets).
 Every row becomes a conversation (a list of {"role", "content"} messages) or a
-raw text, then goes through the run's template (studio.templates). A malformed
-row is an error that names the file and line.
+raw text, then goes through the run's template (studio.templates).
 
-    rows = read_rows("assets/sample_instructions.jsonl")
+A malformed row (bad JSON, a missing column, an unknown role, a row the
+template cannot render) is skipped and reported with its file and line; the
+summary says how many rows were kept. Loading refuses when nothing is left,
+or when more than `data.max_bad_fraction` of the rows are malformed (then the
+data or its mapping is wrong, not a row here and there).
+
+    loaded = load_rows(cfg.data)                    # rows, skipped, format
     built = build_dataset(cfg.data, tokenizer, template, max_length=1024)
 """
 
 from __future__ import annotations
 
-import csv
-import json
+import random
 from dataclasses import dataclass
-from pathlib import Path
 
 from studio.config import DataConfig
-from studio.errors import DataError
-from studio.templates import Template, TokenizedRow, tokenize_conversation, tokenize_text
+from studio.errors import DataError, StudioError
+from studio.sources import Row, Skipped, read_sources
+from studio.templates import (FieldTemplate, Template, TokenizedRow, is_format_string, tokenize_conversation,
+                              tokenize_text)
 
-SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
+PREFERENCE_NOTE = ("Preference pairs: SFT trains on the prompt and the chosen response; the rejected responses are "
+                   "not used.")
 
 
 @dataclass(frozen=True)
-class Row:
-    """One record and where it came from ("data.jsonl:12"), for error messages."""
+class Loaded:
+    """Rows ready for a format, what was skipped on the way, and how much of the data was read."""
 
-    fields: dict
-    where: str
-
-
-def read_rows(path: str | Path) -> list[Row]:
-    """Read every record of a jsonl/json/csv/tsv/parquet/txt file."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"Dataset not found: {path}. Give the path of a {', '.join(SUFFIXES)} file.")
-    if path.is_dir():
-        return _read_saved_dataset(path)
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise DataError(f"{path}: unsupported file type {suffix!r}. Use one of {', '.join(SUFFIXES)}.")
-    try:
-        reader = {
-            ".jsonl": _read_jsonl,
-            ".json": _read_json,
-            ".csv": _read_csv,
-            ".tsv": _read_csv,
-            ".parquet": _read_parquet,
-            ".txt": _read_txt,
-        }[suffix]
-        rows = reader(path)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}). Save the file as UTF-8.") from None
-    if not rows:
-        raise DataError(f"{path} holds no rows.")
-    return rows
+    rows: list[Row]
+    skipped: list[Skipped]
+    format: str
+    detected: bool  # the format was detected from the columns (data.format auto)
+    columns: list[str]  # the first row's columns as the file names them
+    complete: bool  # False: reading stopped at a limit, the rows are the data's beginning
+    sources: list[str]
+    size: int  # bytes of the local files
 
 
-def _read_jsonl(path: Path) -> list[Row]:
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path.name}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}).") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{where}: each line must be a JSON object, got {type(record).__name__}.")
-            rows.append(Row(record, where))
-    return rows
-
-
-def _read_json(path: Path) -> list[Row]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path.name}:{exc.lineno}: not valid JSON ({exc.msg}).") from None
-    if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):
-        lengths = {len(v) for v in data.values()}
-        if len(lengths) != 1:
-            raise DataError(f"{path.name}: the columns have different lengths {sorted(lengths)}.")
-        data = [dict(zip(data, values)) for values in zip(*data.values())]
-    if not isinstance(data, list):
-        raise DataError(f"{path.name}: expected a list of objects or an object of equal-length lists.")
-    rows = []
-    for i, record in enumerate(data):
-        if not isinstance(record, dict):
-            raise DataError(f"{path.name}: item {i} must be an object, got {type(record).__name__}.")
-        rows.append(Row(record, f"{path.name}[{i}]"))
-    return rows
-
-
-def _read_csv(path: Path) -> list[Row]:
-    with path.open(encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh, delimiter=_delimiter(fh, path))
-        rows = []
-        try:
-            for record in reader:
-                # reader.line_num is the physical line where a record ends (records may span lines).
-                where = f"{path.name}:{reader.line_num}"
-                if None in record:
-                    raise DataError(f"{where}: {len(record) - 1 + len(record[None])} values, but the header names "
-                                    f"{len(reader.fieldnames)} columns. Quote values that contain the delimiter.")
-                rows.append(Row(dict(record), where))
-        except csv.Error as exc:
-            raise DataError(f"{path.name}:{reader.line_num}: not valid CSV ({exc}).") from None
-        return rows
-
-
-def _delimiter(fh, path: Path) -> str:
-    """The delimiter, guessed from the start of the file; quoting always follows the usual CSV rules.
-
-    (csv.Sniffer also guesses quoting, and on small samples it guesses wrong: a
-    value of one double quote then reads back as two.)
-    """
-    sample = fh.read(64 * 1024)
-    fh.seek(0)
-    header = sample.splitlines()[0] if sample else ""
-    default = "\t" if path.suffix.lower() == ".tsv" else ","
-    try:
-        sniffed = csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
-    except csv.Error:
-        sniffed = default
-    return next((d for d in (sniffed, default, ",", "\t", ";", "|") if d in header), default)
-
-
-def _read_saved_dataset(path: Path) -> list[Row]:
-    """A folder written by `datasets.save_to_disk` (a DatasetDict: its "train" split)."""
-    from datasets import DatasetDict, load_from_disk
-
-    try:
-        data = load_from_disk(str(path))
-    except (FileNotFoundError, ValueError) as exc:
-        raise DataError(f"{path} is a folder but not a saved dataset ({exc}). Give a file, or a folder from "
-                        "datasets' save_to_disk.") from None
-    if isinstance(data, DatasetDict):
-        split = "train" if "train" in data else next(iter(data))
-        data = data[split]
-    rows = [Row(record, f"{path.name}[{i}]") for i, record in enumerate(data)]
-    if not rows:
-        raise DataError(f"{path} holds no rows.")
-    return rows
-
-
-def _read_parquet(path: Path) -> list[Row]:
-    import pandas as pd
-
-    frame = pd.read_parquet(path)
-    return [Row(record, f"{path.name}[{i}]") for i, record in enumerate(frame.to_dict(orient="records"))]
-
-
-def _read_txt(path: Path) -> list[Row]:
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if line.strip():
-                rows.append(Row({"text": line.rstrip("\n")}, f"{path.name}:{number}"))
-    return rows
+def load_rows(cfg: DataConfig, limit: int | None = None, path: str | None = None) -> Loaded:
+    """Read `path` (default data.path), map its columns and find its format; at most `limit` records."""
+    read = read_sources(path or cfg.path, cfg.split, cfg.subset, cfg.text_unit, limit)
+    if not read.rows:
+        check_bad_rows(0, read.skipped, cfg.max_bad_fraction)
+    rows = map_columns(read.rows, cfg.columns)
+    fmt = cfg.format
+    if fmt == "auto":
+        fmt = "fields" if is_format_string(cfg.template) else detect_format(rows)
+    elif fmt == "fields" and not is_format_string(cfg.template):
+        raise DataError("data.format=fields reads each row through a format-string template: set data.template to "
+                        "one, e.g. 'Summarize:\\n{dialogue}\\nSummary: {summary}'.")
+    skipped = list(read.skipped)
+    if fmt == "fields":
+        rows, bad = _rows_from_fields(rows, cfg.template)
+        skipped += bad
+        if not rows:
+            check_bad_rows(0, skipped, cfg.max_bad_fraction)
+    return Loaded(rows, skipped, fmt, cfg.format == "auto", list(read.rows[0].fields), read.complete,
+                  read.sources, read.size)
 
 
 def map_columns(rows: list[Row], mapping: dict[str, str]) -> list[Row]:
@@ -175,20 +78,39 @@ def map_columns(rows: list[Row], mapping: dict[str, str]) -> list[Row]:
             for r in rows]
 
 
-def load_rows(cfg: DataConfig) -> tuple[list[Row], str]:
-    """Rows with the column mapping applied, and their format (detected unless set)."""
-    rows = map_columns(read_rows(cfg.path), cfg.columns)
-    return rows, detect_format(rows) if cfg.format == "auto" else cfg.format
+def summarize(kept: int, skipped: list[Skipped], show: int = 5) -> str:
+    """"kept 98 of 100 rows; 2 skipped: a.jsonl:3: not valid JSON (...); ..." (the first `show` named)."""
+    text = f"Kept {kept} of {kept + len(skipped)} rows"
+    if not skipped:
+        return text + "."
+    more = f"; and {len(skipped) - show} more" if len(skipped) > show else ""
+    return f"{text}; {len(skipped)} skipped: " + "; ".join(map(str, skipped[:show])) + more + "."
+
+
+def check_bad_rows(kept: int, skipped: list[Skipped], max_fraction: float) -> None:
+    """Refuse data with nothing left, or with more malformed rows than data.max_bad_fraction allows."""
+    if skipped and max_fraction <= 0:
+        raise DataError(f"{skipped[0]} (data.max_bad_fraction is 0: a malformed row stops loading).")
+    if not kept:
+        raise DataError(f"Nothing left to train on: every row is malformed. {summarize(kept, skipped)}")
+    if len(skipped) > max_fraction * (kept + len(skipped)):
+        raise DataError(
+            f"Too many malformed rows: {len(skipped)} of {kept + len(skipped)}, more than data.max_bad_fraction="
+            f"{max_fraction:g} allows. {summarize(kept, skipped)} Fix the data, check data.format and data.columns, "
+            "or raise data.max_bad_fraction to train on the rest."
+        )
 
 
 # ---------------------------------------------------------------- formats
 
 
 def detect_format(rows: list[Row]) -> str:
-    """alpaca, messages, sharegpt, prompt_completion or text, from the first row's columns."""
+    """alpaca, preference, messages, sharegpt, prompt_completion or text, from the first row's columns."""
     columns = set(rows[0].fields)
     if {"instruction", "output"} <= columns:
         return "alpaca"
+    if {"chosen", "rejected"} <= columns:
+        return "preference"
     if "messages" in columns:
         return "messages"
     if "conversations" in columns:
@@ -199,7 +121,8 @@ def detect_format(rows: list[Row]) -> str:
         return "text"
     raise DataError(
         f"{rows[0].where}: cannot tell the format from the columns {sorted(columns)}. Expected instruction/output "
-        "(Alpaca), messages, conversations (ShareGPT), prompt/completion or text; or set data.format."
+        "(Alpaca), prompt/chosen/rejected (preference), messages, conversations (ShareGPT), prompt/completion or "
+        "text; map yours with data.columns, set data.format, or write a format-string template with your columns."
     )
 
 
@@ -207,31 +130,65 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
 
 
 def to_messages(row: Row, fmt: str) -> list[dict]:
-    """A row as a conversation in the OpenAI `messages` shape."""
+    """A row as a conversation in the OpenAI `messages` shape (for preference pairs: the chosen one)."""
     f = row.fields
     if fmt == "alpaca":
         instruction, extra, output = _text(row, "instruction"), _text(row, "input", ""), _text(row, "output")
         user = f"{instruction}\n\n### Input:\n{extra}" if extra.strip() else instruction
         return [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
-    if fmt == "prompt_completion":
+    if fmt in ("prompt_completion", "fields"):
         return [{"role": "user", "content": _text(row, "prompt")}, {"role": "assistant", "content": _text(row, "completion")}]
+    if fmt == "preference":
+        return preference_pair(row)[0]
     if fmt in ("messages", "sharegpt"):
-        key, role_key, content_key = ("messages", "role", "content") if fmt == "messages" else ("conversations", "from", "value")
-        turns = f.get(key)
-        if not isinstance(turns, list) or not turns:
-            raise DataError(f"{row.where}: {key!r} must be a non-empty list of turns.")
-        messages = []
-        for i, turn in enumerate(turns):
-            if not isinstance(turn, dict) or not isinstance(turn.get(content_key), str):
-                raise DataError(f"{row.where}: turn {i} must be an object with a text {content_key!r}.")
-            role = SHAREGPT_ROLES.get(str(turn.get(role_key)))
-            if role is None:
-                raise DataError(f"{row.where}: turn {i} has unknown role {turn.get(role_key)!r}.")
-            messages.append({"role": role, "content": turn[content_key]})
-        if not any(m["role"] == "assistant" for m in messages):
-            raise DataError(f"{row.where}: the conversation has no assistant turn to learn from.")
-        return messages
+        key = "messages" if fmt == "messages" else "conversations"
+        return _conversation(row, key, f.get(key))
     raise AssertionError(f"to_messages called for format {fmt}")
+
+
+def preference_pair(row: Row) -> tuple[list[dict], list[dict]]:
+    """The chosen and the rejected conversation of a preference row.
+
+    prompt may be a text or a list of messages, or absent when chosen and
+    rejected are whole conversations; chosen/rejected are texts or message lists.
+    """
+    prompt = row.fields.get("prompt")
+    if isinstance(prompt, list):
+        before = _conversation(row, "prompt", prompt, needs_answer=False)
+    else:
+        before = [{"role": "user", "content": _text(row, "prompt")}] if prompt is not None else []
+    pair = []
+    for side in ("chosen", "rejected"):
+        value = row.fields.get(side)
+        if isinstance(value, list):
+            turns = _conversation(row, side, value, needs_answer=False)
+        else:
+            if not before:
+                raise DataError(f"{row.where}: {side!r} is a text, so the row needs a 'prompt' column too.")
+            turns = [{"role": "assistant", "content": _text(row, side)}]
+        conversation = before + turns
+        if conversation[-1]["role"] != "assistant":
+            raise DataError(f"{row.where}: the {side} conversation must end with an assistant turn.")
+        pair.append(conversation)
+    return pair[0], pair[1]
+
+
+def _conversation(row: Row, key: str, turns, needs_answer: bool = True) -> list[dict]:
+    """Turns given as {role, content} (OpenAI) or {from, value} (ShareGPT), checked."""
+    if not isinstance(turns, list) or not turns:
+        raise DataError(f"{row.where}: {key!r} must be a non-empty list of turns.")
+    messages = []
+    for i, turn in enumerate(turns):
+        role_key, content_key = ("from", "value") if isinstance(turn, dict) and "from" in turn else ("role", "content")
+        if not isinstance(turn, dict) or not isinstance(turn.get(content_key), str):
+            raise DataError(f"{row.where}: turn {i} of {key!r} must be an object with a text {content_key!r}.")
+        role = SHAREGPT_ROLES.get(str(turn.get(role_key)))
+        if role is None:
+            raise DataError(f"{row.where}: turn {i} has unknown role {turn.get(role_key)!r}.")
+        messages.append({"role": role, "content": turn[content_key]})
+    if needs_answer and not any(m["role"] == "assistant" for m in messages):
+        raise DataError(f"{row.where}: the conversation has no assistant turn to learn from.")
+    return messages
 
 
 def _text(row: Row, key: str, default: str | None = None) -> str:
@@ -241,6 +198,26 @@ def _text(row: Row, key: str, default: str | None = None) -> str:
     if not isinstance(value, (str, int, float)):
         raise DataError(f"{row.where}: column {key!r} must be text, got {type(value).__name__}.")
     return str(value)
+
+
+def _rows_from_fields(rows: list[Row], format_string: str) -> tuple[list[Row], list[Skipped]]:
+    """Rows as prompt/completion through a format-string template's fields; rows lacking one are skipped."""
+    template = FieldTemplate.parse(format_string)
+    out, skipped = [], []
+    for row in rows:
+        missing = [f for f in template.fields if row.fields.get(f) is None]
+        if missing:
+            skipped.append(Skipped(row.where, f"the template uses {{{missing[0]}}}, but the row has no "
+                                              f"{missing[0]!r} (its columns: {', '.join(map(str, row.fields))}); "
+                                              "map one with data.columns"))
+            continue
+        try:
+            values = {f: _text(row, f) for f in template.fields}
+        except DataError as exc:
+            skipped.append(_as_skipped(row, exc))
+            continue
+        out.append(Row({"prompt": template.user_text(values), "completion": values[template.response]}, row.where))
+    return out, skipped
 
 
 # ---------------------------------------------------------------- building
@@ -254,6 +231,16 @@ class BuiltDataset:
     train: list[TokenizedRow]
     eval: list[TokenizedRow]
     truncated: int
+    skipped: list[Skipped]  # malformed rows, left out
+    nothing_to_learn: int  # rows dropped: every label masked once cut to max_length
+    notes: list[str]  # what a person should know about how the data trains
+
+    @property
+    def summary(self) -> str:
+        """"Kept 98 of 100 rows; 2 skipped: ..." for the training log."""
+        dropped = (f" {self.nothing_to_learn} rows dropped: nothing left to learn once cut to max_length."
+                   if self.nothing_to_learn else "")
+        return summarize(len(self.train) + len(self.eval) + self.nothing_to_learn, self.skipped) + dropped
 
 
 def tokenize_row(row: Row, fmt: str, tokenizer, template: Template, train_on: str) -> TokenizedRow:
@@ -262,25 +249,69 @@ def tokenize_row(row: Row, fmt: str, tokenizer, template: Template, train_on: st
     return tokenize_conversation(tokenizer, template, to_messages(row, fmt), train_on)
 
 
-def build_dataset(cfg: DataConfig, tokenizer, template: Template, max_length: int) -> BuiltDataset:
-    """Read, shuffle, tokenize and split; refuse data that would teach nothing."""
-    import random
+def tokenize_rows(rows: list[Row], fmt: str, tokenizer, template: Template,
+                  train_on: str) -> tuple[list[TokenizedRow], list[Skipped]]:
+    """Every row tokenized; a row that cannot be (malformed, or the template fails on it) is skipped."""
+    done, skipped = [], []
+    for row in rows:
+        try:
+            done.append(tokenize_row(row, fmt, tokenizer, template, train_on))
+        except StudioError as exc:  # DataError for the row, TemplateError for the template on this row
+            skipped.append(_as_skipped(row, exc))
+    return done, skipped
 
-    rows, fmt = load_rows(cfg)
+
+def _as_skipped(row: Row, exc: Exception) -> Skipped:
+    return Skipped(row.where, str(exc).removeprefix(f"{row.where}: ").rstrip("."))
+
+
+def build_dataset(cfg: DataConfig, tokenizer, template: Template, max_length: int) -> BuiltDataset:
+    """Read, shuffle, tokenize and split; skip malformed rows; refuse data that would teach nothing."""
+    if cfg.eval_path and cfg.eval_fraction:
+        raise DataError("data.eval_path and data.eval_fraction are alternatives: set data.eval_fraction=0 to "
+                        "evaluate on the eval file, or leave data.eval_path empty.")
+    loaded = load_rows(cfg)
+    rows = list(loaded.rows)
     random.Random(cfg.shuffle_seed).shuffle(rows)
     if cfg.max_samples:
         rows = rows[: cfg.max_samples]
-    tokenized = [tokenize_row(row, fmt, tokenizer, template, cfg.train_on) for row in rows]
+    tokenized, bad = tokenize_rows(rows, loaded.format, tokenizer, template, cfg.train_on)
+    skipped = loaded.skipped + bad
+    check_bad_rows(len(tokenized), skipped, cfg.max_bad_fraction)
     truncated = sum(len(t.input_ids) > max_length for t in tokenized)
-    tokenized = [_truncate(t, max_length) for t in tokenized]
-    kept = [t for t in tokenized if any(t.trained[1:])]
-    if not kept:
+    train = _learnable(tokenized, max_length)
+    if not train:
         raise DataError(
             f"{cfg.path}: every row has all its labels masked after cutting to max_length={max_length}: "
             "the model would learn nothing. Raise train.max_length or shorten the prompts."
         )
-    n_eval = int(len(kept) * cfg.eval_fraction)
-    return BuiltDataset(format=fmt, train=kept[n_eval:], eval=kept[:n_eval], truncated=truncated)
+    dropped = len(tokenized) - len(train)
+    if cfg.eval_path:
+        evaluation, eval_skipped, eval_dropped = _eval_rows(cfg, loaded.format, tokenizer, template, max_length)
+        skipped, dropped = skipped + eval_skipped, dropped + eval_dropped
+    else:
+        n_eval = int(len(train) * cfg.eval_fraction)
+        evaluation, train = train[:n_eval], train[n_eval:]
+    notes = [PREFERENCE_NOTE] if loaded.format == "preference" else []
+    return BuiltDataset(loaded.format, train, evaluation, truncated, skipped, dropped, notes)
+
+
+def _eval_rows(cfg: DataConfig, fmt: str, tokenizer, template: Template, max_length: int):
+    """The rows of data.eval_path, tokenized and cut like the training rows: (rows, skipped, dropped)."""
+    loaded = load_rows(cfg, path=cfg.eval_path)
+    if loaded.format != fmt:
+        raise DataError(f"{cfg.eval_path} holds {loaded.format} rows, but the training data is {fmt}: "
+                        "give an eval file of the same format.")
+    tokenized, bad = tokenize_rows(loaded.rows, fmt, tokenizer, template, cfg.train_on)
+    skipped = loaded.skipped + bad
+    check_bad_rows(len(tokenized), skipped, cfg.max_bad_fraction)
+    rows = _learnable(tokenized, max_length)
+    return rows, skipped, len(tokenized) - len(rows)
+
+
+def _learnable(rows: list[TokenizedRow], max_length: int) -> list[TokenizedRow]:
+    """Rows cut to max_length, without those that have nothing left to learn."""
+    return [t for t in (_truncate(r, max_length) for r in rows) if any(t.trained[1:])]
 
 
 def _truncate(row: TokenizedRow, max_length: int) -> TokenizedRow:

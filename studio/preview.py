@@ -1,45 +1,62 @@
 """What the model will train on: one row token by token, and statistics over the rows.
 
+The preview reads at most PREVIEW_ROWS rows (more only to reach the row asked
+for), so a 1 GB file shows at once; training reads everything. `complete`
+says whether the preview saw all of the data or its beginning.
+
     p = preview_dataset(cfg.data, tokenizer, template, max_length=1024, row=0)
     p.tokens      # [(piece, trained, special), ...] for row 0, as training sees it
-    p.lengths     # token length of every row (a sample of a big file)
+    p.rejected    # the same for the rejected response of a preference pair
+    p.lengths     # token length of every row read
     p.stats       # rows, tokens, trained tokens, rows cut, responses cut, empty and duplicate rows
+    p.skipped     # malformed rows, each with file:line and the reason
 
 Run as:  python launch.py data recipes/quickstart.yaml [--row N]
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 from studio.config import DataConfig
-from studio.data import load_rows, tokenize_row
-from studio.templates import Template, template_warnings
+from studio.data import PREFERENCE_NOTE, check_bad_rows, load_rows, preference_pair, tokenize_row, tokenize_rows
+from studio.errors import StudioError
+from studio.sources import Skipped
+from studio.templates import Template, TokenizedRow, template_warnings, tokenize_conversation
 
-STATS_SAMPLE = 2000  # rows tokenized for the statistics of a big file
+PREVIEW_ROWS = 2000  # rows read and tokenized for the preview and its statistics
+
+Tokens = list[tuple[str, bool, bool]]  # (piece, trained, special)
 
 
 @dataclass(frozen=True)
 class DataStats:
-    rows: int  # rows counted (all, or the sample)
-    sampled: bool
+    rows: int  # rows tokenized (all rows read)
+    sampled: bool  # the rows are the beginning of the data, not all of it
     tokens: int
     trained_tokens: int
     rows_cut: int  # longer than max_length
     responses_cut: int  # of those, rows that lose trained (response) tokens
     fully_masked: int  # rows with nothing left to learn once cut to max_length (training drops them)
     duplicates: int  # rows whose rendered text appeared before
+    identical_pairs: int  # preference rows whose chosen and rejected responses are the same
 
 
 @dataclass(frozen=True)
 class DataPreview:
     format: str
-    rows: int
+    detected: bool  # format found from the columns, not set
+    rows: int  # rows read and kept
+    complete: bool  # every row of the data was read (else the rows are its beginning)
+    size: int  # bytes of the local files
+    sources: list[str]
     columns: list[str]
     row: int
     text: str
-    tokens: list[tuple[str, bool, bool]]
+    tokens: Tokens
+    rejected: Tokens  # the rejected conversation of a preference row, else empty
+    row_error: str  # why the row shown cannot be trained on (it is skipped), else ""
+    skipped: list[Skipped]
     lengths: list[int]
     max_length: int
     template: str
@@ -52,20 +69,54 @@ class DataPreview:
 
 
 def preview_dataset(cfg: DataConfig, tokenizer, template: Template, max_length: int, row: int = 0) -> DataPreview:
-    rows, fmt = load_rows(cfg)
+    loaded = load_rows(cfg, limit=max(PREVIEW_ROWS, row + 1))
+    rows = loaded.rows
     row = max(0, min(row, len(rows) - 1))
-    shown = tokenize_row(rows[row], fmt, tokenizer, template, cfg.train_on)
+    text, tokens, rejected, row_error = "", [], [], ""
+    try:
+        shown = tokenize_row(rows[row], loaded.format, tokenizer, template, cfg.train_on)
+        text, tokens = shown.text, _pieces(tokenizer, shown)
+        if loaded.format == "preference":
+            other = tokenize_conversation(tokenizer, template, preference_pair(rows[row])[1], cfg.train_on)
+            rejected = _pieces(tokenizer, other)
+    except StudioError as exc:
+        row_error = str(exc)
+    tokenized, bad = tokenize_rows(rows, loaded.format, tokenizer, template, cfg.train_on)
+    skipped = loaded.skipped + bad
+    if not tokenized:
+        check_bad_rows(0, skipped, cfg.max_bad_fraction)  # nothing to show: the reason, as training would give it
+    warnings = template_warnings(tokenizer, template)
+    if loaded.format == "preference":
+        warnings.append(PREFERENCE_NOTE)
+    try:
+        check_bad_rows(len(tokenized), skipped, cfg.max_bad_fraction)
+    except StudioError as exc:
+        warnings.append(f"Training would refuse this data: {exc}")
+    identical = _identical_pairs(rows) if loaded.format == "preference" else 0
+    return DataPreview(
+        loaded.format, loaded.detected, len(rows), loaded.complete, loaded.size, loaded.sources, loaded.columns,
+        row, text, tokens, rejected, row_error, skipped, [len(t.input_ids) for t in tokenized], max_length,
+        template.name, _stats(tokenized, max_length, not loaded.complete, identical), warnings,
+    )
+
+
+def _pieces(tokenizer, row: TokenizedRow) -> Tokens:
     specials = set(tokenizer.all_special_ids)
-    tokens = [(tokenizer.decode([t]), bool(on), t in specials) for t, on in zip(shown.input_ids, shown.trained)]
-    sampled = len(rows) > STATS_SAMPLE
-    sample = random.Random(0).sample(rows, STATS_SAMPLE) if sampled else rows
-    tokenized = [tokenize_row(r, fmt, tokenizer, template, cfg.train_on) for r in sample]
-    return DataPreview(fmt, len(rows), sorted(rows[0].fields), row, shown.text, tokens,
-                       [len(t.input_ids) for t in tokenized], max_length, template.name,
-                       _stats(tokenized, max_length, sampled), template_warnings(tokenizer, template))
+    return [(tokenizer.decode([t]), bool(on), t in specials) for t, on in zip(row.input_ids, row.trained)]
 
 
-def _stats(tokenized, max_length: int, sampled: bool) -> DataStats:
+def _identical_pairs(rows) -> int:
+    count = 0
+    for r in rows:
+        try:
+            chosen, rejected = preference_pair(r)
+        except StudioError:
+            continue  # counted among the skipped rows
+        count += chosen == rejected
+    return count
+
+
+def _stats(tokenized, max_length: int, sampled: bool, identical_pairs: int) -> DataStats:
     seen: set[str] = set()
     duplicates = 0
     for t in tokenized:
@@ -80,4 +131,5 @@ def _stats(tokenized, max_length: int, sampled: bool) -> DataStats:
         responses_cut=sum(any(t.trained[max_length:]) for t in tokenized),
         fully_masked=sum(not any(t.trained[1:max_length]) for t in tokenized),
         duplicates=duplicates,
+        identical_pairs=identical_pairs,
     )

@@ -10,12 +10,23 @@ turn itself; the characters in between are the response. Tokens whose text
 starts inside a response are trained, all others masked. This works for any
 template, with no searching for marker strings.
 
+A custom template is a .jinja file, Jinja text, or a format string with named
+fields ("Summarize:\n{dialogue}\n---\nSummary: {summary}"), which becomes a
+Jinja chat template too (see FieldTemplate).
+
+Every trained response ends with a token generation stops at: EOS or the
+template's end-of-turn token. Where the template's end-of-turn marker is not a
+single token of the model's vocabulary (ChatML's <|im_end|> on a Llama
+tokenizer), EOS is added after the response, so the model still learns to stop.
+
     template = resolve_template("auto", tokenizer)
     row = tokenize_conversation(tokenizer, template, messages, train_on="responses")
 """
 
 from __future__ import annotations
 
+import json
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,7 +128,7 @@ END_OF_TURN_TOKENS = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "<
 
 @dataclass(frozen=True)
 class Template:
-    """A named Jinja chat template. `source` says where it came from (model, gallery, run)."""
+    """A named Jinja chat template. `source` says where it came from (model, gallery, file, text, format string, run)."""
 
     name: str
     jinja: str
@@ -138,14 +149,90 @@ def resolve_template(name: str, tokenizer) -> Template:
         return Template("model", own, "model")
     if name in GALLERY:
         return Template(name, GALLERY[name], "gallery")
+    if is_jinja_text(name):
+        return Template("custom", name, "text")
+    if is_format_string(name):
+        return Template("custom", FieldTemplate.parse(name).jinja(), "format string")
     if name.endswith(".jinja"):
         path = Path(name)
         if not path.is_file():
             raise TemplateError(f"Template file not found: {path}.")
         return Template(path.stem, path.read_text(encoding="utf-8"), "file")
     raise TemplateError(
-        f"Unknown template {name!r}. Choose auto, model, a .jinja file, or one of: {', '.join(GALLERY)}."
+        f"Unknown template {name!r}. Choose auto, model, a .jinja file, Jinja text, a format string with "
+        f"{{fields}}, or one of: {', '.join(GALLERY)}."
     )
+
+
+def is_jinja_text(text: str) -> bool:
+    return "{{" in text or "{%" in text
+
+
+def is_format_string(text: str) -> bool:
+    """A format string with named fields ("Q: {question} A: {answer}"); Jinja text is not one."""
+    return "{" in text and not is_jinja_text(text)
+
+
+@dataclass(frozen=True)
+class FieldTemplate:
+    """A format string whose last field is the response and whose other fields make the prompt.
+
+    "Summarize:\n{dialogue}\n---\nSummary: {summary}" trains on rows with the
+    columns dialogue and summary. It becomes a chat template so that chat and
+    every export prompt exactly as training did: a user message stands for the
+    prompt fields (with the text between them), so in chat one types the
+    dialogue and gets the summary.
+    """
+
+    head: str  # text before the first field
+    prompt: tuple[tuple[str, str], ...]  # (field, text after it) for each prompt field
+    response: str  # the last field
+    tail: str  # text after the response; trained with it, then EOS
+
+    @classmethod
+    def parse(cls, text: str) -> "FieldTemplate":
+        try:
+            parts = list(string.Formatter().parse(text))
+        except ValueError as exc:
+            raise TemplateError(f"Template {text!r} is not a valid format string ({exc}). Write each field as "
+                                "{name}, e.g. 'Summarize:\\n{dialogue}\\nSummary: {summary}'.") from None
+        fields = [field for _, field, _, _ in parts if field is not None]
+        bad = [f for _, f, spec, conv in parts if f is not None and (not f.isidentifier() or spec or conv)]
+        if bad or len(fields) < 2:
+            raise TemplateError(
+                f"Template {text!r}: a format-string template needs at least two plain named fields, the prompt "
+                "field(s) and, last, the response field, e.g. 'Summarize:\\n{dialogue}\\nSummary: {summary}'"
+                + (f" (not {{{bad[0]}}})." if bad else ".")
+            )
+        literals = [literal for literal, _, _, _ in parts] + [""]
+        prompt = tuple((field, literals[i + 1]) for i, field in enumerate(fields[:-1]))
+        trailing = literals[len(fields)] if parts[-1][1] is None else ""
+        return cls(literals[0], prompt, fields[-1], trailing)
+
+    @property
+    def fields(self) -> list[str]:
+        return [field for field, _ in self.prompt] + [self.response]
+
+    def user_text(self, values: dict[str, str]) -> str:
+        """The user message for a row: the prompt fields with the text between them."""
+        pieces = [values[field] + after for field, after in self.prompt]
+        return "".join(pieces)[: -len(self.prompt[-1][1]) or None]
+
+    def jinja(self) -> str:
+        # Spaces right before the response go with the response: "Summary: They" tokenizes as
+        # "Summary:" + " They", and a prompt ending in a space would cut that token in two.
+        before = self.prompt[-1][1]
+        prompt_end = before.rstrip(" ")
+        quote = lambda text: json.dumps(text, ensure_ascii=False)  # a Jinja string literal
+        return (
+            "{% for message in messages %}"
+            "{% if message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}"
+            f"{{% elif message['role'] == 'user' %}}"
+            f"{{{{ {quote(self.head)} + message['content'] + {quote(prompt_end)} }}}}"
+            f"{{% elif message['role'] == 'assistant' %}}"
+            f"{{{{ {quote(before[len(prompt_end):])} + message['content'] + {quote(self.tail)} + eos_token }}}}"
+            "{% endif %}{% endfor %}"
+        )
 
 
 def template_warnings(tokenizer, template: Template) -> list[str]:
@@ -186,10 +273,10 @@ class TokenizedRow:
 
 
 def tokenize_conversation(tokenizer, template: Template, messages: list[dict], train_on: str) -> TokenizedRow:
-    """Render a conversation and mark the tokens of every assistant turn as trained."""
+    """Render a conversation and mark the tokens of every assistant turn as trained, each ending in a stop token."""
     text = render(tokenizer, template, messages)
     spans = _response_spans(tokenizer, template, messages, text) if train_on == "responses" else [(0, len(text))]
-    return _tokenize_with_spans(tokenizer, text, spans)
+    return _tokenize_with_spans(tokenizer, text, spans, end_with_stop=True)
 
 
 def tokenize_text(tokenizer, text: str) -> TokenizedRow:
@@ -214,15 +301,36 @@ def _response_spans(tokenizer, template: Template, messages: list[dict], text: s
     return spans
 
 
-def _tokenize_with_spans(tokenizer, text: str, spans: list[tuple[int, int]]) -> TokenizedRow:
+def _tokenize_with_spans(tokenizer, text: str, spans: list[tuple[int, int]],
+                         end_with_stop: bool = False) -> TokenizedRow:
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
-    trained = [int(any(lo <= start < hi for lo, hi in spans)) for start, _ in offsets]
+    span_of = [next((k for k, (lo, hi) in enumerate(spans) if lo <= start < hi), None) for start, _ in offsets]
+    trained = [int(k is not None) for k in span_of]
+    if end_with_stop:
+        _add_eos_where_no_stop(tokenizer, ids, trained, span_of, len(spans))
     bos = tokenizer.bos_token
     if bos and _adds_bos(tokenizer) and not text.startswith(bos):
         ids.insert(0, tokenizer.bos_token_id)
         trained.insert(0, 0)
     return TokenizedRow(text=text, input_ids=ids, trained=trained)
+
+
+def _add_eos_where_no_stop(tokenizer, ids: list[int], trained: list[int], span_of: list, n_spans: int) -> None:
+    """Put a trained EOS after every response that holds no token generation stops at.
+
+    A template's end-of-turn marker that the vocabulary lacks (<|im_end|> on a
+    Llama tokenizer) is learned as plain text pieces, and chat would never stop
+    on it; EOS after it teaches the model to stop.
+    """
+    if tokenizer.eos_token_id is None:
+        return
+    stops = set(stop_token_ids(tokenizer))
+    for k in reversed(range(n_spans)):  # from the end, so insertions keep earlier positions valid
+        positions = [i for i, owner in enumerate(span_of) if owner == k]
+        if positions and not any(ids[i] in stops for i in positions):
+            ids.insert(positions[-1] + 1, tokenizer.eos_token_id)
+            trained.insert(positions[-1] + 1, 1)
 
 
 def _adds_bos(tokenizer) -> bool:
@@ -238,8 +346,8 @@ def prompt_ids(tokenizer, template: Template, messages: list[dict]) -> list[int]
 
 
 def stop_token_ids(tokenizer) -> list[int]:
-    """EOS plus every end-of-turn token the vocabulary has."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    vocab = tokenizer.get_vocab()
-    ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
-    return sorted(ids)
+    """EOS plus every end-of-turn token the vocabulary has (as one token)."""
+    # Looked up token by token: building the whole vocabulary (262k entries for Gemma) for every row is slow.
+    found = tokenizer.convert_tokens_to_ids(list(END_OF_TURN_TOKENS))
+    ids = {i for i in found if i is not None and i != tokenizer.unk_token_id}
+    return sorted(ids | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()))

@@ -76,3 +76,17 @@ def test_every_recipe_loads_and_has_a_header(recipe):
     header = recipe.read_text().splitlines()[:12]
     assert any(line.startswith("# Run:") for line in header), "recipes say how to run them"
     assert any(line.startswith("# Hardware:") for line in header), "recipes say what hardware they need"
+
+
+def test_data_source_keys_load_from_a_recipe(tmp_path):
+    cfg = load_recipe(write(tmp_path, 'data:\n  path: train/*.jsonl, extra.csv\n  eval_path: dev.jsonl\n  split: test\n'
+                                      '  subset: v2\n  text_unit: block\n  max_bad_fraction: 0\n  format: preference\n'
+                                      '  template: "Summarize:\\n{dialogue}\\nSummary: {summary}"\n'))
+    d = cfg.data
+    assert (d.path, d.eval_path, d.split, d.subset, d.text_unit) == ("train/*.jsonl, extra.csv", "dev.jsonl", "test",
+                                                                     "v2", "block")
+    assert d.max_bad_fraction == 0.0 and d.format == "preference" and d.template == "Summarize:\n{dialogue}\nSummary: {summary}"
+    with pytest.raises(ConfigError, match=r"data\.text_unit must be one of 'auto', 'line', 'block'"):
+        load_recipe(write(tmp_path, "data:\n  text_unit: paragraph\n"))
+    with pytest.raises(ConfigError, match=r"Unknown key 'data\.evalpath'.*Did you mean 'eval_path'"):
+        load_recipe(write(tmp_path, "data:\n  evalpath: dev.jsonl\n"))

@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from studio.data import detect_format, read_rows, to_messages
+from studio.data import detect_format, to_messages
 from studio.errors import DataError
+from studio.sources import read_rows
 
 
 def test_jsonl_json_csv_parquet_txt_read_the_same_rows(tmp_path):
@@ -86,8 +87,8 @@ def test_column_mapping_renames_columns_and_names_a_missing_one(tmp_path):
 
     path = tmp_path / "qa.csv"
     path.write_text('Question Text,Answer\n"What is 2+2?","4"\n"Say hi, please","Hi!"\n')
-    rows, fmt = load_rows(DataConfig(path=str(path), columns={"instruction": "Question Text", "output": "Answer"}))
-    assert fmt == "alpaca" and to_messages(rows[1], fmt)[1]["content"] == "Hi!"
+    loaded = load_rows(DataConfig(path=str(path), columns={"instruction": "Question Text", "output": "Answer"}))
+    assert loaded.format == "alpaca" and to_messages(loaded.rows[1], loaded.format)[1]["content"] == "Hi!"
     with pytest.raises(DataError, match=r"maps from 'Question'.*Its columns are: Answer, Question Text"):
         load_rows(DataConfig(path=str(path), columns={"instruction": "Question"}))
 
@@ -115,3 +116,48 @@ def test_a_folder_saved_by_datasets_reads_its_train_split(tmp_path):
     (tmp_path / "not-a-dataset").mkdir()
     with pytest.raises(DataError, match="is a folder but not a saved dataset"):
         read_rows(tmp_path / "not-a-dataset")
+
+
+def test_preference_pairs_are_detected_with_texts_or_message_lists(tmp_path):
+    from studio.data import preference_pair
+
+    user, chosen, rejected = ({"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"},
+                              {"role": "assistant", "content": "5"})
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {"prompt": "2+2?", "chosen": "4", "rejected": "5"},
+        {"prompt": [user], "chosen": [chosen], "rejected": [rejected]},
+        {"chosen": [user, chosen], "rejected": [user, rejected]},  # the prompt inside each conversation
+        {"chosen": "4", "rejected": "5"},
+        {"prompt": "2+2?", "chosen": [user], "rejected": "5"},
+    ]))
+    rows = read_rows(path)
+    assert detect_format(rows) == "preference"
+    for row in rows[:3]:
+        assert preference_pair(row) == ([user, chosen], [user, rejected]), row.where
+    assert to_messages(rows[0], "preference") == [user, chosen], "SFT trains on the prompt and the chosen response"
+    with pytest.raises(DataError, match=r"pairs\.jsonl:4: 'chosen' is a text, so the row needs a 'prompt' column"):
+        preference_pair(rows[3])
+    with pytest.raises(DataError, match=r"pairs\.jsonl:5: the chosen conversation must end with an assistant turn"):
+        preference_pair(rows[4])
+
+
+def test_a_format_string_template_reads_rows_by_its_fields(tmp_path):
+    from studio.config import DataConfig
+    from studio.data import load_rows
+
+    path = tmp_path / "dialogsum.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {"id": 1, "dialogue": "A: Hi.\nB: Hello.", "summary": "They greet."},
+        {"id": 2, "dialogue": "A: Bye."},
+    ]))
+    template = "Summarize:\n{dialogue}\n---\nSummary: {summary}"
+    loaded = load_rows(DataConfig(path=str(path), template=template))
+    assert loaded.format == "fields" and loaded.columns == ["id", "dialogue", "summary"]
+    assert to_messages(loaded.rows[0], "fields") == [{"role": "user", "content": "A: Hi.\nB: Hello."},
+                                                      {"role": "assistant", "content": "They greet."}]
+    assert [str(s) for s in loaded.skipped] == [
+        "dialogsum.jsonl:2: the template uses {summary}, but the row has no 'summary' (its columns: id, dialogue); "
+        "map one with data.columns"]
+    with pytest.raises(DataError, match="data.format=fields reads each row through a format-string template"):
+        load_rows(DataConfig(path=str(path), format="fields"))

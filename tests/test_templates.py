@@ -134,3 +134,51 @@ def test_a_jinja_file_is_a_template_and_warnings_explain_the_choice(llama_tok, q
     assert "no chat template" in template_warnings(llama_tok, resolve_template("auto", llama_tok))[0]
     assert "its own chat template" in template_warnings(qwen_tok, resolve_template("alpaca", qwen_tok))[0]
     assert template_warnings(qwen_tok, resolve_template("auto", qwen_tok)) == []
+
+
+def trained_runs_of_ids(row) -> list[list[int]]:
+    runs, current = [], []
+    for token, on in zip(row.input_ids + [None], row.trained + [0]):
+        if on:
+            current.append(token)
+        elif current:
+            runs, current = runs + [current], []
+    return runs
+
+
+@pytest.mark.parametrize("name", ["alpaca", "chatml", "llama3", "gemma", "mistral", "phi3", "vicuna", "plain"])
+def test_every_trained_response_ends_with_a_token_that_stops_generation(llama_tok, qwen_tok, name):
+    # The tiny Llama has none of the end-of-turn tokens (<|im_end|>, <|eot_id|>, ... are plain text to it):
+    # EOS is added after them. The tiny Qwen has <|im_end|> as one token: nothing is added for ChatML.
+    for tok in (llama_tok, qwen_tok):
+        stops = set(stop_token_ids(tok))
+        for train_on in ("responses", "all"):
+            row = tokenize_conversation(tok, resolve_template(name, tok), CONVERSATION, train_on)
+            runs = trained_runs_of_ids(row)
+            assert len(runs) == (2 if train_on == "responses" else 1)
+            for run in runs:
+                last_stop = max((i for i, t in enumerate(run) if t in stops), default=None)
+                assert last_stop is not None, (name, train_on, tok.decode(run))
+                assert tok.decode(run[last_stop + 1:]).strip() == "", "only white space after the stop token"
+    chatml_on_llama = tokenize_conversation(llama_tok, resolve_template("chatml", llama_tok), CONVERSATION, "responses")
+    assert runs_of_trained(llama_tok, chatml_on_llama)[0] == "2 plus 2 is 4.<|im_end|>\n</s>"
+
+
+def test_format_string_and_jinja_text_are_templates(llama_tok):
+    from studio.templates import FieldTemplate
+
+    template = resolve_template("### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n{output}",
+                                llama_tok)
+    assert (template.name, template.source) == ("custom", "format string")
+    fields = FieldTemplate.parse("### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n{output}")
+    assert fields.fields == ["instruction", "input", "output"]
+    user = fields.user_text({"instruction": "Sort", "input": "3, 1"})
+    row = tokenize_conversation(llama_tok, template, [{"role": "user", "content": user},
+                                                      {"role": "assistant", "content": "1, 3"}], "responses")
+    assert row.text == "### Instruction:\nSort\n\n### Input:\n3, 1\n\n### Response:\n1, 3</s>"
+    assert runs_of_trained(llama_tok, row) == ["1, 3</s>"]
+    assert resolve_template("{% for m in messages %}{{ m['content'] }}{% endfor %}", llama_tok).source == "text"
+    for bad, reason in [("Answer: {answer}", "at least two plain named fields"), ("{q} {a:>5}", r"\(not \{a\}\)"),
+                        ("{q} {a", "not a valid format string")]:
+        with pytest.raises(TemplateError, match=reason):
+            resolve_template(bad, llama_tok)

@@ -64,7 +64,7 @@ def test_the_whole_flow_through_the_api(client, tiny_llama):
     model = {"model_name_or_path": str(tiny_llama)}
     assert client.predict(api_name="/check_model", name_or_path=str(tiny_llama)).startswith("**Ready**: LlamaForCausalLM")
 
-    summary, tokens, histogram, *_ = client.predict(api_name="/preview_data", row=3, **model)
+    summary, tokens, _, histogram, *_ = client.predict(api_name="/preview_data", row=3, **model)
     assert "**370 rows** · format **alpaca** · template **alpaca**" in summary
     labels = {item["class_or_confidence"] for item in tokens}
     assert {"trained", "masked", "special, masked", "special, trained"} <= labels  # BOS masked, EOS trained
@@ -100,6 +100,23 @@ def test_the_whole_flow_through_the_api(client, tiny_llama):
     assert chosen_gguf.endswith("ui-q4_k_m.gguf"), chosen
     _, _, _, gguf_pane, _ = client.predict(api_name="/chat", prompt="Hello", run=run, gguf=chosen_gguf, panes=["GGUF"])
     assert gguf_pane[-1]["role"] == "assistant"
+
+
+def test_data_tab_shows_detection_skipped_rows_and_both_sides_of_a_pair(client, tiny_llama, tmp_path):
+    client, _ = client
+    path = tmp_path / "pairs.jsonl"
+    pairs = [{"prompt": f"Capital number {i}?", "chosen": "Paris.", "rejected": "Lyon."} for i in range(12)]
+    path.write_text("".join(__import__("json").dumps(p) + "\n" for p in pairs) + "{not json\n")
+    summary, tokens, rejected, _, skipped, *_ = client.predict(
+        api_name="/preview_data", row=0, model_name_or_path=str(tiny_llama), data_path=str(path))
+    assert "format **preference** · template **alpaca**" in summary
+    assert "Format **preference** detected from the columns" in summary
+    assert "Kept 12 of 13 rows; **1 malformed rows skipped**" in summary
+    assert "rejected responses are not used" in summary
+    assert "- `pairs.jsonl:13`: not valid JSON" in skipped
+    assert rejected["visible"] is True, "the rejected side is shown for preference rows"
+    trained = lambda box: "".join(item["token"] for item in box if item["class_or_confidence"].endswith("trained"))
+    assert trained(tokens) == "Paris.</s>" and trained(rejected["value"]) == "Lyon.</s>"
 
 
 def test_launch_py_opens_the_studio(tmp_path):

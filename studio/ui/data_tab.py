@@ -1,4 +1,7 @@
-"""Data tab: load a file, see its format, the rendered row token by token, and the length histogram."""
+"""Data tab: load data, see its detected format, the rendered row token by token, skipped rows, the length histogram.
+
+A big file is previewed from its first rows (the summary says so); training reads all of it.
+"""
 
 from __future__ import annotations
 
@@ -10,21 +13,36 @@ from studio.templates import GALLERY
 from studio.ui.form import config_from_form, named
 
 SAMPLE = "assets/sample_instructions.jsonl"
-MAPPED_FIELDS = ("instruction", "input", "output", "prompt", "completion", "text", "messages")
+MAPPED_FIELDS = ("instruction", "input", "output", "prompt", "completion", "chosen", "rejected", "text", "messages")
+FORMATS = ["auto", "alpaca", "messages", "sharegpt", "prompt_completion", "preference", "text", "fields"]
+SHOWN_SKIPPED = 50  # malformed rows listed by name; the count covers all
 TOKEN_COLOURS = {"trained": "#16a34a", "masked": "#9ca3af", "special, trained": "#7c3aed", "special, masked": "#c4b5fd"}
 
 
 def build(studio, form: dict) -> dict:
     with gr.Row():
         with gr.Column(scale=2):
-            form["data.path"] = gr.Textbox(SAMPLE, label="Dataset file", info="jsonl, json, csv, tsv, parquet, txt, or a saved datasets folder")
+            form["data.path"] = gr.Textbox(SAMPLE, label="Dataset", info="jsonl, json, csv, tsv, parquet, txt, a saved "
+                                           "datasets folder, a glob (data/*.jsonl), a hub dataset id; several: a, b")
             upload = gr.File(label="…or upload a file", file_types=[".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt"])
             with gr.Row():
-                form["data.format"] = gr.Dropdown(["auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text"],
-                                                  value="auto", label="Format")
+                form["data.format"] = gr.Dropdown(FORMATS, value="auto", label="Format",
+                                                  info="auto: detected from the columns (the summary says which)")
                 form["data.template"] = gr.Dropdown(["auto", "model", *GALLERY], value="auto", allow_custom_value=True,
-                                                    label="Prompt template", info="or the path of a .jinja file")
+                                                    label="Prompt template", info="or a .jinja file, or a custom one below")
+            with gr.Accordion("Custom template: a format string with named fields, or Jinja", open=False):
+                custom = gr.Textbox(lines=3, label="Custom template",
+                                    placeholder="Summarize:\n{dialogue}\n---\nSummary: {summary}",
+                                    info="The last field is the response; the others make the prompt.")
             form["data.train_on"] = gr.Radio(["responses", "all"], value="responses", label="Train on")
+            with gr.Accordion("Reading: hub split and subset, .txt documents, malformed rows", open=False):
+                with gr.Row():
+                    form["data.split"] = gr.Textbox("train", label="Split", min_width=120)
+                    form["data.subset"] = gr.Textbox("", label="Subset (hub)", min_width=120)
+                    form["data.text_unit"] = gr.Radio(["auto", "line", "block"], value="auto",
+                                                      label=".txt: one document per")
+                form["data.max_bad_fraction"] = gr.Number(0.1, minimum=0, maximum=1, label="Skip malformed rows up to "
+                                                          "this fraction (0: stop at the first)")
             with gr.Accordion("Column mapping (when the file's names differ)", open=False):
                 with gr.Row():
                     for name in MAPPED_FIELDS:
@@ -33,6 +51,7 @@ def build(studio, form: dict) -> dict:
             with gr.Row():
                 form["data.max_samples"] = gr.Number(0, precision=0, label="Max rows (0: all)")
                 form["data.eval_fraction"] = gr.Number(0.0, label="Eval fraction", minimum=0, maximum=0.5)
+                form["data.eval_path"] = gr.Textbox("", label="…or an eval file")
             with gr.Row():
                 row = gr.Number(0, precision=0, label="Row to show", minimum=0, elem_id="data-row")
                 preview = gr.Button("Preview", variant="primary")
@@ -41,10 +60,14 @@ def build(studio, form: dict) -> dict:
             tokens = gr.HighlightedText(label="What the model sees: trained tokens green, masked grey, special tokens purple",
                                         color_map=TOKEN_COLOURS, show_legend=True, combine_adjacent=False,
                                         elem_id="token-preview")
+            rejected = gr.HighlightedText(label="Rejected response of this pair (shown for comparison; SFT does not "
+                                          "train on it)", color_map=TOKEN_COLOURS, show_legend=True, combine_adjacent=False,
+                                          visible=False, elem_id="rejected-preview")
             histogram = gr.BarPlot(x="tokens", y="rows", color="fits", title="Token length per row",
                                    x_title="tokens (bins)", y_title="rows", height=260, elem_id="length-histogram")
+            skipped = gr.Markdown(elem_id="data-skipped")
     return {"upload": upload, "row": row, "preview": preview, "summary": summary, "tokens": tokens,
-            "histogram": histogram}
+            "rejected": rejected, "histogram": histogram, "skipped": skipped, "custom": custom}
 
 
 def wire(studio, form: dict, refs: dict) -> None:
@@ -53,18 +76,23 @@ def wire(studio, form: dict, refs: dict) -> None:
     mapping = [form[f"data.columns.{name}"] for name in MAPPED_FIELDS]
 
     def show(row: int, *values):
-        """Inputs: row number and the run form. Outputs: summary, token highlights, histogram, mapping choices."""
+        """Inputs: row number and the run form.
+        Outputs: summary, token highlights, rejected-response highlights, histogram, skipped rows, mapping choices."""
         try:
             p = studio.preview_data(config_from_form(keys, values), int(row or 0))
         except StudioError as exc:
-            return f"⚠️ {exc}", None, None, *[gr.update() for _ in mapping]
+            return f"⚠️ {exc}", None, gr.update(visible=False), None, "", *[gr.update() for _ in mapping]
         choices = gr.update(choices=["", *p.columns])
-        return _summary(p), _highlights(p), _histogram(p), *[choices for _ in mapping]
+        rejected = gr.update(value=_highlights(p.rejected), visible=bool(p.rejected))
+        return (_summary(p), _highlights(p.tokens), rejected, _histogram(p), _skipped(p),
+                *[choices for _ in mapping])
 
     named(show, keys, ("row",))
     refs["upload"].upload(lambda f: f, refs["upload"], form["data.path"], api_visibility="private")
-    refs["preview"].click(show, [refs["row"], *inputs], [refs["summary"], refs["tokens"], refs["histogram"], *mapping],
-                          api_name="preview_data")
+    # A custom template is typed in its own box (several lines) and becomes the template choice.
+    refs["custom"].change(lambda text: text or "auto", refs["custom"], form["data.template"], api_visibility="private")
+    outputs = [refs["summary"], refs["tokens"], refs["rejected"], refs["histogram"], refs["skipped"], *mapping]
+    refs["preview"].click(show, [refs["row"], *inputs], outputs, api_name="preview_data")
 
 
 def _summary(p) -> str:
@@ -74,17 +102,46 @@ def _summary(p) -> str:
     warnings = [f"⚠️ {w}" for w in p.warnings]
     warnings += [f"⚠️ {st.fully_masked} rows have nothing to learn (all masked)"] if st.fully_masked else []
     warnings += [f"{st.duplicates} duplicate rows"] if st.duplicates else []
-    scope = f" (sample of {st.rows})" if st.sampled else ""
+    warnings += [f"{st.identical_pairs} pairs have the same chosen and rejected response"] if st.identical_pairs else []
+    scope = f" (of the first {st.rows:,} rows)" if st.sampled else ""
+    row = (f"⚠️ Row {p.row} is skipped: {p.row_error}" if p.row_error
+           else f"Row {p.row}: {len(p.tokens)} tokens, {p.trained_tokens} trained")
     return (f"**{p.rows} rows** · format **{p.format}** · template **{p.template}** · columns {', '.join(p.columns)}\n\n"
-            f"Tokens{scope}: {st.tokens:,}, of which **{st.trained_tokens:,} trained** · {cut}"
+            + _reading(p)
+            + f"Tokens{scope}: {st.tokens:,}, of which **{st.trained_tokens:,} trained** · {cut}"
             + ("  \n" + " · ".join(warnings) if warnings else "")
-            + f"\n\nRow {p.row}: {len(p.tokens)} tokens, {p.trained_tokens} trained")
+            + f"\n\n{row}")
 
 
-def _highlights(p) -> list[tuple[str, str]]:
+def _reading(p) -> str:
+    """What was read: detection, skipped rows and whether the rows are a sample."""
+    if p.format == "fields":
+        lines = ["Format **fields**: each row is read through the format-string template's fields."]
+    elif p.detected:
+        lines = [f"Format **{p.format}** detected from the columns (choose another under Format to override)."]
+    else:
+        lines = [f"Format **{p.format}** as set."]
+    if p.skipped:
+        lines.append(f"⚠️ Kept {p.stats.rows:,} of {p.stats.rows + len(p.skipped):,} rows; **{len(p.skipped)} "
+                     "malformed rows skipped** (listed below).")
+    if not p.complete:
+        of = f" of {p.size / 2**20:,.1f} MB" if p.size else ""
+        lines.append(f"ℹ️ A sample: the preview read the first {p.rows:,} rows{of}; training reads all of it.")
+    return "  \n".join(lines) + "\n\n"
+
+
+def _skipped(p) -> str:
+    if not p.skipped:
+        return ""
+    listed = "\n".join(f"- `{s.where}`: {s.reason}" for s in p.skipped[:SHOWN_SKIPPED])
+    more = f"\n- … and {len(p.skipped) - SHOWN_SKIPPED} more" if len(p.skipped) > SHOWN_SKIPPED else ""
+    return f"**Skipped rows** (left out of training):\n{listed}{more}"
+
+
+def _highlights(tokens) -> list[tuple[str, str]]:
     # New lines would vanish in the flow of tokens: show them as ↵.
     return [(piece.replace("\n", "↵"), ("special, " if special else "") + ("trained" if trained else "masked"))
-            for piece, trained, special in p.tokens]
+            for piece, trained, special in tokens]
 
 
 def _histogram(p) -> pd.DataFrame:
