@@ -11,7 +11,12 @@ import os
 from dataclasses import asdict, dataclass
 
 import psutil
-import torch
+
+# Training allocates tensors of many sizes that change from row to row; growable segments
+# keep the CUDA allocator from fragmenting (set before torch makes its first allocation).
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
+import torch  # noqa: E402
 
 GIB = 1024**3
 

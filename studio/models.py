@@ -193,6 +193,32 @@ def attach_lora(model, cfg: LoraConfig):
     return get_peft_model(model, peft_cfg)
 
 
+def keep_input_embeddings_on_cpu(model) -> bool:
+    """Move a frozen input embedding table to CPU memory; only its lookups' results travel to the GPU.
+
+    The table is big (vocab x hidden: 1 GiB on Llama 3.1 8B) but a lookup reads
+    one row per token, so the CPU does it for free. Models whose output head
+    shares the table (tied embeddings) keep it on the GPU, where the head needs
+    it. Returns whether the table moved.
+    """
+    import torch
+
+    embeddings, head = model.get_input_embeddings(), model.get_output_embeddings()
+    device = embeddings.weight.device
+    if device.type != "cuda" or head is None or head.weight.data_ptr() == embeddings.weight.data_ptr():
+        return False
+    embeddings.to("cpu")
+    # Say so the way transformers does (a device map with two entries), so that the trainer and
+    # accelerate leave the placement alone instead of moving the whole model back to the GPU.
+    name = next(n for n, m in model.named_modules() if m is embeddings)
+    model.hf_device_map = {"": device.index or 0, name: "cpu"}
+    embeddings.register_forward_pre_hook(
+        lambda module, args: tuple(a.to("cpu") if torch.is_tensor(a) else a for a in args))
+    embeddings.register_forward_hook(lambda module, args, output: output.to(device))
+    torch.cuda.empty_cache()
+    return True
+
+
 def load_trained(run_dir: Path, cfg: ModelConfig):
     """The base model with the run's adapter attached (switchable), or the fully fine-tuned model."""
     from studio.runs import weights_dir

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from transformers import PrinterCallback, TrainerCallback
 
 from studio.config import RunConfig
@@ -24,7 +25,8 @@ from studio.data import build_dataset, to_hf_dataset
 from studio.errors import ConfigError, StudioError, TrainingError
 from studio.events import Event, Sink
 from studio.hardware import MemoryProbe, free_accelerator_memory, has_cuda, resolve_dtype
-from studio.models import attach_lora, load_model
+from studio.long_rows import slice_feed_forward
+from studio.models import attach_lora, keep_input_embeddings_on_cpu, load_model
 from studio.runs import latest_checkpoint, load_run_config, read_template, write_status
 from studio.templates import Template, resolve_template, template_warnings
 
@@ -50,15 +52,17 @@ def run_training(run_dir: Path, sink: Sink, stop: threading.Event | None = None,
     try:
         _check_method(cfg)
         sink(Event("stage", message=f"Loading {cfg.model.name_or_path} ({cfg.model.load_in})"))
-        model, tokenizer = load_model(cfg.model)
+        model, tokenizer = load_for_training(cfg, note=lambda text: sink(Event("stage", message=text)))
         template = _run_template(run_dir, cfg, tokenizer)
         for warning in template_warnings(tokenizer, template):
             sink(Event("stage", message=f"Note: {warning}"))
         built = build_dataset(cfg.data, tokenizer, template, cfg.train.max_length)
         sink(Event("stage", message=f"Data: {len(built.train)} training rows, {len(built.eval)} eval rows "
                    f"({built.format}, template {template.name}); {built.truncated} rows cut at {cfg.train.max_length} tokens"))
-        if cfg.lora.enabled:
-            model = attach_lora(model, cfg.lora)
+        if built.skipped or built.nothing_to_learn:
+            sink(Event("stage", message=f"Data: {built.summary}"))
+        for note in built.notes:
+            sink(Event("stage", message=f"Note: {note}"))
         trainer = _make_trainer(cfg, run_dir, model, tokenizer, built, sink, stop)
         with scoring_only_trained_positions():
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -80,6 +84,20 @@ def run_training(run_dir: Path, sink: Sink, stop: threading.Event | None = None,
     finally:
         del model, trainer
         free_accelerator_memory()
+
+
+def load_for_training(cfg: RunConfig, note=lambda text: None):
+    """The model as training uses it: loaded as configured, embeddings placed, adapter attached."""
+    model, tokenizer = load_model(cfg.model)
+    if cfg.lora.enabled:
+        if cfg.train.cpu_embeddings and keep_input_embeddings_on_cpu(model):
+            table = model.get_input_embeddings().weight
+            note(f"Input embeddings kept in CPU memory ({table.numel() * table.element_size() / 1024**3:.1f} GiB "
+                 "of GPU memory spared).")
+        torch.manual_seed(cfg.train.seed)  # the same adapter initialisation on every run of a recipe
+        model = attach_lora(model, cfg.lora)
+    slice_feed_forward(model, cfg.train.feed_forward_slice)
+    return model, tokenizer
 
 
 @contextlib.contextmanager
@@ -121,14 +139,34 @@ def _run_template(run_dir: Path, cfg: RunConfig, tokenizer) -> Template:
 
 
 def _make_trainer(cfg: RunConfig, run_dir: Path, model, tokenizer, built, sink: Sink, stop: threading.Event):
-    import torch
-    from trl import SFTConfig, SFTTrainer, pack_dataset
+    from trl import pack_dataset
+
+    train_dataset = to_hf_dataset(built.train)
+    eval_dataset = to_hf_dataset(built.eval) if built.eval else None
+    if cfg.train.packing:
+        # Best-fit packing keeps rows whole; the trainer then keeps them apart in attention.
+        train_dataset = pack_dataset(train_dataset, cfg.train.max_length, "bfd")
+    trainer = make_trainer(cfg, run_dir / "checkpoints", model, tokenizer, train_dataset, eval_dataset,
+                           callbacks=[ProgressCallback(sink, stop, MemoryProbe())])
+    return trainer
+
+
+def make_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_dataset, eval_dataset=None,
+                 callbacks=(), **overrides):
+    """TRL's SFTTrainer set up as the studio trains: the one place training options are decided.
+
+    `train_dataset` holds finished rows (input_ids, labels). `overrides` replace
+    SFTConfig fields (the benchmark turns saving off, for instance).
+    """
+    from trl import SFTTrainer
+
+    from studio.trainer_config import PlacedSFTConfig
 
     t = cfg.train
     dtype = resolve_dtype(cfg.model.dtype)
-    has_eval = bool(built.eval)
-    args = SFTConfig(
-        output_dir=str(run_dir / "checkpoints"),
+    has_eval = eval_dataset is not None
+    options = dict(
+        output_dir=str(output_dir),
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum,
@@ -144,7 +182,7 @@ def _make_trainer(cfg: RunConfig, run_dir: Path, model, tokenizer, built, sink: 
         max_length=t.max_length,
         packing=t.packing,
         activation_checkpointing=t.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False},
+        activation_checkpointing_kwargs={"use_reentrant": False, "selective": t.selective_checkpointing},
         logging_steps=t.logging_steps,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=t.eval_steps,
@@ -161,21 +199,44 @@ def _make_trainer(cfg: RunConfig, run_dir: Path, model, tokenizer, built, sink: 
         # Rows arrive tokenized, masked (labels) and cut to max_length by studio.data: the
         # preview shows exactly what trains, and TRL has nothing left to redo.
         dataset_kwargs={"skip_prepare_dataset": True},
+        **cuda_speedups(t),
     )
-    train_dataset, eval_dataset = to_hf_dataset(built.train), to_hf_dataset(built.eval) if has_eval else None
-    if t.packing:
-        # Best-fit packing keeps rows whole; the trainer then keeps them apart in attention.
-        train_dataset = pack_dataset(train_dataset, t.max_length, "bfd")
+    options.update(overrides)
     trainer = SFTTrainer(
         model=model,
-        args=args,
+        args=PlacedSFTConfig(**options),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        callbacks=[ProgressCallback(sink, stop, MemoryProbe())],
+        callbacks=list(callbacks),
     )
-    trainer.remove_callback(PrinterCallback)  # progress goes through our events instead
+    trainer.remove_callback(PrinterCallback)  # progress goes through the callbacks instead
     return trainer
+
+
+def cuda_speedups(t) -> dict:
+    """SFTConfig options that only exist on CUDA: Liger's fused kernels and activation offload.
+
+    TRL already scores the loss through its own fused LM head (no full logits
+    tensor), so Liger's cross-entropy stays off and only its RMSNorm, RoPE and
+    SwiGLU kernels are used.
+    """
+    if not has_cuda():
+        return {}
+    options = {}
+    if t.kernels == "liger" or (t.kernels == "auto" and liger_available()):
+        options["use_liger_kernel"] = True
+        options["liger_kernel_config"] = {"rms_norm": True, "rope": True, "swiglu": True,
+                                          "cross_entropy": False, "fused_linear_cross_entropy": False}
+    if t.offload_activations:
+        options["activation_offloading"] = True
+    return options
+
+
+def liger_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("liger_kernel") is not None
 
 
 def _optimizer(name: str) -> str:

@@ -1,0 +1,205 @@
+"""The two training paths the benchmark compares, step by step on the same rows.
+
+"studio" is exactly what `launch.py train` runs (studio.models.load_model,
+attach_lora, studio.train.make_trainer: TRL's SFTTrainer with the studio's
+options). "reference" is the textbook recipe from the QLoRA tutorials:
+transformers + PEFT + bitsandbytes, `prepare_model_for_kbit_training`,
+gradient checkpointing, the model's own loss over the full logits, AdamW.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from studio.config import RunConfig, apply_overrides
+from studio.hardware import free_accelerator_memory, has_cuda
+from studio.train import load_for_training
+
+GIB = 1024**3
+LEARNING_RATE = 1e-4
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    model: str  # a shape name (studio.bench.shapes) or a model folder
+    method: str  # "qlora" (4-bit base + LoRA) or "lora" (16-bit base + LoRA)
+    batch: int
+    length: int
+    steps: int = 10  # measured steps, after `warmup`
+    warmup: int = 3
+    rank: int = 16
+    seed: int = 0
+    overrides: tuple[str, ...] = ()  # dotted config overrides for the studio path, e.g. train.kernels=none
+
+
+@dataclass
+class PathResult:
+    path: str
+    step_seconds: list[float] = field(default_factory=list)  # measured steps only
+    losses: list[float] = field(default_factory=list)  # every step, warm-up included
+    peak_allocated_gib: float | None = None
+    peak_reserved_gib: float | None = None
+    error: str | None = None
+
+    @property
+    def median_step_s(self) -> float | None:
+        return statistics.median(self.step_seconds) if self.step_seconds else None
+
+
+def studio_config(spec: BenchSpec, folder: Path) -> RunConfig:
+    """The run config `launch.py train` would use for this shape, batch and length."""
+    return apply_overrides(RunConfig(), [
+        f"model.name_or_path={folder}",
+        f"model.load_in={'4bit' if spec.method == 'qlora' else '16bit'}",
+        f"lora.r={spec.rank}", f"lora.alpha={spec.rank}",
+        f"train.batch_size={spec.batch}", "train.grad_accum=1",
+        f"train.max_length={spec.length}", f"train.max_steps={spec.warmup + spec.steps}",
+        "train.warmup_steps=0", "train.scheduler=constant", f"train.learning_rate={LEARNING_RATE}",
+        "train.logging_steps=1", "train.gradient_checkpointing=true", f"train.seed={spec.seed}",
+        *spec.overrides,
+    ])
+
+
+def token_rows(spec: BenchSpec, vocab: int) -> torch.Tensor:
+    """(steps * batch, length) random token ids: every token real, every token trained."""
+    generator = torch.Generator().manual_seed(spec.seed)
+    count = (spec.warmup + spec.steps) * spec.batch
+    return torch.randint(4, vocab, (count, spec.length), generator=generator)
+
+
+def run_studio(spec: BenchSpec, folder: Path, rows: torch.Tensor) -> PathResult:
+    cfg = studio_config(spec, folder)
+    _reset_peaks()
+    model = None
+    try:
+        model, tokenizer = load_for_training(cfg)
+        return train_studio(cfg, model, tokenizer, rows, spec.warmup)
+    except torch.OutOfMemoryError as exc:
+        result = PathResult("studio", error=f"out of memory: {str(exc).splitlines()[0]}")
+        _record_peaks(result)
+        return result
+    finally:
+        del model
+        free_accelerator_memory()
+
+
+def train_studio(cfg: RunConfig, model, tokenizer, rows: torch.Tensor, warmup: int) -> PathResult:
+    """`len(rows) / batch` optimizer steps through the studio's trainer; peaks counted from the last reset."""
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
+
+    from studio.train import make_trainer
+
+    result = PathResult("studio")
+    ids = rows.tolist()
+    dataset = Dataset(InMemoryTable.from_pydict({"input_ids": ids, "labels": ids}),
+                      fingerprint=f"bench-{rows.shape[0]}x{rows.shape[1]}-{int(rows[0, 0])}")
+    trainer = None
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            trainer = make_trainer(cfg, Path(scratch), model, tokenizer, dataset, callbacks=[_StepTimer(result)],
+                                   save_strategy="no", train_sampling_strategy="sequential")
+            trainer.train()
+        result.losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    except torch.OutOfMemoryError as exc:
+        result.error = f"out of memory: {str(exc).splitlines()[0]}"
+        model.zero_grad(set_to_none=True)  # the model is tried again at other lengths
+    finally:
+        _record_peaks(result)
+        del trainer
+        free_accelerator_memory()
+    result.step_seconds = result.step_seconds[warmup:]
+    return result
+
+
+def run_reference(spec: BenchSpec, folder: Path, rows: torch.Tensor) -> PathResult:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    result = PathResult("reference")
+    cuda = has_cuda()
+    dtype = torch.bfloat16 if cuda else torch.float32
+    model = optimizer = None
+    _reset_peaks()
+    try:
+        options = {"dtype": dtype, "device_map": {"": 0} if cuda else None}
+        if spec.method == "qlora":
+            options["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(folder, **options)
+        checkpointing = {"use_reentrant": False}
+        if spec.method == "qlora":
+            model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs=checkpointing)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+            model.enable_input_require_grads()
+        torch.manual_seed(spec.seed)
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        model = get_peft_model(model, LoraConfig(r=spec.rank, lora_alpha=spec.rank, lora_dropout=0.0,
+                                                 target_modules=targets, task_type="CAUSAL_LM"))
+        model.train()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=LEARNING_RATE, weight_decay=0.01, fused=cuda)
+        device = "cuda" if cuda else "cpu"
+        for batch in rows.split(spec.batch):
+            batch = batch.to(device)
+            _sync()
+            started = time.perf_counter()
+            with torch.autocast(device, dtype=dtype, enabled=cuda):
+                loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            _sync()
+            result.step_seconds.append(time.perf_counter() - started)
+            result.losses.append(loss.item())
+    except torch.OutOfMemoryError as exc:
+        result.error = f"out of memory: {str(exc).splitlines()[0]}"
+    finally:
+        _record_peaks(result)
+        del model, optimizer
+        free_accelerator_memory()
+    result.step_seconds = result.step_seconds[spec.warmup:]
+    return result
+
+
+class _StepTimer(TrainerCallback):
+    """Wall time of every optimizer step, with the GPU's queue drained at both ends."""
+
+    def __init__(self, result: PathResult) -> None:
+        self.result = result
+        self.started = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        _sync()
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        _sync()
+        self.result.step_seconds.append(time.perf_counter() - self.started)
+
+
+def _sync() -> None:
+    if has_cuda():
+        torch.cuda.synchronize()
+
+
+def _reset_peaks() -> None:
+    free_accelerator_memory()
+    if has_cuda():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _record_peaks(result: PathResult) -> None:
+    if has_cuda():
+        result.peak_allocated_gib = torch.cuda.max_memory_allocated() / GIB
+        result.peak_reserved_gib = torch.cuda.max_memory_reserved() / GIB

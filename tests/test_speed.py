@@ -1,0 +1,93 @@
+"""The training path's memory and speed measures: same maths as the plain model, and the benchmark.
+
+The CUDA-only parts (Liger kernels, activation offload, embeddings on the CPU)
+are chosen at run time; here their CPU-testable parts run: the sliced
+feed-forward blocks, the embedding placement decision, the benchmark's two
+paths with the loss parity between them, its FLOP count and its report.
+"""
+
+import json
+
+import pytest
+import torch
+
+
+def _loss_and_gradients(model, input_ids):
+    model.zero_grad()
+    loss = model(input_ids=input_ids, labels=input_ids).loss
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_sliced_feed_forward_gives_the_same_loss_and_gradients(tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    from studio.long_rows import slice_feed_forward
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    input_ids = torch.randint(3, 1000, (2, 100), generator=torch.Generator().manual_seed(0))
+    plain = _loss_and_gradients(model, input_ids)
+
+    assert slice_feed_forward(model, tokens=16) == 2  # one block per layer; 100 tokens -> 7 slices
+    assert type(model.model.layers[0].mlp).__name__ == "SlicedLlamaMLP"
+    sliced = _loss_and_gradients(model, input_ids)
+
+    assert sliced[0] == pytest.approx(plain[0], abs=1e-6)
+    assert plain[1].keys() == sliced[1].keys()
+    for name, grad in plain[1].items():
+        assert torch.allclose(grad, sliced[1][name], atol=1e-6), name
+    # Slicing again replaces the slice size instead of stacking wrappers.
+    slice_feed_forward(model, tokens=32)
+    assert type(model.model.layers[0].mlp).__mro__[1].__name__ == "LlamaMLP"
+
+
+def test_input_embeddings_stay_put_without_cuda_or_when_tied(tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    from studio.models import keep_input_embeddings_on_cpu
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    assert keep_input_embeddings_on_cpu(model) is False  # already on the CPU: nothing to spare
+    assert not hasattr(model, "hf_device_map") or len(model.hf_device_map) <= 1
+
+
+def test_flops_per_token_counts_matmuls_and_causal_attention():
+    from studio.bench.report import flops_per_token
+    from studio.bench.shapes import shape_config
+
+    config = shape_config("llama-3.2-1b")
+    # 973M parameters in the layers' linear maps + the 263M output head, 4 FLOPs each per token.
+    matmuls = 4 * (16 * (2 * 2048 * 2048 + 2 * 2048 * 512 + 3 * 2048 * 8192) + 128256 * 2048)
+    attention = 16 * 6 * 2048 * 2048
+    assert flops_per_token(config, 2048) == matmuls + attention
+
+
+def test_bench_runs_both_paths_with_the_same_loss(tmp_path, capsys):
+    from studio.cli import main
+
+    out = tmp_path / "bench" / "tiny.json"
+    code = main(["bench", "tiny-llama", "--method", "lora", "--batch", "2", "--length", "64", "--steps", "2",
+                 "--out", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    studio, reference = report["results"]
+    assert (studio["path"], reference["path"]) == ("studio", "reference")
+    assert len(studio["losses"]) == len(reference["losses"]) == 5  # 3 warm-up + 2 measured
+    assert len(studio["step_seconds"]) == 2 and studio["tokens_per_s"] > 0
+    # Same weights, rows, adapter initialisation and optimizer settings: the same loss curve.
+    assert report["loss_difference"] < 1e-3
+    assert report["environment"]["versions"]["trl"]
+    table = out.with_suffix(".md").read_text()
+    assert "| studio |" in table and "| reference |" in table and "1.00x" in table
+    assert "| studio |" in capsys.readouterr().out
+
+
+def test_bench_names_unknown_shapes_and_bad_memory_caps(capsys):
+    from studio.cli import main
+
+    assert main(["bench", "llama-9z"]) == 2
+    assert "neither a known shape" in capsys.readouterr().err
+    assert main(["bench", "tiny-llama", "--max-memory", "lots"]) == 2
+    assert "not an amount of memory" in capsys.readouterr().err
