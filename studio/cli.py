@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 import threading
@@ -69,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="qlora: 4-bit base + LoRA; lora: 16-bit base + LoRA (default qlora).")
     bench.add_argument("--batch", type=int, default=2)
     bench.add_argument("--length", type=int, default=2048, help="Tokens per row (default 2048).")
-    bench.add_argument("--steps", type=int, default=10, help="Measured steps, after 3 warm-up steps (default 10).")
+    bench.add_argument("--steps", type=int, default=10, help="Measured steps (default 10).")
+    bench.add_argument("--warmup", type=int, default=3, help="Unmeasured steps first (default 3).")
     bench.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16).")
     bench.add_argument("overrides", nargs="*", help="Dotted overrides for the studio path, e.g. "
                        "train.offload_activations=true train.kernels=none.")
@@ -90,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command != "runs":
         _quiet_libraries()
     try:
@@ -302,11 +305,13 @@ def cmd_bench(args) -> int:
     from studio.bench import BenchSpec, describe, longest_sequence, run_bench, save_report
 
     spec = BenchSpec(model=args.model, method=args.method, batch=args.batch, length=args.length, steps=args.steps,
+                     warmup=args.warmup,
                      rank=args.rank, overrides=tuple(args.overrides))
     if args.max_memory:
         report = longest_sequence(spec, cap_gib=_gib(args.max_memory))
     else:
         report = run_bench(spec, reference=not args.no_reference)
+    report["command"] = "python launch.py " + shlex.join(args.argv)
     name = Path(args.model).name
     what = f"longest-{args.max_memory}" if args.max_memory else f"b{args.batch}-l{args.length}"
     out = Path(args.out) if args.out else Path("bench") / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{args.method}-{what}.json"

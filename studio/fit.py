@@ -18,22 +18,38 @@ from studio.catalog import Shape, find
 from studio.config import RunConfig, apply_overrides
 
 GIB = 1024**3
-WEIGHT_BYTES = {"16bit": 2.0, "8bit": 1.06, "4bit": 0.56}  # 4bit: nf4 plus double-quantized scales
-CUDA_OVERHEAD_GIB = 0.8  # context, cuBLAS workspace, allocator slack
+WEIGHT_BYTES = {"16bit": 2.0, "8bit": 1.06, "4bit": 0.52}  # 4bit: nf4 plus double-quantized scales
+CUDA_CONTEXT_GIB = 0.5  # the driver's context and cuBLAS workspace, outside PyTorch's allocator
+ALLOCATOR_SLACK = 0.10  # cached blocks the allocator holds beyond what is in use
+
+# Activation bytes per token, in multiples of hidden or intermediate width times the
+# element size, fitted to peaks measured by `launch.py bench` on an H100 (Llama 3.2 1B/3B,
+# Llama 3.1 8B from 2k to 128k tokens, Qwen2.5 1.5B, Gemma 3 1B; results/bench-h100.md):
+# every estimate there is within 6% of the measured peak.
+LAYER_WORKSET_HIDDEN = 12  # the one layer being recomputed: attention, norms, residuals, gradients
+LAYER_WORKSET_INTERMEDIATE = 4  # its feed-forward tensors (capped by train.feed_forward_slice)
+FP32_ADAPTER_HIDDEN = 6  # 16-bit LoRA keeps fp32 adapters, whose inputs are saved in fp32
+NO_CHECKPOINT_HIDDEN = 7  # every layer's saved tensors, without checkpointing
+NO_CHECKPOINT_INTERMEDIATE = 4
 
 
 @dataclass(frozen=True)
 class FitEstimate:
     weights_gib: float
-    trainable_gib: float  # trainable weights' gradients and optimizer state (and fp32 adapter weights)
+    trainable_gib: float  # trainable weights, their gradients and optimizer state
     activations_gib: float
-    overhead_gib: float
+    overhead_gib: float  # CUDA context and allocator slack (or the Python process on a CPU)
     available_gib: float
     device: str
 
     @property
+    def peak_gib(self) -> float:
+        """What PyTorch allocates at the step's peak: the figure `launch.py bench` measures."""
+        return self.weights_gib + self.trainable_gib + self.activations_gib
+
+    @property
     def total_gib(self) -> float:
-        return self.weights_gib + self.trainable_gib + self.activations_gib + self.overhead_gib
+        return self.peak_gib + self.overhead_gib
 
     @property
     def verdict(self) -> str:
@@ -60,31 +76,49 @@ def lora_parameters(shape: Shape, r: int) -> int:
 
 
 def estimate_fit(shape: Shape, cfg: RunConfig, available_gib: float, on_gpu: bool) -> FitEstimate:
+    """Memory of a training step as the studio runs it (see studio.train.load_for_training)."""
+    t = cfg.train
     linear, embeddings = parameter_counts(shape)
     # Without a GPU the studio computes in float32: twice the bytes of 16-bit.
     unit = 2.0 if on_gpu else 4.0
     weight_bytes = WEIGHT_BYTES[cfg.model.load_in] * (1 if on_gpu or cfg.model.load_in != "16bit" else 2)
     weights = linear * weight_bytes + embeddings * unit
-    eight_bit_optimizer = on_gpu and cfg.train.optimizer in ("auto", "adamw_8bit", "paged_adamw_8bit")
+    if on_gpu and cfg.lora.enabled and t.cpu_embeddings and not shape.tied_embeddings:
+        weights -= shape.vocab * shape.hidden * unit  # the input table waits in CPU memory
+    eight_bit_optimizer = on_gpu and t.optimizer in ("auto", "adamw_8bit", "paged_adamw_8bit")
     state_bytes = 2.0 if eight_bit_optimizer else 8.0
+    fp32_adapters = cfg.model.load_in == "16bit" or not on_gpu  # quantized bases train bf16 adapters
     if cfg.lora.enabled:
-        trainable = lora_parameters(shape, cfg.lora.r) * (4 + 4 + state_bytes)  # fp32 weights and grads
+        adapter_bytes = 4.0 if fp32_adapters else 2.0
+        trainable = lora_parameters(shape, cfg.lora.r) * (2 * adapter_bytes + state_bytes)
     else:
         trainable = (linear + embeddings) * (unit + (state_bytes if on_gpu else 8.0))
-    tokens = cfg.train.batch_size * cfg.train.max_length
-    full_layer = (12 * shape.hidden + 5 * shape.intermediate) * unit  # bytes per token kept for backward
-    per_token = (shape.layers * 2 * shape.hidden * unit + full_layer) if cfg.train.gradient_checkpointing \
-        else shape.layers * full_layer
-    logits = 4 * shape.vocab  # one fp32 row of the vocabulary per token in the loss
-    activations = tokens * (per_token + logits)
     return FitEstimate(
         weights_gib=weights / GIB,
         trainable_gib=trainable / GIB,
-        activations_gib=activations / GIB,
-        overhead_gib=CUDA_OVERHEAD_GIB if on_gpu else 0.5,
+        activations_gib=_activations(shape, cfg, unit, on_gpu, fp32_adapters) / GIB,
+        overhead_gib=CUDA_CONTEXT_GIB + ALLOCATOR_SLACK * (weights + trainable) / GIB if on_gpu else 0.5,
         available_gib=available_gib,
         device="GPU" if on_gpu else "RAM",
     )
+
+
+def _activations(shape: Shape, cfg: RunConfig, unit: float, on_gpu: bool, fp32_adapters: bool) -> float:
+    t = cfg.train
+    h, i = shape.hidden, shape.intermediate
+    tokens = t.batch_size * t.max_length
+    if t.gradient_checkpointing:
+        offloaded = on_gpu and t.offload_activations
+        per_token = (0 if offloaded else shape.layers * h) + LAYER_WORKSET_HIDDEN * h
+        if cfg.lora.enabled and fp32_adapters:
+            per_token += FP32_ADAPTER_HIDDEN * h
+        sliced = t.feed_forward_slice if 0 < t.feed_forward_slice < t.max_length else t.max_length
+        activations = (tokens * per_token + t.batch_size * sliced * LAYER_WORKSET_INTERMEDIATE * i) * unit
+    else:
+        activations = tokens * shape.layers * (NO_CHECKPOINT_HIDDEN * h + NO_CHECKPOINT_INTERMEDIATE * i) * unit
+    if not on_gpu:
+        activations += tokens * 4 * shape.vocab  # the CPU scores the loss a row of fp32 logits at a time
+    return activations
 
 
 def advice(shape: Shape, cfg: RunConfig, est: FitEstimate, on_gpu: bool) -> str:
@@ -99,6 +133,9 @@ def advice(shape: Shape, cfg: RunConfig, est: FitEstimate, on_gpu: bool) -> str:
     if not cfg.train.gradient_checkpointing:
         ckpt = estimate_fit(shape, apply_overrides(cfg, ["train.gradient_checkpointing=true"]), est.available_gib, on_gpu)
         tips.append(f"gradient checkpointing (~{ckpt.total_gib:.1f} GiB)")
+    elif on_gpu and not cfg.train.offload_activations:
+        offload = estimate_fit(shape, apply_overrides(cfg, ["train.offload_activations=true"]), est.available_gib, on_gpu)
+        tips.append(f"activation offload to CPU memory (~{offload.total_gib:.1f} GiB)")
     if cfg.train.max_length > 256:
         half = cfg.train.max_length // 2
         short = estimate_fit(shape, apply_overrides(cfg, [f"train.max_length={half}"]), est.available_gib, on_gpu)

@@ -33,7 +33,7 @@ def test_verdicts_and_advice_name_the_numbers_and_the_fix():
     assert text.startswith("Does not fit: needs ~") and "of 8.0 GiB GPU" in text and "4-bit loading (~" in text
     four_bit = apply_overrides(cfg, ["model.load_in=4bit"])
     four = estimate_fit(LLAMA_3_1_8B, four_bit, 8.0, True)
-    assert four.weights_gib < big.weights_gib * 0.4 and four.activations_gib == big.activations_gib
+    assert four.weights_gib < big.weights_gib * 0.4 and four.activations_gib <= big.activations_gib
     small = estimate_fit(GEMMA_3_270M, RunConfig(), available_gib=24.0, on_gpu=False)
     assert small.verdict == "fits" and advice(GEMMA_3_270M, RunConfig(), small, False).startswith("Fits: needs ~")
 
@@ -41,3 +41,35 @@ def test_verdicts_and_advice_name_the_numbers_and_the_fix():
 def test_catalog_marks_base_and_instruct_models():
     assert {m.kind for m in CATALOG} == {"base", "instruct"}
     assert CATALOG[0].source == "builtin:gemma-3-270m"
+
+
+def _measured_peaks():
+    """(shape name, run config, measured peak allocated GiB) for every GPU measurement in results/."""
+    import json
+    from pathlib import Path
+
+    from studio.bench.paths import BenchSpec, studio_config
+
+    results = Path(__file__).resolve().parent.parent / "results" / "bench-h100.json"
+    for report in json.loads(results.read_text()):
+        spec = BenchSpec(**{**report["spec"], "overrides": tuple(report["spec"]["overrides"])})
+        if report["kind"] == "longest_sequence":
+            for trial in report["trials"]:
+                if trial["fits"]:
+                    cfg = studio_config(BenchSpec(**{**vars(spec), "length": trial["length"]}), Path(spec.model))
+                    yield spec.model, cfg, trial["peak_allocated_gib"]
+        else:
+            studio = next(r for r in report["results"] if r["path"] == "studio")
+            yield spec.model, studio_config(spec, Path(spec.model)), studio["peak_allocated_gib"]
+
+
+def test_estimate_is_within_15_percent_of_every_measured_gpu_peak():
+    from studio.bench.shapes import BENCH_SHAPES
+
+    checked = 0
+    for name, cfg, measured in _measured_peaks():
+        shape = BENCH_SHAPES[name][1]
+        estimate = estimate_fit(shape, cfg, available_gib=80.0, on_gpu=True)
+        assert abs(estimate.peak_gib / measured - 1) <= 0.15, (name, cfg.train, estimate.peak_gib, measured)
+        checked += 1
+    assert checked >= 10

@@ -76,6 +76,11 @@ def _advanced(form: dict) -> None:
         form["lora.use_rslora"] = gr.Checkbox(False, label="rsLoRA")
         form["lora.use_dora"] = gr.Checkbox(False, label="DoRA")
     with gr.Row():
+        form["train.offload_activations"] = gr.Checkbox(
+            False, label="Offload activations to CPU memory", info="CUDA: long rows in less GPU memory, a little slower")
+        form["train.kernels"] = gr.Dropdown(["auto", "liger", "none"], value="auto", label="Fused kernels",
+                                            info="Liger Kernel's RMSNorm, RoPE and SwiGLU on CUDA")
+    with gr.Row():
         form["train.save_steps"] = gr.Number(20, precision=0, label="Checkpoint every")
         form["train.eval_steps"] = gr.Number(20, precision=0, label="Eval every")
 
