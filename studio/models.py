@@ -16,6 +16,8 @@ import os
 import shutil
 from pathlib import Path
 
+import torch
+
 from studio.config import LoraConfig, ModelConfig
 from studio.errors import ConfigError, ModelLoadError
 from studio.hardware import has_cuda, resolve_dtype
@@ -201,22 +203,34 @@ def keep_input_embeddings_on_cpu(model) -> bool:
     shares the table (tied embeddings) keep it on the GPU, where the head needs
     it. Returns whether the table moved.
     """
-    import torch
-
     embeddings, head = model.get_input_embeddings(), model.get_output_embeddings()
     device = embeddings.weight.device
     if device.type != "cuda" or head is None or head.weight.data_ptr() == embeddings.weight.data_ptr():
         return False
-    embeddings.to("cpu")
-    # Say so the way transformers does (a device map with two entries), so that the trainer and
-    # accelerate leave the placement alone instead of moving the whole model back to the GPU.
-    name = next(n for n, m in model.named_modules() if m is embeddings)
-    model.hf_device_map = {"": device.index or 0, name: "cpu"}
-    embeddings.register_forward_pre_hook(
-        lambda module, args: tuple(a.to("cpu") if torch.is_tensor(a) else a for a in args))
-    embeddings.register_forward_hook(lambda module, args, output: output.to(device))
+    model.set_input_embeddings(EmbeddingsInCpuMemory(embeddings, device))
     torch.cuda.empty_cache()
     return True
+
+
+class EmbeddingsInCpuMemory(torch.nn.Module):
+    """A frozen embedding table held outside the module tree, so moving the model leaves it in CPU memory.
+
+    Trainers and adapter loaders move whole models to the GPU; the table is not a
+    parameter of this module, only a zero-size anchor is, and the anchor tells
+    the lookups where to send their rows.
+    """
+
+    def __init__(self, table: torch.nn.Module, device: torch.device) -> None:
+        super().__init__()
+        self.__dict__["table"] = table.to("cpu")  # a plain attribute: not a submodule, so never moved
+        self.register_buffer("anchor", torch.empty(0, device=device), persistent=False)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.table.weight
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.table(input_ids.to("cpu")).to(self.anchor.device)
 
 
 def load_trained(run_dir: Path, cfg: ModelConfig):

@@ -158,9 +158,7 @@ def make_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_datas
     `train_dataset` holds finished rows (input_ids, labels). `overrides` replace
     SFTConfig fields (the benchmark turns saving off, for instance).
     """
-    from trl import SFTTrainer
-
-    from studio.trainer_config import PlacedSFTConfig
+    from trl import SFTConfig, SFTTrainer
 
     t = cfg.train
     dtype = resolve_dtype(cfg.model.dtype)
@@ -204,7 +202,7 @@ def make_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_datas
     options.update(overrides)
     trainer = SFTTrainer(
         model=model,
-        args=PlacedSFTConfig(**options),
+        args=SFTConfig(**options),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,

@@ -50,7 +50,32 @@ def test_input_embeddings_stay_put_without_cuda_or_when_tied(tiny_llama):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)
     assert keep_input_embeddings_on_cpu(model) is False  # already on the CPU: nothing to spare
-    assert not hasattr(model, "hf_device_map") or len(model.hf_device_map) <= 1
+    assert type(model.get_input_embeddings()).__name__ == "Embedding"
+
+
+def test_embeddings_in_cpu_memory_compute_the_same_and_are_never_moved(tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    from studio.models import EmbeddingsInCpuMemory
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    model.get_input_embeddings().weight.requires_grad_(False)  # frozen, as under LoRA
+    model.enable_input_require_grads()
+    input_ids = torch.randint(3, 1000, (2, 40), generator=torch.Generator().manual_seed(1))
+    plain = _loss_and_gradients(model, input_ids)
+
+    model.set_input_embeddings(EmbeddingsInCpuMemory(model.get_input_embeddings(), torch.device("cpu")))
+    model.enable_input_require_grads()  # as the trainer does, on the new module
+    moved = _loss_and_gradients(model, input_ids)
+    assert moved[0] == pytest.approx(plain[0], abs=1e-6)
+    assert plain[1].keys() == moved[1].keys()
+    for name, grad in plain[1].items():
+        assert torch.allclose(grad, moved[1][name], atol=1e-6), name
+
+    # Not a parameter of the model: moving the model (as trainers do) leaves the table where it is.
+    assert not any("embed_tokens" in name for name, _ in model.named_parameters())
+    model.to("meta")
+    assert model.get_input_embeddings().weight.device.type == "cpu"
 
 
 def test_flops_per_token_counts_matmuls_and_causal_attention():
