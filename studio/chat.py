@@ -18,7 +18,7 @@ from typing import Iterator
 
 from studio.config import GenerationConfig
 from studio.errors import ModelLoadError
-from studio.templates import Template, prompt_ids, stop_token_ids
+from studio.templates import Template, prompt_ids, stop_markers, stop_token_ids
 
 
 def with_system(messages: list[dict], gen: GenerationConfig) -> list[dict]:
@@ -60,6 +60,7 @@ def stream_reply(
         repetition_penalty=gen.repetition_penalty,
         eos_token_id=stop_token_ids(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
+        **_stop_string_options(tokenizer, markers := stop_markers(tokenizer, template)),
         streamer=streamer,
         stopping_criteria=StoppingCriteriaList([StopOnEvent()]),
     )
@@ -78,10 +79,36 @@ def stream_reply(
 
     worker = threading.Thread(target=generate, daemon=True)
     worker.start()
-    yield from streamer
+    yield from without_markers(streamer, markers)
     worker.join()
     if failure:
         raise failure[0]
+
+
+def _stop_string_options(tokenizer, markers: list[str]) -> dict:
+    return {"stop_strings": markers, "tokenizer": tokenizer} if markers else {}
+
+
+def without_markers(pieces: Iterator[str], markers: list[str]) -> Iterator[str]:
+    """Pass text through, ending before the first end-of-turn marker (which may arrive split across pieces)."""
+    if not markers:
+        yield from pieces
+        return
+    held = ""
+    for piece in pieces:
+        held += piece
+        found = [held.index(m) for m in markers if m in held]
+        if found:
+            if held[: min(found)]:
+                yield held[: min(found)]
+            return
+        # Keep back the longest tail that could still grow into a marker.
+        keep = max((k for m in markers for k in range(1, len(m)) if held.endswith(m[:k])), default=0)
+        if len(held) > keep:
+            yield held[: len(held) - keep]
+            held = held[len(held) - keep:]
+    if held:
+        yield held
 
 
 # ---------------------------------------------------------------- GGUF
@@ -120,7 +147,9 @@ def stream_gguf_reply(
         stream=True,
     )
     if tokenizer is not None and template is not None:
-        chunks = llm.create_completion(prompt=prompt_ids(tokenizer, template, messages), **options)
+        # llama.cpp stops at the marker text and leaves it out of the reply.
+        markers = stop_markers(tokenizer, template)
+        chunks = llm.create_completion(prompt=prompt_ids(tokenizer, template, messages), stop=markers or None, **options)
         pieces = (chunk["choices"][0]["text"] for chunk in chunks)
     else:
         chunks = llm.create_chat_completion(messages=messages, **options)

@@ -345,6 +345,17 @@ def prompt_ids(tokenizer, template: Template, messages: list[dict]) -> list[int]
     return _tokenize_with_spans(tokenizer, text, []).input_ids
 
 
+def stop_markers(tokenizer, template: Template) -> list[str]:
+    """End-of-turn markers of `template` that this vocabulary spells with several tokens.
+
+    A model trained on such a template writes the marker as text before its EOS
+    (<|im_end|> on a Llama tokenizer), so chat stops at the text and hides it.
+    """
+    single = set(stop_token_ids(tokenizer))
+    return [m for m in END_OF_TURN_TOKENS
+            if m in template.jinja and tokenizer.convert_tokens_to_ids(m) not in single]
+
+
 def stop_token_ids(tokenizer) -> list[int]:
     """EOS plus every end-of-turn token the vocabulary has (as one token)."""
     # Looked up token by token: building the whole vocabulary (262k entries for Gemma) for every row is slow.

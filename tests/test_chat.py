@@ -49,3 +49,32 @@ def test_gguf_chat_streams_with_the_runs_template(trained_run):
         assert pieces and all(isinstance(p, str) for p in pieces)
     finally:
         session.close()
+
+
+def test_end_of_turn_markers_spelled_with_several_tokens_end_the_reply_and_stay_hidden(tiny_llama):
+    from transformers import AutoTokenizer
+
+    from studio.chat import without_markers
+    from studio.templates import resolve_template, stop_markers
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    assert stop_markers(tokenizer, resolve_template("chatml", tokenizer)) == ["<|im_end|>"]  # not in Llama's vocabulary
+    assert stop_markers(tokenizer, resolve_template("alpaca", tokenizer)) == []  # ends with </s>, one token
+    pieces = ["The capital", " is Lima.<|im", "_end|>", "\nand then more"]
+    assert "".join(without_markers(iter(pieces), ["<|im_end|>"])) == "The capital is Lima."
+    assert "".join(without_markers(iter(["a <|i", "m not a marker"]), ["<|im_end|>"])) == "a <|im not a marker"
+
+
+def test_a_reply_with_stop_strings_streams_on_the_hf_model(tiny_llama):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from studio.chat import stream_reply
+    from studio.config import GenerationConfig
+    from studio.templates import resolve_template
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    template = resolve_template("chatml", tokenizer)
+    reply = "".join(stream_reply(model, tokenizer, template, [{"role": "user", "content": "Hello"}],
+                                 GenerationConfig(max_new_tokens=6)))
+    assert isinstance(reply, str) and "<|im_end|>" not in reply
