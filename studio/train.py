@@ -146,9 +146,8 @@ def _make_trainer(cfg: RunConfig, run_dir: Path, model, tokenizer, built, sink: 
     if cfg.train.packing:
         # Best-fit packing keeps rows whole; the trainer then keeps them apart in attention.
         train_dataset = pack_dataset(train_dataset, cfg.train.max_length, "bfd")
-    trainer = make_trainer(cfg, run_dir / "checkpoints", model, tokenizer, train_dataset, eval_dataset,
-                           callbacks=[ProgressCallback(sink, stop, MemoryProbe())])
-    return trainer
+    return make_trainer(cfg, run_dir / "checkpoints", model, tokenizer, train_dataset, eval_dataset,
+                        callbacks=[ProgressCallback(sink, stop, MemoryProbe())])
 
 
 def make_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_dataset, eval_dataset=None,
@@ -222,6 +221,9 @@ def cuda_speedups(t) -> dict:
     if not has_cuda():
         return {}
     options = {}
+    if t.kernels == "liger" and not liger_available():
+        raise ConfigError("train.kernels is liger, but Liger Kernel is not installed: "
+                          "pip install -r requirements-cuda.txt, or set train.kernels=auto.")
     if t.kernels == "liger" or (t.kernels == "auto" and liger_available()):
         options["use_liger_kernel"] = True
         options["liger_kernel_config"] = {"rms_norm": True, "rope": True, "swiglu": True,

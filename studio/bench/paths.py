@@ -19,7 +19,7 @@ import torch
 from transformers import TrainerCallback
 
 from studio.config import RunConfig, apply_overrides
-from studio.hardware import free_accelerator_memory, has_cuda
+from studio.hardware import free_accelerator_memory, has_cuda, resolve_dtype
 from studio.train import load_for_training
 
 GIB = 1024**3
@@ -125,7 +125,7 @@ def run_reference(spec: BenchSpec, folder: Path, rows: torch.Tensor) -> PathResu
 
     result = PathResult("reference")
     cuda = has_cuda()
-    dtype = torch.bfloat16 if cuda else torch.float32
+    dtype = resolve_dtype("auto")  # what the studio path computes in too
     model = optimizer = None
     _reset_peaks()
     try:
