@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("overrides", nargs="*", help="Dotted overrides for the studio path, e.g. "
                        "train.offload_activations=true train.kernels=none.")
     bench.add_argument("--no-reference", action="store_true", help="Skip the textbook path.")
+    bench.add_argument("--profile", action="store_true",
+                       help="Also record where the studio path's GPU time goes, per kind of kernel (CUDA).")
     bench.add_argument("--max-memory", default=None, metavar="GIB",
                        help="Find the longest trainable sequence at batch 1 under this much GPU memory, e.g. 24GiB.")
     bench.add_argument("--out", default=None, help="Results file (.json, a .md table beside it; default bench/<...>.json).")
@@ -306,7 +308,7 @@ def cmd_bench(args) -> int:
 
     spec = BenchSpec(model=args.model, method=args.method, batch=args.batch, length=args.length, steps=args.steps,
                      warmup=args.warmup,
-                     rank=args.rank, overrides=tuple(args.overrides))
+                     rank=args.rank, profile=args.profile, overrides=tuple(args.overrides))
     if args.max_memory:
         report = longest_sequence(spec, cap_gib=_gib(args.max_memory))
     else:

@@ -136,6 +136,9 @@ def advice(shape: Shape, cfg: RunConfig, est: FitEstimate, on_gpu: bool) -> str:
     elif on_gpu and not cfg.train.offload_activations:
         offload = estimate_fit(shape, apply_overrides(cfg, ["train.offload_activations=true"]), est.available_gib, on_gpu)
         tips.append(f"activation offload to CPU memory (~{offload.total_gib:.1f} GiB)")
+    if on_gpu and cfg.lora.enabled and not cfg.train.cpu_embeddings and not shape.tied_embeddings:
+        table = estimate_fit(shape, apply_overrides(cfg, ["train.cpu_embeddings=true"]), est.available_gib, on_gpu)
+        tips.append(f"input embeddings in CPU memory (~{table.total_gib:.1f} GiB)")
     if cfg.train.max_length > 256:
         half = cfg.train.max_length // 2
         short = estimate_fit(shape, apply_overrides(cfg, [f"train.max_length={half}"]), est.available_gib, on_gpu)

@@ -148,6 +148,12 @@ def describe(report: dict) -> str:
                      f"{report['matmul_ceiling_tflops']:.0f} TFLOP/s.")
     if report["loss_difference"] is not None:
         lines.append(f"Largest per-step loss difference between the paths: {report['loss_difference']:.4f}.")
+    for result in report["results"]:
+        if result.get("profile"):
+            profile = result["profile"]
+            lines.append(f"\nGPU time per step on the {result['path']} path "
+                         f"({profile['gpu_ms_per_step']:.0f} ms busy of {result['median_step_s'] * 1000:.0f} ms): "
+                         + ", ".join(f"{kind} {ms:.0f} ms" for kind, ms in profile["by_kind_ms_per_step"].items()) + ".")
     return "\n".join(lines)
 
 

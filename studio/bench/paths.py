@@ -36,6 +36,7 @@ class BenchSpec:
     warmup: int = 3
     rank: int = 16
     seed: int = 0
+    profile: bool = False  # record where the GPU time of the measured steps goes
     overrides: tuple[str, ...] = ()  # dotted config overrides for the studio path, e.g. train.kernels=none
 
 
@@ -47,6 +48,7 @@ class PathResult:
     peak_allocated_gib: float | None = None
     peak_reserved_gib: float | None = None
     error: str | None = None
+    profile: dict | None = None  # GPU time per kind of kernel over the measured steps
 
     @property
     def median_step_s(self) -> float | None:
@@ -80,7 +82,7 @@ def run_studio(spec: BenchSpec, folder: Path, rows: torch.Tensor) -> PathResult:
     model = None
     try:
         model, tokenizer = load_for_training(cfg)
-        return train_studio(cfg, model, tokenizer, rows, spec.warmup)
+        return train_studio(cfg, model, tokenizer, rows, spec.warmup, profile=spec.profile)
     except torch.OutOfMemoryError as exc:
         result = PathResult("studio", error=f"out of memory: {str(exc).splitlines()[0]}")
         _record_peaks(result)
@@ -90,7 +92,7 @@ def run_studio(spec: BenchSpec, folder: Path, rows: torch.Tensor) -> PathResult:
         free_accelerator_memory()
 
 
-def train_studio(cfg: RunConfig, model, tokenizer, rows: torch.Tensor, warmup: int) -> PathResult:
+def train_studio(cfg: RunConfig, model, tokenizer, rows: torch.Tensor, warmup: int, profile: bool = False) -> PathResult:
     """`len(rows) / batch` optimizer steps through the studio's trainer; peaks counted from the last reset."""
     from datasets import Dataset
     from datasets.table import InMemoryTable
@@ -104,7 +106,8 @@ def train_studio(cfg: RunConfig, model, tokenizer, rows: torch.Tensor, warmup: i
     trainer = None
     try:
         with tempfile.TemporaryDirectory() as scratch:
-            trainer = make_trainer(cfg, Path(scratch), model, tokenizer, dataset, callbacks=[_StepTimer(result)],
+            timer = _StepTimer(result, profile_from=warmup if profile and has_cuda() else None)
+            trainer = make_trainer(cfg, Path(scratch), model, tokenizer, dataset, callbacks=[timer],
                                    save_strategy="no", train_sampling_strategy="sequential")
             trainer.train()
         result.losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
@@ -173,19 +176,67 @@ def run_reference(spec: BenchSpec, folder: Path, rows: torch.Tensor) -> PathResu
 
 
 class _StepTimer(TrainerCallback):
-    """Wall time of every optimizer step, with the GPU's queue drained at both ends."""
+    """Wall time of every optimizer step, with the GPU's queue drained at both ends.
 
-    def __init__(self, result: PathResult) -> None:
+    With `profile_from`, the steps from that one on also run under the torch
+    profiler, and the result gets their GPU time per kind of kernel.
+    """
+
+    def __init__(self, result: PathResult, profile_from: int | None = None) -> None:
         self.result = result
         self.started = 0.0
+        self.profile_from = profile_from
+        self.profiler = None
 
     def on_step_begin(self, args, state, control, **kwargs):
+        if self.profile_from is not None and state.global_step == self.profile_from and self.profiler is None:
+            self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+            self.profiler.__enter__()
         _sync()
         self.started = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         _sync()
         self.result.step_seconds.append(time.perf_counter() - self.started)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.profiler is not None:
+            self.profiler.__exit__(None, None, None)
+            self.result.profile = kernel_time_by_kind(self.profiler, steps=state.global_step - self.profile_from)
+
+
+# Kernel name fragments -> what the time was spent on (first match wins; Triton kernels,
+# Liger's and TRL's loss, have no common prefix and fall to the last kind).
+KERNEL_KINDS = (
+    ("4-bit dequantize (bitsandbytes)", ("dequantize",)),
+    ("attention", ("flash", "fmha", "sdpa")),
+    ("matrix multiply", ("gemm", "cutlass", "xmma", "nvjet", "cublas")),
+    ("copies between CPU and GPU", ("memcpy htod", "memcpy dtoh")),
+    ("copies and casts on the GPU", ("memcpy dtod", "copy_kernel", "memset")),
+    ("8-bit optimizer", ("optimizer", "adam")),
+    ("elementwise (adds, scales, activations)", ("at::native", "elementwise")),
+)
+TRITON_KIND = "fused Triton kernels (Liger, TRL's loss)"
+
+
+def kernel_time_by_kind(profiler, steps: int) -> dict:
+    """GPU milliseconds per step for each kind of kernel, and the ten costliest kernels."""
+    kernels = [e for e in profiler.key_averages() if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+    def self_ms(event) -> float:
+        return getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0)) / 1000 / max(steps, 1)
+
+    by_kind: dict[str, float] = {}
+    for event in kernels:
+        name = event.key.lower()
+        kind = next((k for k, fragments in KERNEL_KINDS if any(f in name for f in fragments)), TRITON_KIND)
+        by_kind[kind] = by_kind.get(kind, 0.0) + self_ms(event)
+    top = sorted(kernels, key=self_ms, reverse=True)[:10]
+    return {
+        "gpu_ms_per_step": sum(by_kind.values()),
+        "by_kind_ms_per_step": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
+        "top_kernels": [{"name": e.key[:120], "ms_per_step": self_ms(e), "calls_per_step": e.count / max(steps, 1)}
+                        for e in top],
+    }
 
 
 def _sync() -> None:
