@@ -64,7 +64,8 @@ def wire(studio, form: dict, refs: dict) -> None:
     named(estimate, keys)
     refs["choice"].change(pick, refs["choice"], form["model.name_or_path"], api_name="pick_model")
     for key in ("model.name_or_path", "model.load_in", "lora.enabled", "lora.r", "train.batch_size",
-                "train.max_length", "train.gradient_checkpointing", "train.offload_activations", "train.optimizer"):
+                "train.max_length", "train.gradient_checkpointing", "train.offload_activations", "train.cpu_embeddings",
+                "train.optimizer"):
         form[key].change(estimate, inputs, refs["fit"], api_visibility="private")
     refs["load"].click(check, form["model.name_or_path"], refs["info"], api_name="check_model")
     refs["fit_event"] = estimate

@@ -78,6 +78,8 @@ def _advanced(form: dict) -> None:
     with gr.Row():
         form["train.offload_activations"] = gr.Checkbox(
             False, label="Offload activations to CPU memory", info="CUDA: long rows in less GPU memory, a little slower")
+        form["train.cpu_embeddings"] = gr.Checkbox(
+            False, label="Input embeddings in CPU memory", info="CUDA, LoRA: ~1 GiB less on 8B models, slower steps")
         form["train.kernels"] = gr.Dropdown(["auto", "liger", "none"], value="auto", label="Fused kernels",
                                             info="Liger Kernel's RMSNorm, RoPE and SwiGLU on CUDA")
     with gr.Row():
