@@ -224,13 +224,60 @@ class EmbeddingsInCpuMemory(torch.nn.Module):
         super().__init__()
         self.__dict__["table"] = table.to("cpu")  # a plain attribute: not a submodule, so never moved
         self.register_buffer("anchor", torch.empty(0, device=device), persistent=False)
+        self.handed_ids: torch.Tensor | None = None
+        self.lookups_without_waiting = 0
 
     @property
     def weight(self) -> torch.Tensor:
         return self.table.weight
 
+    def hand_over(self, cpu_ids: torch.Tensor) -> None:
+        """The next lookup's token ids, still in CPU memory (see studio.train: the data loader hands them over)."""
+        self.handed_ids = cpu_ids
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.table(input_ids.to("cpu")).to(self.anchor.device)
+        handed, self.handed_ids = self.handed_ids, None
+        if handed is not None and handed.shape == input_ids.shape:
+            ids = handed  # no copy back from the GPU, so no wait for the GPU's queue to drain
+            self.lookups_without_waiting += 1
+        else:
+            ids = input_ids.to("cpu")
+        rows = self.table(ids)
+        if self.anchor.is_cuda:
+            # From pinned memory the copy is queued like a kernel; from pageable memory it
+            # would first wait for everything already queued on the GPU.
+            rows = rows.pin_memory()
+        return rows.to(self.anchor.device, non_blocking=True)
+
+
+class CpuIds:
+    """A batch's token ids kept in CPU memory; not a tensor, so trainers leave it where it is."""
+
+    def __init__(self, ids: torch.Tensor) -> None:
+        self.ids = ids
+
+
+def feed_cpu_ids(model, collate):
+    """`collate` that also puts CPU token ids in each batch, and a hook that hands them to the embeddings.
+
+    Without it, the CPU lookup copies the ids back from the GPU, and that copy
+    waits for every kernel queued before it, a stall on each step.
+    """
+    embeddings = model.get_input_embeddings()
+
+    def collate_with_cpu_ids(features):
+        batch = collate(features)
+        batch["cpu_input_ids"] = CpuIds(batch["input_ids"])
+        return batch
+
+    def hand_over(module, args, kwargs):
+        held = kwargs.pop("cpu_input_ids", None)
+        if held is not None:
+            embeddings.hand_over(held.ids)
+        return args, kwargs
+
+    model.register_forward_pre_hook(hand_over, with_kwargs=True)
+    return collate_with_cpu_ids
 
 
 def load_trained(run_dir: Path, cfg: ModelConfig):

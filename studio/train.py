@@ -26,7 +26,7 @@ from studio.errors import ConfigError, StudioError, TrainingError
 from studio.events import Event, Sink
 from studio.hardware import MemoryProbe, free_accelerator_memory, has_cuda, resolve_dtype
 from studio.long_rows import slice_feed_forward
-from studio.models import attach_lora, keep_input_embeddings_on_cpu, load_model
+from studio.models import EmbeddingsInCpuMemory, attach_lora, feed_cpu_ids, keep_input_embeddings_on_cpu, load_model
 from studio.runs import latest_checkpoint, load_run_config, read_template, write_status
 from studio.templates import Template, resolve_template, template_warnings
 
@@ -208,6 +208,8 @@ def make_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_datas
         callbacks=list(callbacks),
     )
     trainer.remove_callback(PrinterCallback)  # progress goes through the callbacks instead
+    if isinstance(model.get_input_embeddings(), EmbeddingsInCpuMemory):
+        trainer.data_collator = feed_cpu_ids(trainer.model, trainer.data_collator)
     return trainer
 
 

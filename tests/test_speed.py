@@ -116,3 +116,24 @@ def test_bench_names_unknown_shapes_and_bad_memory_caps(capsys):
     assert "neither a known shape" in capsys.readouterr().err
     assert main(["bench", "tiny-llama", "--max-memory", "lots"]) == 2
     assert "not an amount of memory" in capsys.readouterr().err
+
+
+def test_embeddings_in_cpu_memory_get_their_ids_from_the_data_loader(tiny_llama, tmp_path):
+    from datasets import Dataset
+
+    from studio.config import RunConfig, apply_overrides
+    from studio.models import EmbeddingsInCpuMemory, attach_lora, load_model
+    from studio.train import make_trainer
+
+    cfg = apply_overrides(RunConfig(), [f"model.name_or_path={tiny_llama}", "train.max_steps=2", "train.batch_size=2",
+                                        "train.grad_accum=1", "train.gradient_checkpointing=false"])
+    model, tokenizer = load_model(cfg.model)
+    model.set_input_embeddings(EmbeddingsInCpuMemory(model.get_input_embeddings(), torch.device("cpu")))
+    model = attach_lora(model, cfg.lora)
+    rows = torch.randint(3, 1000, (4, 32), generator=torch.Generator().manual_seed(2)).tolist()
+    trainer = make_trainer(cfg, tmp_path, model, tokenizer, Dataset.from_dict({"input_ids": rows, "labels": rows}),
+                           save_strategy="no")
+    trainer.train()
+    # Every lookup used the ids the loader handed over, none copied them back from the device.
+    assert model.get_input_embeddings().lookups_without_waiting == 2
+    assert trainer.state.log_history[-1]["train_loss"] > 0
