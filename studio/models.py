@@ -276,7 +276,11 @@ def feed_cpu_ids(model, collate):
             embeddings.hand_over(held.ids)
         return args, kwargs
 
-    model.register_forward_pre_hook(hand_over, with_kwargs=True)
+    # One hook per model: a model trained again (the benchmark's length search) replaces it.
+    previous = getattr(embeddings, "hand_over_hook", None)
+    if previous is not None:
+        previous.remove()
+    embeddings.hand_over_hook = model.register_forward_pre_hook(hand_over, with_kwargs=True)
     return collate_with_cpu_ids
 
 

@@ -76,10 +76,26 @@ def longest_sequence(spec: BenchSpec, cap_gib: float, start: int = 16384, step: 
         raise ConfigError("The longest-sequence search needs a CUDA GPU.")
     total = torch.cuda.get_device_properties(0).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib * 1024**3 / total))
+    try:
+        spec, good, trials = _search_lengths(spec, start, step, limit, progress)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)  # the cap must not outlive the search
+    return {
+        "kind": "longest_sequence",
+        "spec": asdict(spec),
+        "cap_gib": cap_gib,
+        "longest_length": good,
+        "limit_reached": good == limit,
+        "trials": trials,
+        "environment": environment(),
+    }
+
+
+def _search_lengths(spec: BenchSpec, start: int, step: int, limit: int, progress) -> tuple[BenchSpec, int, list[dict]]:
+    """Double the row length until a step fails, then bisect; the model is loaded once for all trials."""
     folder = model_folder(spec.model)
     spec = replace(spec, batch=1, warmup=0, steps=1)
-    cfg = studio_config(spec, folder)
-    model, tokenizer = load_for_training(cfg)
+    model, tokenizer = load_for_training(studio_config(spec, folder))
     vocab = model.config.get_text_config().vocab_size
     trials: list[dict] = []
 
@@ -110,16 +126,7 @@ def longest_sequence(spec: BenchSpec, cap_gib: float, start: int = 16384, step: 
             good = middle
         else:
             bad = middle
-    torch.cuda.set_per_process_memory_fraction(1.0)
-    return {
-        "kind": "longest_sequence",
-        "spec": asdict(spec),
-        "cap_gib": cap_gib,
-        "longest_length": good,
-        "limit_reached": good == limit,
-        "trials": trials,
-        "environment": environment(),
-    }
+    return spec, good, trials
 
 
 def save_report(report: dict, out: Path) -> Path:
