@@ -32,8 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("recipe", help="Path of a recipe, e.g. recipes/quickstart.yaml.")
     train.add_argument("overrides", nargs="*", help="Dotted overrides, e.g. lora.r=32 train.max_steps=60.")
 
-    resume = sub.add_parser("resume", help="Continue a stopped or crashed run from its newest checkpoint.")
+    resume = sub.add_parser(
+        "resume", help="Continue a stopped, interrupted or failed run from its newest good checkpoint.",
+        description="Continue a stopped, interrupted or failed run from its newest good checkpoint (a damaged "
+                    "checkpoint is named and set aside). A completed run continues only with a higher total: "
+                    "train.max_steps=N (or train.epochs=X).")
     resume.add_argument("run", help="Run folder or run name.")
+    resume.add_argument("overrides", nargs="*", help="train.max_steps=N or train.epochs=X, to train a finished run further.")
 
     export = sub.add_parser("export", help="Export a run: adapter, merged weights, verified GGUF files.")
     export.add_argument("run", help="Run folder or run name.")
@@ -119,8 +124,9 @@ def _quiet_libraries() -> None:
     logging.disable_progress_bar()
 
 
-def _train(run_dir: Path, resume: bool) -> int:
+def _train(run_dir: Path, resume: bool, changes: list[str] = ()) -> int:
     from studio.events import ConsoleSink, JsonlSink, fan_out
+    from studio.runs import read_status
     from studio.train import run_training
 
     stop = threading.Event()
@@ -128,23 +134,38 @@ def _train(run_dir: Path, resume: bool) -> int:
     def request_stop(signum, frame):
         if stop.is_set():
             raise KeyboardInterrupt
-        print("\nStopping after this step (a checkpoint is saved). Ctrl-C again to abort.", flush=True)
+        print("\nStopping after this step (a checkpoint is saved). Ctrl-C again to abort without one.", flush=True)
         stop.set()
 
     # Ctrl-C and `kill` both stop cleanly at the end of the current step.
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         print(f"Run folder: {run_dir}")
-        result = run_training(run_dir, fan_out(JsonlSink(run_dir / "events.jsonl"), ConsoleSink()), stop, resume)
+        sink = fan_out(JsonlSink(run_dir / "events.jsonl"), ConsoleSink())
+        result = run_training(run_dir, sink, stop, resume, changes)
+    except KeyboardInterrupt:
+        print(f"\n{read_status(run_dir).get('error') or 'Aborted.'}\n  python launch.py resume {run_dir}", file=sys.stderr)
+        return 130
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     print(f"\n{result.state} at step {result.step}. Next:")
     if result.state == "stopped":
         print(f"  python launch.py resume {run_dir}")
+    if result.state == "diverged":
+        lr = load_learning_rate(run_dir)
+        print(f"  python launch.py train {run_dir / 'config.yaml'} train.learning_rate={lr / 10:g}")
+        if not (run_dir / "adapter").is_dir() and not (run_dir / "model").is_dir():
+            return 1
     print(f"  python launch.py chat {run_dir} --compare --prompt \"...\"")
     print(f"  python launch.py export {run_dir} --gguf q4_k_m")
-    return 0
+    return 1 if result.state == "diverged" else 0
+
+
+def load_learning_rate(run_dir: Path) -> float:
+    from studio.runs import load_run_config
+
+    return load_run_config(run_dir).train.learning_rate
 
 
 def cmd_train(args) -> int:
@@ -158,7 +179,7 @@ def cmd_train(args) -> int:
 def cmd_resume(args) -> int:
     from studio.runs import find_run
 
-    return _train(find_run(args.run), resume=True)
+    return _train(find_run(args.run), resume=True, changes=args.overrides)
 
 
 def cmd_export(args) -> int:
@@ -295,12 +316,24 @@ def _bracket_trained(tokens: list[tuple[str, bool, bool]]) -> str:
 
 
 def cmd_runs(args) -> int:
-    from studio.runs import list_runs, read_status
+    from studio.runs import list_runs, run_state
 
     for run_dir in list_runs(args.runs_dir):
-        status = read_status(run_dir)
-        print(f"{run_dir}  {status.get('state', '?'):9}  step {status.get('step', '-')}  loss {status.get('loss', '-')}")
+        run = run_state(run_dir)
+        status = run.status
+        line = f"{run_dir}  {run.state:11}  step {status.get('step', '-')}  loss {_number(status.get('loss'))}"
+        if run.state == "unreadable":
+            line += f"  ({run.problem})"
+        elif run.state == "running":
+            line += f"  ({run.problem})"
+        elif run.state == "interrupted":
+            line += f"  (its process is gone; continue with: python launch.py resume {run_dir})"
+        print(line)
     return 0
+
+
+def _number(value) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
 
 
 def cmd_bench(args) -> int:

@@ -23,11 +23,16 @@ import yaml
 from studio.errors import ConfigError
 
 
-def _f(default: Any, help: str) -> Any:
-    """A dataclass field with a help string (shown by `launch.py ... --help` and the UI)."""
+def _f(default: Any, help: str, min: float | None = None, max: float | None = None, above: float | None = None) -> Any:
+    """A dataclass field with a help string (shown by `launch.py ... --help` and the UI) and optional bounds.
+
+    `min`/`max` are inclusive bounds, `above` an exclusive lower bound; every
+    config is checked against them however it was made (recipe, override, form).
+    """
+    metadata = {"help": help, "min": min, "max": max, "above": above}
     if isinstance(default, (list, dict, tuple)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -64,8 +69,8 @@ class DataConfig:
     train_on: Literal["responses", "all"] = _f(
         "responses", "Compute the loss on the responses only (instruction data) or on every token."
     )
-    max_samples: int = _f(0, "Use at most this many rows (0: all).")
-    eval_fraction: float = _f(0.0, "Fraction of rows held out for evaluation (0: no eval split).")
+    max_samples: int = _f(0, "Use at most this many rows (0: all).", min=0)
+    eval_fraction: float = _f(0.0, "Fraction of rows held out for evaluation (0: no eval split).", min=0, max=0.9)
     eval_path: str = _f(
         "", "A separate eval dataset (same forms as path, same format as the training data); instead of eval_fraction."
     )
@@ -91,9 +96,9 @@ class DataConfig:
 @dataclass(frozen=True)
 class LoraConfig:
     enabled: bool = _f(True, "Train a LoRA adapter. false trains all weights (full fine-tuning).")
-    r: int = _f(16, "LoRA rank: capacity of the adapter (8-64 typical).")
+    r: int = _f(16, "LoRA rank: capacity of the adapter (8-64 typical).", min=1)
     alpha: int = _f(16, "LoRA alpha: scale of the update (alpha / r, or alpha / sqrt(r) with rsLoRA).")
-    dropout: float = _f(0.0, "Dropout on the LoRA input.")
+    dropout: float = _f(0.0, "Dropout on the LoRA input.", min=0, max=0.9)
     target_modules: tuple[str, ...] = _f(
         ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
         "Module names that get adapters; ['all-linear'] for every linear layer but the output head.",
@@ -105,20 +110,20 @@ class LoraConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     method: Literal["sft"] = _f("sft", "Training method.")
-    batch_size: int = _f(2, "Rows per device per step.")
-    grad_accum: int = _f(4, "Gradient accumulation steps (effective batch = batch_size * grad_accum).")
-    max_steps: int = _f(60, "Optimizer steps to run; 0 runs `epochs` full passes instead.")
-    epochs: float = _f(1.0, "Passes over the data when max_steps is 0.")
-    learning_rate: float = _f(2e-4, "Peak learning rate.")
-    warmup_steps: int = _f(5, "Linear warm-up steps.")
+    batch_size: int = _f(2, "Rows per device per step.", min=1)
+    grad_accum: int = _f(4, "Gradient accumulation steps (effective batch = batch_size * grad_accum).", min=1)
+    max_steps: int = _f(60, "Optimizer steps to run; 0 runs `epochs` full passes instead.", min=0)
+    epochs: float = _f(1.0, "Passes over the data when max_steps is 0.", above=0)
+    learning_rate: float = _f(2e-4, "Peak learning rate.", above=0)
+    warmup_steps: int = _f(5, "Linear warm-up steps.", min=0)
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = _f("linear", "LR schedule.")
     optimizer: Literal["auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "sgd"] = _f(
         "auto", "Optimizer. auto: adamw_8bit on CUDA, adamw_torch elsewhere."
     )
-    weight_decay: float = _f(0.01, "Weight decay.")
-    max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
+    weight_decay: float = _f(0.01, "Weight decay.", min=0)
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0: no clipping).", min=0)
     seed: int = _f(3407, "Random seed.")
-    max_length: int = _f(1024, "Longest sequence in tokens; longer rows are cut.")
+    max_length: int = _f(1024, "Longest sequence in tokens; longer rows are cut.", min=8)
     packing: bool = _f(False, "Pack several short rows into one sequence (faster on short data).")
     gradient_checkpointing: bool = _f(True, "Recompute activations in backward: less memory, ~25% slower.")
     selective_checkpointing: bool = _f(
@@ -138,17 +143,20 @@ class TrainConfig:
         False, "LoRA on CUDA: keep the input embedding table in CPU memory when the model has a separate output "
         "head: ~1 GiB less GPU memory on 8B models, same results, but each step waits for the lookup (up to 30% slower)."
     )
-    logging_steps: int = _f(1, "Log loss, LR and memory every this many steps.")
-    eval_steps: int = _f(20, "Evaluate every this many steps (with data.eval_fraction > 0 or data.eval_path).")
-    save_steps: int = _f(20, "Save a checkpoint every this many steps.")
-    save_total_limit: int = _f(2, "Keep at most this many checkpoints (oldest are removed).")
+    logging_steps: int = _f(1, "Log loss, LR and memory every this many steps.", min=1)
+    eval_steps: int = _f(20, "Evaluate every this many steps (with data.eval_fraction > 0 or data.eval_path).", min=1)
+    save_steps: int = _f(20, "Save a checkpoint every this many steps.", min=1)
+    save_total_limit: int = _f(2, "Keep at most this many checkpoints (oldest are removed; 0 keeps all).", min=0)
+    early_stopping: int = _f(
+        0, "Stop when the eval loss has not improved for this many evaluations, and keep the best weights "
+        "(needs eval data; 0: off).", min=0)
     runs_dir: str = _f("runs", "Folder that holds run folders.")
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    max_new_tokens: int = _f(128, "Longest reply in tokens.")
-    temperature: float = _f(0.0, "Sampling temperature; 0 is greedy (reproducible comparisons).")
+    max_new_tokens: int = _f(128, "Longest reply in tokens.", min=1)
+    temperature: float = _f(0.0, "Sampling temperature; 0 is greedy (reproducible comparisons).", min=0)
     top_p: float = _f(0.9, "Nucleus sampling (when temperature > 0).")
     top_k: int = _f(40, "Top-k sampling (when temperature > 0).")
     repetition_penalty: float = _f(1.0, "Penalty for repeated tokens (1.0: none).")
@@ -198,7 +206,7 @@ def load_recipe(path: str | Path, overrides: typing.Sequence[str] = ()) -> RunCo
 
 
 def from_dict(raw: dict, source: str = "config") -> RunConfig:
-    """Build a RunConfig from nested plain data, checking every key and type."""
+    """Build a RunConfig from nested plain data, checking every key, type and bound."""
     return _build(RunConfig, raw, prefix="", source=source)
 
 
@@ -301,7 +309,23 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
             kwargs[name] = _build(hint, raw[name] or {}, f"{prefix}{name}.", source)
         else:
             kwargs[name] = _coerce(raw[name], hint, f"{prefix}{name}", source)
+            _check_bounds(cls, name, kwargs[name], f"{prefix}{name}", source)
     return cls(**kwargs)
+
+
+def _check_bounds(cls: type, name: str, value: Any, key: str, source: str) -> None:
+    meta = next(f.metadata for f in dataclasses.fields(cls) if f.name == name)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    low, high, above = meta.get("min"), meta.get("max"), meta.get("above")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(f"{source}: {key} must be a finite number, got {value!r}.")
+    if low is not None and value < low:
+        raise ConfigError(f"{source}: {key} must be at least {low:g}, got {value!r}.")
+    if high is not None and value > high:
+        raise ConfigError(f"{source}: {key} must be at most {high:g}, got {value!r}.")
+    if above is not None and value <= above:
+        raise ConfigError(f"{source}: {key} must be more than {above:g}, got {value!r}.")
 
 
 def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
@@ -340,7 +364,9 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             fail("a whole number")
         return value
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool):
+            fail("a number")
+        if not isinstance(value, (int, float)):
             # YAML reads 2e-4 (no dot) as a string: accept numeric strings.
             try:
                 return float(value)

@@ -17,7 +17,7 @@ data or its mapping is wrong, not a row here and there).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from studio.config import DataConfig
 from studio.errors import DataError, StudioError
@@ -255,7 +255,7 @@ def tokenize_rows(rows: list[Row], fmt: str, tokenizer, template: Template,
     done, skipped = [], []
     for row in rows:
         try:
-            done.append(tokenize_row(row, fmt, tokenizer, template, train_on))
+            done.append(replace(tokenize_row(row, fmt, tokenizer, template, train_on), where=row.where))
         except StudioError as exc:  # DataError for the row, TemplateError for the template on this row
             skipped.append(_as_skipped(row, exc))
     return done, skipped
@@ -317,7 +317,7 @@ def _learnable(rows: list[TokenizedRow], max_length: int) -> list[TokenizedRow]:
 def _truncate(row: TokenizedRow, max_length: int) -> TokenizedRow:
     if len(row.input_ids) <= max_length:
         return row
-    return TokenizedRow(row.text, row.input_ids[:max_length], row.trained[:max_length])
+    return TokenizedRow(row.text, row.input_ids[:max_length], row.trained[:max_length], row.where)
 
 
 def to_hf_dataset(rows: list[TokenizedRow]):

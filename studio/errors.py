@@ -43,3 +43,7 @@ class DiskSpaceError(ExportError):
 
 class BusyError(StudioError):
     """Another GPU job is running; one job at a time."""
+
+
+class RunBusyError(BusyError):
+    """Another process is training or exporting this run."""

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-EventKind = Literal["start", "log", "eval", "checkpoint", "stage", "end", "error"]
+EventKind = Literal["start", "log", "eval", "checkpoint", "stage", "warning", "end", "error"]
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,9 @@ class Event:
 
     `kind` says which: "log" carries training metrics of one logging step,
     "eval" an eval loss, "checkpoint" a saved checkpoint, "stage" a step of an
-    export, "end" how the job ended ("completed", "stopped", "failed").
+    export, "warning" something a person should look at (a loss spike,
+    overfitting, a damaged checkpoint), "end" how the job ended ("completed",
+    "stopped", "diverged", "failed", "interrupted").
     """
 
     kind: EventKind

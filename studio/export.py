@@ -23,7 +23,7 @@ from studio.gguf_tools import CONVERTER_TYPES, QUANTIZER_FTYPES, convert_to_gguf
 from studio.hardware import GIB, free_accelerator_memory
 from studio.models import count_parameters, hf_folder, load_model
 from studio.ollama import write_modelfile
-from studio.runs import load_run_config, read_template, weights_dir
+from studio.runs import load_run_config, lock_run, read_template, weights_dir
 from studio.templates import Template, stop_token_ids
 from studio.verify import GgufReport, verify_gguf
 
@@ -44,7 +44,12 @@ class ExportResult:
 
 
 def export_run(run_dir: Path, gguf_types=(), formats=(), sink: Sink = lambda e: None, verify_tokens: int = 16) -> ExportResult:
-    """Produce the requested exports of a trained run in `run_dir/exports/`."""
+    """Produce the requested exports of a trained run in `run_dir/exports/` (the run is locked meanwhile)."""
+    with lock_run(run_dir, "export"):
+        return _export(run_dir, gguf_types, formats, sink, verify_tokens)
+
+
+def _export(run_dir: Path, gguf_types, formats, sink: Sink, verify_tokens: int) -> ExportResult:
     cfg = load_run_config(run_dir)
     unknown = [t for t in gguf_types if t not in CONVERTER_TYPES + tuple(QUANTIZER_FTYPES)]
     if unknown:

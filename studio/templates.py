@@ -270,6 +270,7 @@ class TokenizedRow:
     text: str
     input_ids: list[int]
     trained: list[int]
+    where: str = ""  # the row's source ("data.jsonl:12"), to name it when training goes wrong
 
 
 def tokenize_conversation(tokenizer, template: Template, messages: list[dict], train_on: str) -> TokenizedRow:

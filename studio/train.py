@@ -13,42 +13,56 @@ import contextlib
 import os
 import shutil
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
-from transformers import PrinterCallback, TrainerCallback
+from transformers import EarlyStoppingCallback, PrinterCallback
 
+from studio.callbacks import HealthCallback, ProgressCallback, RecentBatches
+from studio.checkpoints import (check_disk_for_run, keep_last_good_checkpoint, latest_checkpoint, prepare_resume,
+                                remove_unfinished_checkpoints)
 from studio.config import RunConfig
 from studio.data import build_dataset, to_hf_dataset
-from studio.errors import ConfigError, StudioError, TrainingError
+from studio.errors import ConfigError, DiskSpaceError, StudioError, TrainingError
 from studio.events import Event, Sink
 from studio.hardware import MemoryProbe, free_accelerator_memory, has_cuda, resolve_dtype
+from studio.health import Divergence, TrainingHealth
 from studio.long_rows import slice_feed_forward
 from studio.models import EmbeddingsInCpuMemory, attach_lora, feed_cpu_ids, keep_input_embeddings_on_cpu, load_model
-from studio.runs import latest_checkpoint, load_run_config, read_template, write_status
+from studio.runs import disk_full_text, is_disk_full, load_run_config, lock_run, read_template, write_status
 from studio.templates import Template, resolve_template, template_warnings
 
 
 @dataclass(frozen=True)
 class TrainResult:
     run_dir: Path
-    state: str  # "completed" or "stopped"
+    state: str  # "completed", "stopped" or "diverged"
     step: int
     final_loss: float | None
+    health: str = ""  # how the run went, in plain words
 
 
-def run_training(run_dir: Path, sink: Sink, stop: threading.Event | None = None, resume: bool = False) -> TrainResult:
-    """Train the run in `run_dir` as its config.yaml says; on resume, continue from its newest checkpoint."""
+def run_training(run_dir: Path, sink: Sink, stop: threading.Event | None = None, resume: bool = False,
+                 changes: Sequence[str] = ()) -> TrainResult:
+    """Train the run in `run_dir` as its config.yaml says; on resume, continue from its newest good checkpoint.
+
+    The run is locked for the whole job: a second training or export of it, from
+    any process, is refused. `changes` (resume only) raise train.max_steps or
+    train.epochs to extend a finished run.
+    """
     stop = stop or threading.Event()
+    with lock_run(run_dir, "training"):
+        checkpoint = prepare_resume(run_dir, changes, sink) if resume else None
+        return _train(run_dir, sink, stop, checkpoint)
+
+
+def _train(run_dir: Path, sink: Sink, stop: threading.Event, checkpoint: Path | None) -> TrainResult:
     cfg = load_run_config(run_dir)
-    checkpoint = latest_checkpoint(run_dir) if resume else None
-    if resume and checkpoint is None and (run_dir / "events.jsonl").exists():
-        sink(Event("stage", message="No complete checkpoint in this run yet: training starts from step 0."))
-    write_status(run_dir, state="running", error=None)
+    write_status(run_dir, state="running", error=None, health=None)
     sink(Event("start", message=f"{'Resuming' if checkpoint else 'Starting'} {run_dir.name}", max_steps=cfg.train.max_steps))
-    model = trainer = None
+    model = trainer = watch = None
     try:
         _check_method(cfg)
         sink(Event("stage", message=f"Loading {cfg.model.name_or_path} ({cfg.model.load_in})"))
@@ -63,27 +77,72 @@ def run_training(run_dir: Path, sink: Sink, stop: threading.Event | None = None,
             sink(Event("stage", message=f"Data: {built.summary}"))
         for note in built.notes:
             sink(Event("stage", message=f"Note: {note}"))
-        trainer = _make_trainer(cfg, run_dir, model, tokenizer, built, sink, stop)
+        check_disk_for_run(run_dir, cfg, model)
+        trainer, watch = _make_trainer(cfg, run_dir, model, tokenizer, built, sink, stop)
         with scoring_only_trained_positions():
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        stopped = stop.is_set()
-        _save_weights(trainer, tokenizer, template, run_dir, cfg)
-        state = "stopped" if stopped else "completed"
-        step = trainer.state.global_step
-        loss = _last_loss(trainer)
-        write_status(run_dir, state=state, step=step, loss=loss)
-        sink(Event("end", message=f"Training {state} at step {step}.", step=step, loss=loss, extra={"state": state}))
-        return TrainResult(run_dir, state, step, loss)
+        return _finish(run_dir, cfg, trainer, tokenizer, template, watch, stop, sink)
     except BaseException as exc:
-        error = _describe_failure(exc)
-        write_status(run_dir, state="failed", error=error)
-        sink(Event("end", message=f"Training failed: {error}", extra={"state": "failed"}))
+        _record_failure(run_dir, exc, trainer, sink)
         if isinstance(exc, StudioError) or not isinstance(exc, Exception):
             raise
-        raise TrainingError(error) from exc
+        raise TrainingError(_describe_failure(exc)) from exc
     finally:
+        if watch is not None:
+            watch.close()
         del model, trainer
         free_accelerator_memory()
+
+
+def _finish(run_dir, cfg, trainer, tokenizer, template, watch, stop, sink) -> TrainResult:
+    """Keep the right weights, record the state and the health summary."""
+    health, step = watch.health, trainer.state.global_step
+    if health.divergence is None and watch.bad_weights_at is not None:
+        health.divergence = Divergence(watch.bad_weights_at, None, None, cfg.train.learning_rate, False)
+    last_good = None
+    if health.divergence:
+        state = "diverged"
+        last_good = keep_last_good_checkpoint(run_dir, cfg, tokenizer, template)
+    else:
+        state = "stopped" if stop.is_set() else "completed"
+        _save_weights(trainer, tokenizer, template, run_dir, cfg)
+    summary = health.summary(state, step, last_good)
+    if state == "completed" and cfg.train.max_steps and step < cfg.train.max_steps:
+        summary = f"Stopped early at step {step}: the eval loss stopped improving; the best weights are kept. {summary}"
+    loss = _last_loss(trainer)
+    write_status(run_dir, state=state, step=step, loss=loss, health=summary, warnings=len(health.warnings))
+    message = summary if state == "diverged" else f"Training {state} at step {step}. {summary}"
+    sink(Event("end", message=message, step=step, loss=loss,
+               extra={"state": state, "health": summary}))
+    return TrainResult(run_dir, state, step, loss, summary)
+
+
+def _record_failure(run_dir: Path, exc: BaseException, trainer, sink: Sink) -> None:
+    """Write the run's true state after an error; never let the report itself fail (a full disk)."""
+    step = trainer.state.global_step if trainer is not None else None
+    state = "failed"
+    if is_disk_full(exc):
+        remove_unfinished_checkpoints(run_dir)
+        good = latest_checkpoint(run_dir)
+        resume = (f"Its newest whole checkpoint is {good.name}: free some space, then resume the run."
+                  if good else "No checkpoint was completed: free some space and start again.")
+        error = f"Training stopped at step {step or 0}: {disk_full_text(run_dir)} {resume}"
+    elif isinstance(exc, KeyboardInterrupt):
+        state = "interrupted"
+        good = latest_checkpoint(run_dir)
+        error = (f"Aborted at step {step or 0} without a checkpoint at that step; "
+                 + (f"resume continues from {good.name}." if good else "no checkpoint to resume from yet."))
+    else:
+        error = _describe_failure(exc)
+    for record in (lambda: write_status(run_dir, state=state, error=error, step=step),
+                   lambda: sink(Event("end", message=f"Training {state}: {error}", step=step,
+                                      extra={"state": state, "error": error}))):
+        try:
+            record()
+        except OSError:
+            pass  # the disk is full: the lock, released on exit, still lets the run read "interrupted"
+    if is_disk_full(exc):
+        raise DiskSpaceError(error) from None
 
 
 def load_for_training(cfg: RunConfig, note=lambda text: None):
@@ -146,8 +205,13 @@ def _make_trainer(cfg: RunConfig, run_dir: Path, model, tokenizer, built, sink: 
     if cfg.train.packing:
         # Best-fit packing keeps rows whole; the trainer then keeps them apart in attention.
         train_dataset = pack_dataset(train_dataset, cfg.train.max_length, "bfd")
-    return make_trainer(cfg, run_dir / "checkpoints", model, tokenizer, train_dataset, eval_dataset,
-                        callbacks=[ProgressCallback(sink, stop, MemoryProbe())])
+    watch = HealthCallback(TrainingHealth(cfg.train.learning_rate), sink, RecentBatches(model, built.train))
+    callbacks = [ProgressCallback(sink, stop, MemoryProbe()), watch]
+    if cfg.train.early_stopping:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping))
+    trainer = make_trainer(cfg, run_dir / "checkpoints", model, tokenizer, train_dataset, eval_dataset,
+                           callbacks=callbacks, **early_stopping_options(cfg, eval_dataset is not None, sink))
+    return trainer, watch
 
 
 def make_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_dataset, eval_dataset=None,
@@ -191,6 +255,9 @@ def make_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_datas
         use_cpu=not has_cuda(),
         report_to="none",
         disable_tqdm=True,
+        # A non-finite loss must reach the health check as it is: the trainer would otherwise
+        # log the average of earlier losses in its place (0.0 right after a log).
+        logging_nan_inf_filter=False,
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
         # Rows arrive tokenized, masked (labels) and cut to max_length by studio.data: the
@@ -235,6 +302,29 @@ def cuda_speedups(t) -> dict:
     return options
 
 
+def early_stopping_options(cfg: RunConfig, has_eval: bool, sink: Sink) -> dict:
+    """SFTConfig options that track the best eval loss, and with train.early_stopping keep those weights.
+
+    With an eval split the trainer remembers the best checkpoint (and keeps it
+    through checkpoint rotation). Early stopping also needs a checkpoint at every
+    evaluation, so the best weights exist when the run stops.
+    """
+    t = cfg.train
+    if t.early_stopping and not has_eval:
+        raise ConfigError("train.early_stopping needs eval data: set data.eval_fraction (e.g. 0.1) or "
+                          "data.eval_path, or set train.early_stopping=0.")
+    if not has_eval:
+        return {}
+    options = {"metric_for_best_model": "eval_loss", "greater_is_better": False}
+    if t.early_stopping:
+        if t.save_steps % t.eval_steps:
+            sink(Event("stage", message=f"Early stopping: a checkpoint at every evaluation (every {t.eval_steps} "
+                                        "steps), so the best weights can be kept."))
+            options["save_steps"] = t.eval_steps
+        options["load_best_model_at_end"] = True
+    return options
+
+
 def liger_available() -> bool:
     import importlib.util
 
@@ -266,68 +356,9 @@ def _last_loss(trainer) -> float | None:
 
 
 def _describe_failure(exc: BaseException) -> str:
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted"
     text = str(exc) or type(exc).__name__
-    if "out of memory" in text.lower():
-        return (f"{text.splitlines()[0]} Lower train.batch_size or train.max_length, turn on "
-                "train.gradient_checkpointing, or load the model in 4bit (model.load_in=4bit).")
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return (f"Out of memory: {text.splitlines()[0] if text else 'an allocation failed'}. Lower train.batch_size "
+                "or train.max_length, turn on train.gradient_checkpointing, or load the model in 4bit "
+                "(model.load_in=4bit).")
     return text
-
-
-class ProgressCallback(TrainerCallback):
-    """Turns trainer logs into events, and checks the stop event after every step."""
-
-    def __init__(self, sink: Sink, stop: threading.Event, probe: MemoryProbe) -> None:
-        self.sink, self.stop, self.probe = sink, stop, probe
-        self.started_at = time.time()
-        self.first_step = 0
-        self.last_time = self.started_at
-        self.last_tokens = 0
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.started_at = self.last_time = time.time()
-        self.first_step = state.global_step
-        self.last_tokens = state.num_input_tokens_seen
-
-    def on_step_end(self, args, state, control, **kwargs):
-        return self._stop_if_asked(control)
-
-    def _stop_if_asked(self, control):
-        if self.stop.is_set():
-            # Save a checkpoint at this step, then leave the loop cleanly.
-            control.should_save = True
-            control.should_training_stop = True
-        return control
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        logs = logs or {}
-        now = time.time()
-        if "eval_loss" in logs:
-            self.sink(Event("eval", step=state.global_step, max_steps=state.max_steps, eval_loss=logs["eval_loss"]))
-        if "loss" not in logs:
-            return
-        tokens = state.num_input_tokens_seen - self.last_tokens
-        tokens_per_second = tokens / max(now - self.last_time, 1e-9)
-        self.last_time, self.last_tokens = now, state.num_input_tokens_seen
-        done = state.global_step - self.first_step
-        elapsed = now - self.started_at
-        eta = elapsed / done * (state.max_steps - state.global_step) if done > 0 else None
-        self.sink(Event(
-            "log",
-            step=state.global_step,
-            max_steps=state.max_steps,
-            epoch=state.epoch,
-            loss=logs["loss"],
-            learning_rate=logs.get("learning_rate"),
-            grad_norm=logs.get("grad_norm"),
-            tokens_per_second=tokens_per_second,
-            elapsed_s=elapsed,
-            eta_s=eta,
-            memory=self.probe.snapshot().to_dict(),
-        ))
-        # A stop asked for while this step's numbers were shown still stops at this step.
-        return self._stop_if_asked(control)
-
-    def on_save(self, args, state, control, **kwargs):
-        self.sink(Event("checkpoint", message=f"Checkpoint saved at step {state.global_step}", step=state.global_step))

@@ -9,7 +9,8 @@ from conftest import tiny_config, train_tiny
 
 from studio.errors import ConfigError, DataError
 from studio.events import read_events
-from studio.runs import latest_checkpoint, read_status
+from studio.checkpoints import latest_checkpoint
+from studio.runs import read_status
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,0 +1,178 @@
+"""Trainer callbacks: progress events, the stop button, and the run's health.
+
+    ProgressCallback   logs -> "log"/"eval"/"checkpoint" events; Stop -> a checkpoint at this step, then out
+    HealthCallback     non-finite values stop the run as diverged (no checkpoint of bad weights is written);
+                       rising or spiking losses and overfitting become "warning" events
+    RecentBatches      remembers the token ids of the last step's batches, to name their rows on divergence
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+from transformers import TrainerCallback
+
+from studio.events import Event, Sink
+from studio.hardware import MemoryProbe
+from studio.health import Divergence, TrainingHealth
+
+
+class ProgressCallback(TrainerCallback):
+    """Turns trainer logs into events, and checks the stop event after every step."""
+
+    def __init__(self, sink: Sink, stop: threading.Event, probe: MemoryProbe) -> None:
+        self.sink, self.stop, self.probe = sink, stop, probe
+        self.started_at = time.time()
+        self.first_step = 0
+        self.last_time = self.started_at
+        self.last_tokens = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started_at = self.last_time = time.time()
+        self.first_step = state.global_step
+        self.last_tokens = state.num_input_tokens_seen
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.max_steps and state.global_step >= state.max_steps:
+            control.should_save = True  # the last step always leaves a checkpoint: the run can be extended later
+        return self._stop_if_asked(control)
+
+    def _stop_if_asked(self, control):
+        if self.stop.is_set():
+            # Save a checkpoint at this step, then leave the loop cleanly.
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        now = time.time()
+        if "eval_loss" in logs:
+            self.sink(Event("eval", step=state.global_step, max_steps=state.max_steps, eval_loss=logs["eval_loss"]))
+        if "loss" not in logs:
+            return
+        tokens = state.num_input_tokens_seen - self.last_tokens
+        tokens_per_second = tokens / max(now - self.last_time, 1e-9)
+        self.last_time, self.last_tokens = now, state.num_input_tokens_seen
+        done = state.global_step - self.first_step
+        elapsed = now - self.started_at
+        eta = elapsed / done * (state.max_steps - state.global_step) if done > 0 else None
+        self.sink(Event(
+            "log",
+            step=state.global_step,
+            max_steps=state.max_steps,
+            epoch=state.epoch,
+            loss=logs["loss"],
+            learning_rate=logs.get("learning_rate"),
+            grad_norm=logs.get("grad_norm"),
+            tokens_per_second=tokens_per_second,
+            elapsed_s=elapsed,
+            eta_s=eta,
+            memory=self.probe.snapshot().to_dict(),
+        ))
+        # A stop asked for while this step's numbers were shown still stops at this step.
+        return self._stop_if_asked(control)
+
+    def on_save(self, args, state, control, **kwargs):
+        self.sink(Event("checkpoint", message=f"Checkpoint saved at step {state.global_step}", step=state.global_step))
+
+
+class RecentBatches:
+    """The token ids the model saw since the last log (references only: no copy, no wait for the GPU).
+
+    On divergence, `rows()` names where those rows came from (file:line), by
+    matching their token ids against the training rows.
+    """
+
+    def __init__(self, model, train_rows) -> None:
+        self.train_rows = train_rows  # TokenizedRow with .input_ids and .where
+        self.batches: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        self.hook = model.register_forward_pre_hook(self._record, with_kwargs=True)
+
+    def _record(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if module.training and isinstance(ids, torch.Tensor):
+            self.batches.append((ids, kwargs.get("attention_mask")))
+
+    def step_done(self) -> None:
+        self.batches.clear()
+
+    def rows(self) -> tuple[str, ...]:
+        """file:line of each row in the recorded batches that is found among the training rows."""
+        known = {hash(tuple(r.input_ids)): r.where for r in self.train_rows if getattr(r, "where", "")}
+        found: list[str] = []
+        for ids, mask in self.batches:
+            lengths = mask.sum(dim=1).tolist() if mask is not None else [ids.shape[1]] * ids.shape[0]
+            for row, length in zip(ids.detach().to("cpu").tolist(), lengths):
+                where = known.get(hash(tuple(row[: int(length)])))
+                if where and where not in found:
+                    found.append(where)
+        return tuple(found)
+
+    def close(self) -> None:
+        self.hook.remove()
+
+
+class HealthCallback(TrainerCallback):
+    """Stops a diverging run without saving its bad weights, and reports warnings as events.
+
+    Runs after ProgressCallback, so its decision not to save wins over a Stop
+    that asked for a checkpoint at the same step.
+    """
+
+    def __init__(self, health: TrainingHealth, sink: Sink, batches: RecentBatches | None = None) -> None:
+        self.health, self.sink, self.batches = health, sink, batches
+        self.bad_weights_at: int | None = None
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        # A checkpoint is about to be written: never write one of non-finite weights, even
+        # when the logging interval has not shown the bad values yet.
+        if control.should_save and model is not None and not trainable_weights_finite(model):
+            self.bad_weights_at = state.global_step
+            self._stop_without_saving(control)
+            if not control.should_log:
+                self._diverged(Divergence(state.global_step, None, None, self.health.learning_rate, False))
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" in logs or "grad_norm" in logs:
+            verdict = self.health.observe(state.global_step, logs.get("loss"), logs.get("grad_norm"))
+            if isinstance(verdict, Divergence):
+                self._stop_without_saving(control)
+                self._diverged(verdict)
+            else:
+                self._warn(verdict, state.global_step)
+            if self.batches:
+                self.batches.step_done()
+        if "eval_loss" in logs:
+            self._warn(self.health.observe_eval(state.global_step, logs["eval_loss"]), state.global_step)
+        return control
+
+    def _diverged(self, verdict: Divergence) -> None:
+        if verdict.data_cause_likely and self.batches:
+            verdict = Divergence(verdict.step, verdict.loss, verdict.grad_norm, verdict.learning_rate, True,
+                                 self.batches.rows())
+        self.health.divergence = verdict
+
+    @staticmethod
+    def _stop_without_saving(control) -> None:
+        control.should_training_stop = True
+        control.should_save = False
+        control.should_evaluate = False
+
+    def close(self) -> None:
+        if self.batches:
+            self.batches.close()
+
+    def _warn(self, warnings: list[str], step: int) -> None:
+        for text in warnings:
+            self.sink(Event("warning", message=text, step=step))
+
+
+def trainable_weights_finite(model) -> bool:
+    """Whether every trained weight is a finite number (a cheap check on LoRA: only the adapter)."""
+    with torch.no_grad():
+        return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)

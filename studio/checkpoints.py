@@ -1,0 +1,202 @@
+"""Trainer checkpoints of a run: which are whole, which are damaged and why.
+
+A checkpoint can be cut short by a crash, a kill or a full disk while it was
+written. Resume must not trip over it: the damaged one is named (file and
+reason), set aside as `checkpoint-N.damaged`, and the newest good one is used.
+
+    good, damaged = scan_checkpoints(run_dir)     # newest good checkpoint or None; [(path, reason)]
+    latest_checkpoint(run_dir)                    # the newest good one
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Sequence
+
+from studio.errors import TrainingError
+from studio.events import Event, Sink
+
+WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.split("-")[1].split(".")[0])
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint at `path` cannot be resumed from, or None when it is whole."""
+    state = path / "trainer_state.json"
+    if not state.is_file():
+        return "trainer_state.json is missing (the checkpoint was not finished)"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))["global_step"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        return f"trainer_state.json is damaged ({type(exc).__name__}: {exc})"
+    if not (path / "optimizer.pt").is_file():
+        return "optimizer.pt is missing (the checkpoint was not finished)"
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        return "it holds no weights (no *.safetensors)"
+    for file in sorted(path.glob("*.safetensors")):
+        problem = _safetensors_problem(file)
+        if problem:
+            return f"{file.name} is damaged ({problem})"
+    for file in sorted([*path.glob("*.pt"), *path.glob("*.pth")]):
+        # torch.save writes a zip archive whose directory sits at the end: a cut file has none.
+        if not zipfile.is_zipfile(file):
+            return f"{file.name} is damaged (cut short: {file.stat().st_size:,} bytes)"
+    return None
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(file, framework="pt") as fh:
+            fh.keys()
+    except Exception as exc:  # safetensors raises its own error type for a bad header or a short file
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return None
+
+
+def scan_checkpoints(run_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest whole checkpoint, and the damaged ones newer than it with their reasons."""
+    folders = sorted((p for p in (run_dir / "checkpoints").glob("checkpoint-*")
+                      if p.is_dir() and p.name.split("-")[1].isdigit()), key=checkpoint_step, reverse=True)
+    damaged = []
+    for folder in folders:
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder, damaged
+        damaged.append((folder, problem))
+    return None, damaged
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint that was written completely."""
+    return scan_checkpoints(run_dir)[0]
+
+
+def set_aside(folder: Path) -> Path:
+    """Rename a damaged checkpoint out of the trainer's way (kept, never deleted)."""
+    target = folder.with_name(folder.name + ".damaged")
+    n = 1
+    while target.exists():
+        n += 1
+        target = folder.with_name(f"{folder.name}.damaged-{n}")
+    folder.rename(target)
+    return target
+
+
+def remove_unfinished_checkpoints(run_dir: Path) -> None:
+    """Delete checkpoints newer than the newest good one: this process was writing them when it failed."""
+    import shutil
+
+    for folder, _ in scan_checkpoints(run_dir)[1]:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- resume
+
+
+def prepare_resume(run_dir: Path, changes: Sequence[str], sink: Sink) -> Path | None:
+    """Check that the run can continue, apply `changes`, set damaged checkpoints aside; the checkpoint to resume.
+
+    A finished run continues only with a higher train.max_steps (or train.epochs);
+    a diverged one not at all (the same settings would diverge again).
+    """
+    from studio.config import apply_overrides
+    from studio.runs import load_run_config, read_status, save_run_config
+
+    cfg = load_run_config(run_dir)
+    status = read_status(run_dir)
+    allowed = ("train.max_steps", "train.epochs")
+    refused = [c for c in changes if c.partition("=")[0].strip() not in allowed]
+    if refused:
+        raise TrainingError(f"Only {' and '.join(allowed)} can change when a run is resumed, not "
+                            f"{refused[0].partition('=')[0]!r}. For other changes start a new run from its "
+                            f"recipe: python launch.py train {run_dir / 'config.yaml'} {refused[0]}")
+    if status.get("state") == "diverged":
+        raise TrainingError(
+            f"{run_dir.name} diverged at step {status.get('step')}; resuming it with the same settings would "
+            f"diverge again. Start a new run with a lower learning rate: python launch.py train "
+            f"{run_dir / 'config.yaml'} train.learning_rate={cfg.train.learning_rate / 10:g}")
+    extended = apply_overrides(cfg, list(changes))
+    done = status.get("step") or 0
+    if status.get("state") == "completed" and not _more_to_do(cfg, extended, done):
+        total = f"all {done} steps" if cfg.train.max_steps else f"its {cfg.train.epochs:g} epochs"
+        raise TrainingError(
+            f"{run_dir.name} already completed {total}. To train it further, give a higher total: "
+            f"python launch.py resume {run_dir} train.max_steps={max(done, cfg.train.max_steps) * 2} "
+            "(or, in the Train tab, 'Train to step').")
+    if extended != cfg:
+        save_run_config(run_dir, extended)
+        sink(Event("stage", message="Extended: " + ", ".join(changes)))
+    good, damaged = scan_checkpoints(run_dir)
+    for folder, reason in damaged:
+        aside = set_aside(folder)
+        sink(Event("warning", message=f"Checkpoint {folder.name} is damaged: {reason}. It was moved to "
+                                      f"{aside.name}; resuming from " + (good.name if good else "the start") + "."))
+    if good is None and (run_dir / "events.jsonl").exists():
+        sink(Event("stage", message="No complete checkpoint in this run yet: training starts from step 0."))
+    return good
+
+
+def _more_to_do(before, after, done: int) -> bool:
+    if after.train.max_steps:
+        return after.train.max_steps > max(done, before.train.max_steps if before.train.max_steps else 0)
+    return after.train.epochs > before.train.epochs
+
+
+def keep_last_good_checkpoint(run_dir: Path, cfg, tokenizer, template) -> str | None:
+    """After divergence: the weights of the newest good checkpoint become the run's weights; its name, or None."""
+    import os
+    import shutil
+
+    good = latest_checkpoint(run_dir)
+    if good is None:
+        return None
+    final = run_dir / ("adapter" if cfg.lora.enabled else "model")
+    tmp = final.with_name(final.name + ".part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for file in good.iterdir():
+        if file.is_file() and file.name not in TRAINER_ONLY_FILES and not file.name.startswith("rng_state"):
+            shutil.copy2(file, tmp / file.name)
+    tokenizer.chat_template = template.jinja
+    tokenizer.save_pretrained(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return good.name
+
+
+TRAINER_ONLY_FILES = {"optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin"}
+
+
+# ---------------------------------------------------------------- disk
+
+
+def check_disk_for_run(run_dir: Path, cfg, model) -> None:
+    """Refuse to start when the checkpoints the run will keep, and its final weights, cannot fit on the disk."""
+    from studio.runs import check_free_disk, human_bytes
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    weight_bytes = sum(p.numel() * p.element_size() for p in trainable)
+    # Adam keeps two states per trained weight: 4 bytes each, 1 byte each for the 8-bit optimizers.
+    state_bytes_per_value = 0 if cfg.train.optimizer == "sgd" else (2 if "8bit" in _optimizer_name(cfg) else 8)
+    checkpoint = weight_bytes + sum(p.numel() for p in trainable) * state_bytes_per_value
+    steps = cfg.train.max_steps or 10**9
+    kept = min(cfg.train.save_total_limit or 10**9, max(1, steps // max(cfg.train.save_steps, 1)))
+    # One more is written before the oldest is removed, one more may be the best by eval loss.
+    count = kept + 1 + (1 if cfg.data.eval_fraction or cfg.data.eval_path else 0)
+    needed = count * checkpoint + weight_bytes
+    check_free_disk(run_dir, needed, f"{count} checkpoints of about {human_bytes(checkpoint)} and the final weights "
+                                     "(lower train.save_total_limit to keep fewer)")
+
+
+def _optimizer_name(cfg) -> str:
+    from studio.hardware import has_cuda
+
+    return cfg.train.optimizer if cfg.train.optimizer != "auto" else ("adamw_8bit" if has_cuda() else "adamw_torch")

@@ -1,0 +1,251 @@
+"""Faults injected for real: NaN training, kill -9, two resumes at once, damaged checkpoints,
+a broken status.json and a full file system. Each checks what the studio then *says* and
+that nothing is lost."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLE_DATA, tiny_config, train_tiny
+
+from studio.checkpoints import latest_checkpoint
+from studio.errors import DiskSpaceError, RunBusyError, TrainingError
+from studio.events import read_events
+from studio.runs import read_status, run_state
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def launch(*args, **kwargs):
+    return subprocess.Popen([sys.executable, "-u", str(ROOT / "launch.py"), *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def recipe(tmp_path, model, steps=40, extra="") -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(
+        f"name: fault\nmodel:\n  name_or_path: {model}\ndata:\n  path: {SAMPLE_DATA}\n  max_samples: 32\n"
+        f"lora:\n  r: 4\ntrain:\n  max_steps: {steps}\n  batch_size: 2\n  grad_accum: 1\n  learning_rate: 3.0e-3\n"
+        f"  max_length: 128\n  save_steps: 2\n  runs_dir: {tmp_path / 'runs'}\n  gradient_checkpointing: false\n{extra}")
+    return path
+
+
+def read_until(process, text: str) -> str:
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    raise AssertionError(f"{text!r} never appeared:\n{''.join(seen)}")
+
+
+def runs_listing(tmp_path) -> str:
+    done = subprocess.run([sys.executable, str(ROOT / "launch.py"), "runs", "--runs-dir", tmp_path / "runs"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+# ---------------------------------------------------------------- divergence
+
+
+def test_nan_training_stops_as_diverged_and_keeps_the_last_good_checkpoint(tiny_llama, tmp_path):
+    result = train_tiny(tiny_config(tiny_llama, tmp_path, "train.learning_rate=1e4", "train.max_grad_norm=0",
+                                    "train.max_steps=12", "train.save_steps=2"))
+    run = result.run_dir
+    assert result.state == "diverged" and result.step < 12
+    status = read_status(run)
+    assert status["state"] == "diverged" and status["loss"] is None, "NaN is never stored as a number"
+    assert "learning rate 10000" in status["health"] and "train.learning_rate=1000" in status["health"]
+    events = read_events(run / "events.jsonl")
+    bad = [e for e in events if e.kind == "log" and not (e.loss == e.loss and e.grad_norm == e.grad_norm)]
+    assert bad and bad[-1].step == result.step, "the non-finite step is logged as it is, not as 0"
+    assert events[-1].kind == "end" and events[-1].extra["state"] == "diverged"
+    good = latest_checkpoint(run)
+    assert good is not None and int(good.name.split("-")[1]) < result.step, "no checkpoint of the bad weights"
+    assert f"The last good checkpoint ({good.name}) is kept" in status["health"]
+    from safetensors.torch import load_file
+
+    kept = load_file(run / "adapter" / "adapter_model.safetensors")
+    assert all(t.isfinite().all() for t in kept.values()), "the run's weights are the last good ones"
+    assert run_state(run).state == "diverged"
+    with pytest.raises(TrainingError, match="diverged at step .* train.learning_rate=1000"):
+        from studio.events import MemorySink
+        from studio.train import run_training
+
+        run_training(run, MemorySink(), resume=True)
+
+
+def test_early_stopping_keeps_the_best_weights(tiny_llama, tmp_path):
+    result = train_tiny(tiny_config(tiny_llama, tmp_path, "data.eval_fraction=0.25", "train.eval_steps=2",
+                                    "train.early_stopping=1", "train.learning_rate=3e-2", "train.max_steps=40"))
+    evals = [e for e in read_events(result.run_dir / "events.jsonl") if e.kind == "eval"]
+    best = min(evals, key=lambda e: e.eval_loss)
+    assert result.state == "completed" and result.step < 40, "stopped once the eval loss stopped improving"
+    assert evals[-1].eval_loss >= best.eval_loss and f"Stopped early at step {result.step}" in result.health
+    state = json.loads((latest_checkpoint(result.run_dir) / "trainer_state.json").read_text())
+    assert state["best_global_step"] == best.step
+
+
+# ---------------------------------------------------------------- dead and busy runs
+
+
+def test_a_killed_run_reads_interrupted_and_resumes(tiny_llama, tmp_path):
+    process = launch("train", recipe(tmp_path, tiny_llama))
+    read_until(process, "step 5/40")
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    run = next((tmp_path / "runs").iterdir())
+    assert read_status(run)["state"] == "running", "the dead process could not say otherwise"
+    assert run_state(run).state == "interrupted"
+    listing = runs_listing(tmp_path)
+    assert "interrupted" in listing and f"python launch.py resume {run}" in listing
+
+    resumed = launch("resume", run)
+    out = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, out
+    assert "completed at step 40" in out and run_state(run).state == "completed"
+    steps = [e.step for e in read_events(run / "events.jsonl") if e.kind == "log"]
+    assert steps[-1] == 40 and 1 < steps.index(steps[-1]) and max(steps) == 40
+
+
+def test_a_second_resume_of_a_run_in_training_is_refused_naming_the_holder(tiny_llama, tmp_path):
+    process = launch("train", recipe(tmp_path, tiny_llama, steps=400))
+    try:
+        read_until(process, "step 2/400")
+        run = next((tmp_path / "runs").iterdir())
+        second = subprocess.run([sys.executable, str(ROOT / "launch.py"), "resume", run], cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2
+        assert f"{run.name} is in use: training by process {process.pid}" in second.stderr
+        assert run_state(run).state == "running"
+        from studio.events import MemorySink
+        from studio.export import export_run
+
+        with pytest.raises(RunBusyError, match="in use: training"):
+            export_run(run, ("q8_0",), (), MemorySink())
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_resume_of_a_completed_run_asks_for_more_steps(trained_run, tmp_path):
+    import shutil
+
+    from studio.events import MemorySink
+    from studio.train import run_training
+
+    run = Path(shutil.copytree(trained_run, tmp_path / trained_run.name))
+    with pytest.raises(TrainingError, match=r"already completed all 10 steps.*train\.max_steps=20"):
+        run_training(run, MemorySink(), resume=True)
+    with pytest.raises(TrainingError, match="Only train.max_steps and train.epochs can change"):
+        run_training(run, MemorySink(), resume=True, changes=["lora.r=4"])
+    result = run_training(run, MemorySink(), resume=True, changes=["train.max_steps=12"])
+    assert (result.state, result.step) == ("completed", 12)
+    assert "max_steps: 12" in (run / "config.yaml").read_text()
+
+
+def test_a_damaged_newest_checkpoint_is_named_and_resume_uses_the_previous_one(tiny_llama, tmp_path):
+    from studio.events import MemorySink
+    from studio.train import run_training
+
+    stop = threading.Event()
+    result = train_tiny(tiny_config(tiny_llama, tmp_path, "train.save_steps=2", "train.save_total_limit=3"),
+                        stop=stop, sink=lambda e: e.kind == "log" and e.step == 6 and stop.set())
+    run = result.run_dir
+    assert latest_checkpoint(run).name == "checkpoint-6"
+    optimizer = run / "checkpoints" / "checkpoint-6" / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:1000])  # cut short, as a crash mid-write leaves it
+    sink = MemorySink()
+    resumed = run_training(run, sink, resume=True)
+    warnings = [e.message for e in sink.events() if e.kind == "warning"]
+    assert warnings and "checkpoint-6 is damaged: optimizer.pt is damaged (cut short: 1,000 bytes)" in warnings[0]
+    assert "resuming from checkpoint-4" in warnings[0]
+    assert (run / "checkpoints" / "checkpoint-6.damaged").is_dir(), "set aside, not deleted"
+    assert resumed.state == "completed" and resumed.step == 10
+    assert [e.step for e in sink.events() if e.kind == "log"][0] == 5
+
+
+def test_a_broken_status_marks_that_run_unreadable_and_lists_the_rest(trained_run, tmp_path):
+    import shutil
+
+    runs = tmp_path / "runs"
+    good = Path(shutil.copytree(trained_run, runs / "20260101-000000_good"))
+    broken = Path(shutil.copytree(trained_run, runs / "20260101-000001_broken"))
+    (broken / "status.json").write_text('{"state": "compl')
+    listing = runs_listing(tmp_path)
+    assert f"{good}  completed" in listing
+    assert f"{broken}  unreadable" in listing and "status.json is damaged" in listing
+
+
+# ---------------------------------------------------------------- a full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """An 8 MiB file system of its own (tmpfs), where the machine allows mounting one."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)])
+
+
+def fill(folder: Path, leave: int = 0) -> Path:
+    import shutil
+
+    filler = folder / "filler"
+    with open(filler, "wb") as fh:
+        try:
+            fh.write(b"\0" * max(shutil.disk_usage(folder).free - leave, 0))
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_at_start_leaves_no_half_made_run(tiny_llama, small_disk):
+    from studio.runs import create_run_dir
+
+    fill(small_disk)
+    with pytest.raises(DiskSpaceError, match="the disk is full"):
+        create_run_dir(tiny_config(tiny_llama, small_disk / "runs"))
+    assert not list((small_disk / "runs").glob("*/config.yaml")) and not list((small_disk / "runs").glob("*"))
+
+
+def test_the_disk_check_before_training_refuses_in_the_right_unit(tiny_llama, small_disk):
+    fill(small_disk, leave=200 * 1024)
+    with pytest.raises(DiskSpaceError) as caught:
+        train_tiny(tiny_config(tiny_llama, small_disk / "runs"))
+    text = str(caught.value)
+    assert "Not enough disk space" in text and "KiB is free" in text and "0.0 GiB" not in text
+
+
+def test_a_disk_that_fills_during_training_gives_one_message_and_the_true_state(tiny_llama, small_disk, tmp_path):
+    from studio.events import MemorySink
+    from studio.train import run_training
+
+    runs = small_disk / "runs"
+    filled = []
+
+    def fill_at_step_3(event):
+        if event.kind == "log" and event.step == 3 and not filled:
+            filled.append(fill(small_disk))
+
+    with pytest.raises(DiskSpaceError) as caught:
+        train_tiny(tiny_config(tiny_llama, runs, "train.save_steps=2"), sink=fill_at_step_3)
+    run = next(runs.iterdir())
+    text = str(caught.value)
+    assert "the disk is full" in text and "checkpoint-2" in text and "resume" in text
+    assert "Traceback" not in text
+    assert [p.name for p in (run / "checkpoints").glob("checkpoint-*")] == ["checkpoint-2"], "no half checkpoint"
+    assert run_state(run).state in ("failed", "interrupted")
+    filled[0].unlink()
+    resumed = run_training(run, MemorySink(), resume=True)
+    assert resumed.state == "completed" and resumed.step == 10
