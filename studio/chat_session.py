@@ -27,6 +27,20 @@ class ChatSession:
     tokenizer: object = None
     template: object = None
     llm: object = None
+    base_config: object = None  # the run's ModelConfig: the original base of a full fine-tune
+    base: tuple | None = None  # (model, tokenizer) of that base, loaded on first use
+
+    @property
+    def full_finetune(self) -> bool:
+        return self.model is not None and self.run_dir is not None and not hasattr(self.model, "disable_adapter")
+
+    def _original_base(self) -> tuple:
+        from studio.models import load_model
+
+        if self.base is None:
+            model, tokenizer = load_model(self.base_config)
+            self.base = (model.eval(), tokenizer)
+        return self.base
 
     @classmethod
     def open(cls, run: str | None, gguf: str | None = None, overrides: list[str] = (),
@@ -42,7 +56,7 @@ class ChatSession:
             raise StudioError("Name a run to chat with, or a GGUF file with --gguf.")
         run_dir = find_run(run) if run else None
         cfg = apply_overrides(load_run_config(run_dir) if run_dir else RunConfig(), overrides)
-        session = cls(generation=cfg.generation, run_dir=run_dir)
+        session = cls(generation=cfg.generation, run_dir=run_dir, base_config=cfg.model)
         if run_dir:
             session.template = read_template(session.run_dir)
             if load_hf:
@@ -78,16 +92,22 @@ class ChatSession:
     def describe(self) -> str:
         return str(self.run_dir or "") + (" (GGUF)" if self.llm is not None else "")
 
-    def stream(self, messages: list[dict], mode: str, stop: threading.Event | None = None) -> Iterator[str]:
+    def stream(self, messages: list[dict], mode: str, stop: threading.Event | None = None,
+               generation: GenerationConfig | None = None) -> Iterator[str]:
+        """A reply as text pieces; `generation` replaces the session's settings for this reply."""
         from studio.chat import stream_gguf_reply, stream_reply
 
+        generation = generation or self.generation
         if mode == "gguf" or self.model is None:
             if self.llm is None:
                 raise StudioError("No GGUF file is loaded for chat.")
             # A run's GGUF gets the prompt built exactly as in training; a loose GGUF uses its own template.
             tokenizer, template = (self.tokenizer, self.template) if self.run_dir else (None, None)
-            return stream_gguf_reply(self.llm, messages, self.generation, tokenizer, template, stop)
-        return stream_reply(self.model, self.tokenizer, self.template, messages, self.generation,
+            return stream_gguf_reply(self.llm, messages, generation, tokenizer, template, stop)
+        if mode == "base" and self.full_finetune:
+            # A fully fine-tuned model has no adapter to switch off: the base is the original model.
+            return stream_reply(*self._original_base(), self.template, messages, generation, stop=stop)
+        return stream_reply(self.model, self.tokenizer, self.template, messages, generation,
                             use_adapter=(mode != "base"), stop=stop)
 
     def close(self) -> None:
@@ -95,5 +115,5 @@ class ChatSession:
 
         if self.llm is not None:
             self.llm.close()
-        self.model = self.llm = None
+        self.model = self.llm = self.base = None
         free_accelerator_memory()

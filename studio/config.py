@@ -233,6 +233,19 @@ def apply_overrides(cfg: RunConfig, overrides: typing.Sequence[str]) -> RunConfi
     return _build(RunConfig, data, prefix="", source="override")
 
 
+def with_changes(section: Any, **changes: Any) -> Any:
+    """A copy of a config section with some fields changed, each checked like a recipe value (type and bounds)."""
+    cls = type(section)
+    hints = typing.get_type_hints(cls)
+    checked = {}
+    for name, value in changes.items():
+        if name not in hints:
+            _raise_unknown(name, name, [f.name for f in dataclasses.fields(cls)])
+        checked[name] = _coerce(value, hints[name], name, cls.__name__)
+        _check_bounds(cls, name, checked[name], name, cls.__name__)
+    return dataclasses.replace(section, **checked)
+
+
 def replace_section(cfg: RunConfig, section: str, **changes: Any) -> RunConfig:
     """A copy of `cfg` with some fields of one section changed (values already typed)."""
     return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})

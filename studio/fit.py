@@ -5,7 +5,7 @@ gradients and optimizer state, activations for the batch and length (with or
 without checkpointing), the loss over the vocabulary, and runtime overhead.
 
     est = estimate_fit(shape, cfg, available_gib=11.6, on_gpu=True)
-    est.verdict, est.advice    # "tight", "needs ~10.9 GiB of 11.6 ..."
+    est.verdict, est.advice    # "tight", "needs ≈10.9 GiB of 11.6 ..."
 """
 
 from __future__ import annotations
@@ -123,26 +123,26 @@ def _activations(shape: Shape, cfg: RunConfig, unit: float, on_gpu: bool, fp32_a
 
 def advice(shape: Shape, cfg: RunConfig, est: FitEstimate, on_gpu: bool) -> str:
     """One sentence: the verdict, the numbers, and what to change when it does not fit."""
-    head = f"needs ~{est.total_gib:.1f} GiB of {est.available_gib:.1f} GiB {est.device}"
+    head = f"needs ≈{est.total_gib:.1f} GiB of {est.available_gib:.1f} GiB {est.device}"
     if est.verdict == "fits":
         return f"Fits: {head}."
     tips = []
     if cfg.model.load_in != "4bit" and cfg.lora.enabled:
         four = estimate_fit(shape, apply_overrides(cfg, ["model.load_in=4bit"]), est.available_gib, on_gpu)
-        tips.append(f"4-bit loading (~{four.total_gib:.1f} GiB)")
+        tips.append(f"4-bit loading (≈{four.total_gib:.1f} GiB)")
     if not cfg.train.gradient_checkpointing:
         ckpt = estimate_fit(shape, apply_overrides(cfg, ["train.gradient_checkpointing=true"]), est.available_gib, on_gpu)
-        tips.append(f"gradient checkpointing (~{ckpt.total_gib:.1f} GiB)")
+        tips.append(f"gradient checkpointing (≈{ckpt.total_gib:.1f} GiB)")
     elif on_gpu and not cfg.train.offload_activations:
         offload = estimate_fit(shape, apply_overrides(cfg, ["train.offload_activations=true"]), est.available_gib, on_gpu)
-        tips.append(f"activation offload to CPU memory (~{offload.total_gib:.1f} GiB)")
+        tips.append(f"activation offload to CPU memory (≈{offload.total_gib:.1f} GiB)")
     if on_gpu and cfg.lora.enabled and not cfg.train.cpu_embeddings and not shape.tied_embeddings:
         table = estimate_fit(shape, apply_overrides(cfg, ["train.cpu_embeddings=true"]), est.available_gib, on_gpu)
-        tips.append(f"input embeddings in CPU memory (~{table.total_gib:.1f} GiB)")
+        tips.append(f"input embeddings in CPU memory (≈{table.total_gib:.1f} GiB)")
     if cfg.train.max_length > 256:
         half = cfg.train.max_length // 2
         short = estimate_fit(shape, apply_overrides(cfg, [f"train.max_length={half}"]), est.available_gib, on_gpu)
-        tips.append(f"max length {half} (~{short.total_gib:.1f} GiB)")
+        tips.append(f"max length {half} (≈{short.total_gib:.1f} GiB)")
     verdict = "Tight" if est.verdict == "tight" else "Does not fit"
     return f"{verdict}: {head}." + (f" Try {', or '.join(tips)}." if tips else "")
 

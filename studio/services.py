@@ -12,15 +12,48 @@ drive the same code:
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from studio.config import RunConfig, replace_section
-from studio.errors import BusyError, StudioError
+from studio.config import RunConfig, replace_section, with_changes
+from studio.errors import BusyError, ModelLoadError, StudioError
 from studio.events import JsonlSink, fan_out
 from studio.hardware import GIB, MemoryProbe, device_name, has_cuda
 from studio.jobs import JobRunner
+
+
+class GpuArbiter:
+    """One owner of the GPU at a time: a job (training, export) or a chat reply (its model load included).
+
+    A job holds it from before its weights load until it ends, from its own
+    thread; a chat reply holds it while it loads and generates. A reply waits a
+    moment for another reply, never for a job: then the answer is "Busy".
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.holder = ""
+
+    def claim(self, holder: str, wait: float = 0.0) -> None:
+        """Take the GPU, waiting at most `wait` seconds for its holder; BusyError naming the holder otherwise."""
+        taken = self._lock.acquire(timeout=wait) if wait else self._lock.acquire(blocking=False)
+        if not taken:
+            raise BusyError(f"Busy: the GPU is in use ({self.holder}). Wait for it or stop it first.")
+        self.holder = holder
+
+    def release(self) -> None:
+        self.holder = ""
+        self._lock.release()
+
+    @contextmanager
+    def held(self, holder: str, wait: float = 0.0) -> Iterator[None]:
+        self.claim(holder, wait)
+        try:
+            yield
+        finally:
+            self.release()
 
 
 @dataclass
@@ -33,6 +66,7 @@ class Studio:
     other_key: str | None = None
     # Set to end a streaming reply: by the Stop button, and by any job that needs the GPU.
     chat_stop: threading.Event = field(default_factory=threading.Event)
+    gpu: GpuArbiter = field(default_factory=GpuArbiter)
 
     # ------------------------------------------------------------ hardware
 
@@ -56,7 +90,15 @@ class Studio:
         from studio.models import hf_folder, load_tokenizer
 
         source = hf_folder(name_or_path)
-        config = AutoConfig.from_pretrained(source)
+        try:
+            config = AutoConfig.from_pretrained(source)
+        except (OSError, ValueError) as exc:
+            if isinstance(source, str):  # a hub id
+                raise ModelLoadError(
+                    f"Cannot read {name_or_path} from the model hub: the hub is not reachable from here and the "
+                    "model is not in the local cache. Pick builtin:gemma-3-270m, a local folder or a .gguf file, "
+                    "or download the model where there is a network and give its folder.") from None
+            raise ModelLoadError(f"Cannot read the model at {source}: {exc}") from None
         tokenizer = load_tokenizer(name_or_path)
         shape = shape_of(str(source)) or shape_of(name_or_path)
         size = f"{sum(parameter_counts(shape)) / 1e6:,.0f}M parameters · " if shape else ""
@@ -79,6 +121,17 @@ class Studio:
 
         return list_runs(self.runs_dir)
 
+    def run_states(self) -> list:
+        """Every run with its true state (a run whose process died reads "interrupted")."""
+        from studio.runs import list_runs, run_state
+
+        return [run_state(run_dir) for run_dir in list_runs(self.runs_dir)]
+
+    def run_config(self, run: str) -> RunConfig:
+        from studio.runs import load_run_config
+
+        return load_run_config(self.find_run(run))
+
     def find_run(self, run: str) -> Path:
         from studio.runs import find_run
 
@@ -95,36 +148,63 @@ class Studio:
     # ------------------------------------------------------------ jobs
 
     def start_training(self, cfg: RunConfig) -> Path:
-        """Create the run folder and train in the background (frees the chat model first)."""
+        """Create the run folder and train in the background (ends any chat reply and frees the chat models)."""
         from studio.runs import create_run_dir
         from studio.train import run_training
 
-        self._refuse_if_busy()
-        self.close_chat()
         cfg = replace_section(cfg, "train", runs_dir=str(self.runs_dir))
-        run_dir = create_run_dir(cfg)
-        log = JsonlSink(run_dir / "events.jsonl")
-        self.jobs.start("train", run_dir.name, lambda sink, stop: run_training(run_dir, fan_out(log, sink), stop))
+        self._take_gpu_for("training")
+        try:
+            run_dir = create_run_dir(cfg)
+            log = JsonlSink(run_dir / "events.jsonl")
+            self._run_job("train", run_dir.name, lambda sink, stop: run_training(run_dir, fan_out(log, sink), stop))
+        except BaseException:
+            self.gpu.release()
+            raise
         return run_dir
 
-    def resume_training(self, run_dir: Path) -> None:
+    def resume_training(self, run_dir: Path, changes: tuple[str, ...] = ()) -> None:
+        """Continue a run from its newest good checkpoint; `changes` raise train.max_steps to extend a finished one."""
         from studio.train import run_training
 
-        self._refuse_if_busy()
-        self.close_chat()
         log = JsonlSink(run_dir / "events.jsonl")
-        self.jobs.start("train", run_dir.name,
-                        lambda sink, stop: run_training(run_dir, fan_out(log, sink), stop, resume=True))
+        self._take_gpu_for("training")
+        try:
+            self._run_job("train", run_dir.name, lambda sink, stop: run_training(
+                run_dir, fan_out(log, sink), stop, resume=True, changes=changes))
+        except BaseException:
+            self.gpu.release()
+            raise
 
     def start_export(self, run_dir: Path, gguf_types: tuple, formats: tuple) -> None:
         from studio.export import export_run
         from studio.runs import load_run_config
 
-        self._refuse_if_busy()
-        self.close_chat()
         tokens = load_run_config(run_dir).export.verify_tokens
-        self.jobs.start("export", run_dir.name,
-                        lambda sink, stop: export_run(run_dir, gguf_types, formats, sink, tokens))
+        self._take_gpu_for("export")
+        try:
+            self._run_job("export", run_dir.name,
+                          lambda sink, stop: export_run(run_dir, gguf_types, formats, sink, tokens))
+        except BaseException:
+            self.gpu.release()
+            raise
+
+    def _take_gpu_for(self, what: str) -> None:
+        """Claim the GPU for a job: a reply still streaming ends at its next token, then the chat models are freed."""
+        self._refuse_if_busy()
+        self.chat_stop.set()
+        self.gpu.claim(what, wait=30)
+        self.close_chat()
+
+    def _run_job(self, kind: str, name: str, work) -> None:
+        """Start `work` as the background job; it gives the GPU back when it ends, however it ends."""
+        def work_then_release(sink, stop):
+            try:
+                return work(sink, stop)
+            finally:
+                self.gpu.release()
+
+        self.jobs.start(kind, name, work_then_release)
 
     def _refuse_if_busy(self) -> None:
         if self.jobs.busy:
@@ -143,29 +223,36 @@ class Studio:
         return self.chats[key]
 
     def stream_pane(self, mode: str, run: str | None, gguf: str | None, other: str | None,
-                    messages: list[dict], overrides: list[str], stop=None) -> Iterator[str]:
-        """One chat pane: "base" / "tuned" (the run's weights, adapter off / on), "gguf", or "other" (any model)."""
-        from studio.chat_session import ChatSession
-        from studio.config import apply_overrides
+                    messages: list[dict], settings: dict | None = None, stop=None) -> Iterator[str]:
+        """One chat pane: "base" / "tuned" (the run's weights, adapter off / on), "gguf", or "other" (any model).
 
+        `settings` change generation fields for this reply ({"max_new_tokens": 64}),
+        on top of the run's own. The reply holds the GPU while it loads its model
+        and generates; a running training or export job makes it answer Busy at once.
+        """
         self._refuse_if_busy()
+        with self.gpu.held("a chat reply", wait=60):
+            session = self._pane_session(mode, run, gguf, other)
+            generation = with_changes(session.generation, **(settings or {}))
+            yield from session.stream(messages, session.default_mode if mode == "other" else mode, stop, generation)
+
+    def _pane_session(self, mode: str, run: str | None, gguf: str | None, other: str | None):
+        from studio.chat_session import ChatSession
+
         if mode == "other":
             if not other:
                 raise StudioError("Type the folder or .gguf file of a chat model for this pane.")
             if self.other_chat is None or self.other_key != other:
                 self._close_other()
                 self.other_chat, self.other_key = ChatSession.open_model(other, RunConfig().generation), other
-            session = self.other_chat
-        elif mode == "gguf":
+            return self.other_chat
+        if mode == "gguf":
             if not gguf:
                 raise StudioError("Choose an exported GGUF file for this pane (Export tab, or the GGUF list).")
-            session = self.open_chat(run, gguf)
-        else:
-            if not run:
-                raise StudioError("Choose a trained run for this pane.")
-            session = self.open_chat(run, None)
-        session.generation = apply_overrides(RunConfig(generation=session.generation), overrides).generation
-        yield from session.stream(messages, session.default_mode if mode == "other" else mode, stop)
+            return self.open_chat(run, gguf)
+        if not run:
+            raise StudioError("Choose a trained run for this pane.")
+        return self.open_chat(run, None)
 
     def list_ggufs(self) -> list[str]:
         return sorted(str(p) for p in self.runs_dir.glob("*/exports/*.gguf"))

@@ -74,11 +74,28 @@ def test_nan_training_stops_as_diverged_and_keeps_the_last_good_checkpoint(tiny_
     kept = load_file(run / "adapter" / "adapter_model.safetensors")
     assert all(t.isfinite().all() for t in kept.values()), "the run's weights are the last good ones"
     assert run_state(run).state == "diverged"
+    assert_plots_show_a_gap_and_a_red_mark(result, events)
     with pytest.raises(TrainingError, match="diverged at step .* train.learning_rate=1000"):
         from studio.events import MemorySink
         from studio.train import run_training
 
         run_training(run, MemorySink(), resume=True)
+
+
+def assert_plots_show_a_gap_and_a_red_mark(result, events):
+    from studio.jobs import JobSnapshot
+    from studio.ui.live import NON_FINITE, training_view
+
+    status, _, loss, lr_grad, *_ = training_view(JobSnapshot("train", result.run_dir.name, "completed", events,
+                                                             result=result))
+    assert status.startswith("🛑 Diverged") and "**Health** · Training diverged at step" in status
+    assert "(not a number)" in status
+    for frame, name in ((loss, "loss"), (lr_grad, "grad norm")):
+        at_bad_step = frame[(frame.step == result.step) & (frame.series == name)]
+        assert at_bad_step.value.isna().all(), f"the {name} curve has a gap, never a 0, at the bad step"
+        marks = frame[frame.series == NON_FINITE]
+        assert (marks.step == result.step).sum() == 2, "a red vertical mark stands at the bad step"
+        assert marks.value.dropna().min() < marks.value.dropna().max()
 
 
 def test_early_stopping_keeps_the_best_weights(tiny_llama, tmp_path):

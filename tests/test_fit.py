@@ -30,12 +30,12 @@ def test_verdicts_and_advice_name_the_numbers_and_the_fix():
     big = estimate_fit(LLAMA_3_1_8B, cfg, available_gib=8.0, on_gpu=True)
     assert big.verdict == "does not fit"
     text = advice(LLAMA_3_1_8B, cfg, big, on_gpu=True)
-    assert text.startswith("Does not fit: needs ~") and "of 8.0 GiB GPU" in text and "4-bit loading (~" in text
+    assert text.startswith("Does not fit: needs ≈") and "of 8.0 GiB GPU" in text and "4-bit loading (≈" in text
     four_bit = apply_overrides(cfg, ["model.load_in=4bit"])
     four = estimate_fit(LLAMA_3_1_8B, four_bit, 8.0, True)
     assert four.weights_gib < big.weights_gib * 0.4 and four.activations_gib <= big.activations_gib
     small = estimate_fit(GEMMA_3_270M, RunConfig(), available_gib=24.0, on_gpu=False)
-    assert small.verdict == "fits" and advice(GEMMA_3_270M, RunConfig(), small, False).startswith("Fits: needs ~")
+    assert small.verdict == "fits" and advice(GEMMA_3_270M, RunConfig(), small, False).startswith("Fits: needs ≈")
 
 
 def test_catalog_marks_base_and_instruct_models():

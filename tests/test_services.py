@@ -17,7 +17,7 @@ def test_starting_training_ends_a_streaming_reply_and_frees_chat(trained_run, ti
         studio.chat_stop.clear()
         for piece in studio.stream_pane("base", str(trained_run), None, None,
                                         [{"role": "user", "content": "Tell me a long story."}],
-                                        ["generation.max_new_tokens=400", "generation.temperature=1.0"],
+                                        {"max_new_tokens": 400, "temperature": 1.0},
                                         studio.chat_stop):
             pieces.append(piece)
             first.set()
@@ -31,5 +31,5 @@ def test_starting_training_ends_a_streaming_reply_and_frees_chat(trained_run, ti
     assert not reply.is_alive() and len(pieces) < 400, "the reply stopped when training took the GPU"
     assert studio.chats == {}, "chat models are freed before training starts"
     with pytest.raises(BusyError, match="Busy: a train job"):
-        list(studio.stream_pane("tuned", str(trained_run), None, None, [{"role": "user", "content": "Hi"}], []))
+        list(studio.stream_pane("tuned", str(trained_run), None, None, [{"role": "user", "content": "Hi"}], {}))
     assert studio.jobs.wait(120).state == "completed"

@@ -49,6 +49,7 @@ def build_app(studio: Studio) -> gr.Blocks:
         # A reload re-attaches: one poll draws the current (or last) job and restarts polling if it runs.
         for tab in (train, export):
             app.load(*tab["poll"], api_visibility="private")
+        app.load(*train["restore"], api_visibility="private")
     return app
 
 

@@ -26,6 +26,8 @@ def build(studio, form: dict) -> dict:
         system = gr.Textbox("", label="System prompt", scale=4)
         max_tokens = gr.Number(64, precision=0, label="Max new tokens", scale=1)
         temperature = gr.Slider(0, 1.5, value=0, step=0.05, label="Temperature (0: greedy)", scale=1)
+        raw = gr.Checkbox(False, label="Raw text", info="Show replies as written (### and * stay visible)", scale=1,
+                          elem_id="chat-raw")
     with gr.Row(equal_height=True):
         boards = [gr.Chatbot(label=name, height=360, elem_id=f"pane-{MODES[name]}") for name in PANES]
     with gr.Row():
@@ -35,7 +37,7 @@ def build(studio, form: dict) -> dict:
         clear = gr.Button("Clear", scale=1)
     notice = gr.Markdown(elem_id="chat-notice")
     return {"run": run, "gguf": gguf, "other": other, "panes": panes, "system": system, "max_tokens": max_tokens,
-            "temperature": temperature, "boards": boards, "prompt": prompt, "send": send, "stop": stop,
+            "temperature": temperature, "raw": raw, "boards": boards, "prompt": prompt, "send": send, "stop": stop,
             "clear": clear, "notice": notice}
 
 
@@ -46,8 +48,8 @@ def wire(studio, form: dict, refs: dict) -> None:
         """Inputs: prompt, sources, settings, the four histories. Outputs (streamed): histories, notice."""
         stop_event.clear()
         histories = [list(h or []) for h in histories]
-        overrides = [f"generation.max_new_tokens={int(max_tokens)}", f"generation.temperature={temperature}",
-                     f"generation.system_prompt={system!r}" if system else "generation.system_prompt=''"]
+        settings = {"max_new_tokens": int(max_tokens or 1), "temperature": float(temperature),
+                    "system_prompt": system or ""}
         for index, name in enumerate(PANES):
             if name not in panes:
                 continue
@@ -55,7 +57,7 @@ def wire(studio, form: dict, refs: dict) -> None:
             history += [{"role": "user", "content": prompt}, {"role": "assistant", "content": ""}]
             try:
                 for piece in studio.stream_pane(MODES[name], run or None, gguf or None, other or None,
-                                                _plain(history[:-1]), overrides, stop_event):
+                                                _plain(history[:-1]), settings, stop_event):
                     history[-1]["content"] += piece
                     yield (*histories, "")
             except StudioError as exc:
@@ -76,6 +78,8 @@ def wire(studio, form: dict, refs: dict) -> None:
     refs["prompt"].submit(answer, inputs, outputs, api_visibility="private")
     refs["stop"].click(lambda: stop_event.set(), None, None, api_name="stop_chat")
     refs["clear"].click(lambda: [[] for _ in PANES], None, refs["boards"], api_visibility="private")
+    refs["raw"].change(lambda raw: [gr.update(render_markdown=not raw) for _ in PANES], refs["raw"], refs["boards"],
+                       api_visibility="private")
     refs["refresh"] = (sources, [refs["run"], refs["gguf"]])
 
 

@@ -50,9 +50,11 @@ def wire(studio, form: dict, refs: dict, chat_refs: dict, tabs) -> None:
         return poll_outputs(studio.jobs.snapshot(), shown, export_view, 4, fast_s=1.0)
 
     def runs():
-        """Inputs: none. Outputs: run choices, the newest selected."""
-        choices = [str(p) for p in studio.list_runs()]
-        return gr.update(choices=choices, value=choices[-1] if choices else None)
+        """Inputs: none. Outputs: run choices with their state, the newest run that has weights selected."""
+        states = studio.run_states()
+        exportable = [s for s in states if s.state in EXPORTABLE and _has_weights(s.run_dir)]
+        return gr.update(choices=[(f"{s.run_dir.name} · {s.state}", str(s.run_dir)) for s in states],
+                         value=str(exportable[-1].run_dir) if exportable else None)
 
     def open_in_chat(run: str):
         """Inputs: run. Outputs: chat run, chat GGUF, the Chat tab selected."""
@@ -102,6 +104,13 @@ def report_card(report: dict) -> str:
 def _cell(text: str) -> str:
     """Table-safe text: tokens such as </s> must show, not vanish as HTML tags."""
     return html.escape(text).replace("|", "\\|").replace("\n", " ")
+
+
+EXPORTABLE = ("completed", "stopped", "diverged", "interrupted")
+
+
+def _has_weights(run_dir: Path) -> bool:
+    return (run_dir / "adapter").is_dir() or (run_dir / "model").is_dir()
 
 
 def _disk_text(folder: Path) -> str:

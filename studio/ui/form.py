@@ -26,6 +26,19 @@ def config_from_form(keys: list[str], values: tuple) -> RunConfig:
     return from_dict(raw, source="form")
 
 
+def form_values(keys: list[str], cfg: RunConfig) -> list:
+    """The value each form control shows for `cfg` (the inverse of config_from_form)."""
+    values = []
+    for key in keys:
+        node: object = cfg
+        *path, name = key.split(".")
+        for part in path:
+            node = getattr(node, part) if not isinstance(node, dict) else node.get(part)
+        value = node.get(name) if isinstance(node, dict) else getattr(node, name, None)
+        values.append(list(value) if isinstance(value, tuple) else value)
+    return values
+
+
 def _is_int_field(key: str) -> bool:
     import dataclasses
     import typing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import gradio as gr
@@ -9,6 +10,7 @@ import pandas as pd
 
 from studio.events import Event
 
+NON_FINITE = "not a number"
 IDLE_POLL_S = 3.0  # seconds between polls while no job runs
 PLOT_EVERY_S = 5.0  # seconds between chart redraws while a job runs (text updates at every step)
 
@@ -45,6 +47,13 @@ def progress_bar(step: int, total: int) -> str:
             f'<span>{step}/{total or "?"} steps</span></div>')
 
 
+# Series colours: a non-finite value is a red mark across the plot, never a point at 0.
+CURVE_COLORS = {"loss": "#10b981", "eval loss": "#3b82f6", "lr x1000": "#a855f7", "grad norm": "#f59e0b",
+                NON_FINITE: "#dc2626"}
+STATE_HEAD = {"running": "⏳ Training", "completed": "✅ Completed", "stopped": "⏸️ Stopped", "failed": "⛔ Failed",
+              "diverged": "🛑 Diverged", "interrupted": "⛔ Interrupted"}
+
+
 def training_view(snap) -> tuple:
     """(status, progress html, loss frame, lr/grad frame, memory text, memory frame) for a snapshot."""
     if snap.kind != "train":
@@ -57,10 +66,10 @@ def training_view(snap) -> tuple:
 
 
 def _status(snap, last: Event | None) -> str:
-    head = {"running": "⏳ Training", "completed": "✅ Completed", "stopped": "⏸️ Stopped", "failed": "⛔ Failed"}
-    text = f"{head.get(snap.state, snap.state)} **{snap.name}**"
+    state = getattr(snap.result, "state", None) or snap.state
+    text = f"{STATE_HEAD.get(state, state)} **{snap.name}**"
     if last is not None:
-        text += f" · step {last.step}/{last.max_steps} · loss {last.loss:.4f}"
+        text += f" · step {last.step}/{last.max_steps} · loss {_number(last.loss)}"
         if last.tokens_per_second:
             text += f" · {last.tokens_per_second:,.0f} tokens/s"
         if snap.state == "running" and last.eta_s is not None:
@@ -68,21 +77,51 @@ def _status(snap, last: Event | None) -> str:
     else:
         stages = [e.message for e in snap.events if e.kind == "stage"]
         text += f" · {stages[-1]}" if stages else ""
+    warnings = [e.message for e in snap.events if e.kind == "warning"]
+    for warning in warnings[-3:]:
+        text += f"\n\n⚠️ {warning}"
+    ends = [e for e in snap.events if e.kind == "end"]
+    health = ends[-1].extra.get("health") if ends else getattr(snap.result, "health", "")
+    if health:
+        text += f"\n\n**Health** · {health}"
     if snap.error:
         text += f"\n\n⚠️ {snap.error}"
     return text
 
 
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if math.isfinite(value) else f"**{value}** (not a number)"
+
+
 def _curves(logs: list[Event], evals: list[Event]) -> pd.DataFrame:
-    rows = [(e.step, e.loss, "loss") for e in logs] + [(e.step, e.eval_loss, "eval loss") for e in evals]
-    return pd.DataFrame(rows, columns=["step", "value", "series"]) if rows else EMPTY_CURVE
+    rows = _series([(e.step, e.loss) for e in logs], "loss") + _series([(e.step, e.eval_loss) for e in evals], "eval loss")
+    return _frame(rows)
 
 
 def _lr_grad(logs: list[Event]) -> pd.DataFrame:
     # Learning rate is scaled x1000 to share the axis with grad norm; the legend says so.
-    rows = [(e.step, e.learning_rate * 1000, "lr x1000") for e in logs if e.learning_rate is not None]
-    rows += [(e.step, e.grad_norm, "grad norm") for e in logs if e.grad_norm is not None]
-    return pd.DataFrame(rows, columns=["step", "value", "series"]) if rows else EMPTY_CURVE
+    rows = _series([(e.step, e.learning_rate * 1000) for e in logs if e.learning_rate is not None], "lr x1000")
+    rows += _series([(e.step, e.grad_norm) for e in logs if e.grad_norm is not None], "grad norm")
+    return _frame(rows)
+
+
+def _series(points: list[tuple[int, float]], name: str) -> list[tuple]:
+    """Rows of one curve; a non-finite value leaves a gap in it (an empty value breaks the line)."""
+    return [(step, value if math.isfinite(value) else None, name) for step, value in points]
+
+
+def _frame(rows: list[tuple]) -> pd.DataFrame:
+    """The plot's frame, with a red vertical mark over the plotted range at every non-finite step."""
+    if not rows:
+        return EMPTY_CURVE
+    finite = [value for _, value, _ in rows if value is not None]
+    low, high = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    for step in sorted({step for step, value, _ in rows if value is None}):
+        # Two points make a vertical segment; the empty point after it keeps marks apart.
+        rows += [(step, low, NON_FINITE), (step, high, NON_FINITE), (step + 0.5, None, NON_FINITE)]
+    return pd.DataFrame(rows, columns=["step", "value", "series"])
 
 
 def _memory_text(last: Event | None) -> str:

@@ -11,7 +11,7 @@ import gradio as gr
 from studio.config import recipe_text
 from studio.errors import StudioError
 from studio.ui import live
-from studio.ui.form import config_from_form, named
+from studio.ui.form import config_from_form, form_values, named
 
 
 def build(studio, form: dict) -> dict:
@@ -38,7 +38,9 @@ def build(studio, form: dict) -> dict:
                 start = gr.Button("Start", variant="primary", elem_id="train-start")
                 stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
             with gr.Row():
-                resume_run = gr.Dropdown([], label="Resume run", allow_custom_value=True, scale=3)
+                resume_run = gr.Dropdown([], label="Resume run", allow_custom_value=True, scale=3, elem_id="resume-run")
+                train_to = gr.Number(0, precision=0, label="Train to step", scale=1, elem_id="train-to",
+                                     info="0: as planned. A finished run continues only to a higher step.")
                 resume = gr.Button("Resume", scale=1)
             with gr.Row():
                 show = gr.Button("Show command", size="sm")
@@ -49,12 +51,15 @@ def build(studio, form: dict) -> dict:
             status = gr.Markdown("No training yet.", elem_id="train-status")
             progress = gr.HTML(live.progress_bar(0, 0), elem_id="train-progress")
             with gr.Row():
-                loss = gr.LinePlot(x="step", y="value", color="series", title="Loss", height=240, elem_id="loss-plot")
-                lr = gr.LinePlot(x="step", y="value", color="series", title="Learning rate · grad norm", height=240)
+                loss = gr.LinePlot(x="step", y="value", color="series", title="Loss", height=240, elem_id="loss-plot",
+                                   color_map=live.CURVE_COLORS)
+                lr = gr.LinePlot(x="step", y="value", color="series", title="Learning rate · grad norm", height=240,
+                                 color_map=live.CURVE_COLORS)
             memory = gr.Markdown(elem_id="memory-panel")
             memory_plot = gr.LinePlot(x="seconds", y="GiB", color="series", title="Memory", height=200,
                                       elem_id="memory-plot")
-    return {"start": start, "stop": stop, "resume_run": resume_run, "resume": resume, "show": show, "save": save,
+    return {"start": start, "stop": stop, "resume_run": resume_run, "train_to": train_to, "resume": resume,
+            "show": show, "save": save,
             "command": command, "notice": notice, "status": status, "progress": progress, "loss": loss, "lr": lr, "memory": memory,
             "memory_plot": memory_plot, "timer": gr.Timer(live.IDLE_POLL_S)}
 
@@ -103,10 +108,11 @@ def wire(studio, form: dict, refs: dict) -> None:
         studio.jobs.stop()
         return "Stopping after the current step (a checkpoint is saved)…"
 
-    def resume(run: str):
-        """Inputs: a run folder. Outputs: notice, the polling timer switched on."""
+    def resume(run: str, train_to: float):
+        """Inputs: a run folder, the step to train to (0: as planned). Outputs: notice, the polling timer switched on."""
+        changes = (f"train.max_steps={int(train_to)}",) if train_to and train_to > 0 else ()
         try:
-            studio.resume_training(studio.find_run(run))
+            studio.resume_training(studio.find_run(run), changes)
         except StudioError as exc:
             return f"⚠️ {exc}", gr.skip()
         return f"Resuming **{run}**", gr.Timer(0.5)
@@ -128,25 +134,39 @@ def wire(studio, form: dict, refs: dict) -> None:
         return f"Saved **{path}** · run it with `python launch.py train {path}`"
 
     def poll(shown: tuple):
-        """Inputs: what the page shows. Outputs: status, progress, loss, lr, memory text, memory plot, shown, timer."""
-        return live.poll_outputs(studio.jobs.snapshot(), shown, live.training_view, 6, fast_s=0.5, plots=(2, 3, 5))
+        """Inputs: what the page shows. Outputs: status, progress, loss, lr, memory text, memory plot, Start, shown, timer."""
+        return live.poll_outputs(studio.jobs.snapshot(), shown, view, 7, fast_s=0.5, plots=(2, 3, 5))
+
+    def view(snap) -> tuple:
+        # Start is disabled while a job runs: one GPU job at a time.
+        return (*live.training_view(snap), gr.update(interactive=not snap.running))
+
+    def restore():
+        """Inputs: none. Outputs: every form control, Start. After a reload, the form shows the running job's settings."""
+        snap = studio.jobs.snapshot()
+        if not (snap.running and snap.kind == "train"):
+            return (*[gr.skip()] * len(keys), gr.update(interactive=True))
+        cfg = studio.run_config(snap.name)
+        return (*form_values(keys, cfg), gr.update(interactive=False))
 
     def runs():
-        """Inputs: none. Outputs: the runs that can be resumed."""
-        return gr.update(choices=[str(p) for p in studio.list_runs()])
+        """Inputs: none. Outputs: the runs that can be resumed, each with its state."""
+        return gr.update(choices=[(f"{state.run_dir.name} · {state.state}", str(state.run_dir))
+                                  for state in studio.run_states()])
 
     named(start, keys)
     named(command, keys)
     named(save, keys)
     refs["start"].click(start, inputs, [refs["notice"], refs["timer"]], api_name="start_training")
     refs["stop"].click(stop, None, refs["notice"], api_name="stop_training")
-    refs["resume"].click(resume, refs["resume_run"], [refs["notice"], refs["timer"]], api_name="resume_training")
+    refs["resume"].click(resume, [refs["resume_run"], refs["train_to"]], [refs["notice"], refs["timer"]],
+                         api_name="resume_training")
     refs["show"].click(command, inputs, refs["command"], api_name="show_command")
     refs["save"].click(save, inputs, refs["notice"], api_name="save_recipe")
     shown = gr.State(())
-    refs["timer"].tick(poll, shown, [refs["status"], refs["progress"], refs["loss"], refs["lr"], refs["memory"],
-                                     refs["memory_plot"], shown, refs["timer"]], api_name="training_snapshot",
-                       show_progress="hidden")
-    refs["poll"] = (poll, shown, [refs["status"], refs["progress"], refs["loss"], refs["lr"], refs["memory"],
-                                  refs["memory_plot"], shown, refs["timer"]])
+    outputs = [refs["status"], refs["progress"], refs["loss"], refs["lr"], refs["memory"], refs["memory_plot"],
+               refs["start"], shown, refs["timer"]]
+    refs["timer"].tick(poll, shown, outputs, api_name="training_snapshot", show_progress="hidden")
+    refs["poll"] = (poll, shown, outputs)
+    refs["restore"] = (restore, None, [*inputs, refs["start"]])
     refs["refresh"] = (runs, [refs["resume_run"]])
