@@ -132,6 +132,8 @@ class TrainingHealth:
         if self.warnings:
             parts.append(f"{len(self.warnings)} warning{'s' * (len(self.warnings) > 1)}: " +
                          " ".join(self.warnings[:3]) + (" …" if len(self.warnings) > 3 else ""))
+        elif len(finite) >= 2 and finite[-1] >= finite[0]:
+            parts.append("No warnings, but the loss did not fall: nothing was learned yet.")
         elif len(finite) >= 2 and finite[-1] > (1 - LITTLE_LEARNED) * finite[0]:
             parts.append(f"No warnings, but the loss fell only {100 * (1 - finite[-1] / finite[0]):.0f}%: little "
                          "was learned (more steps, or another learning rate, may help).")

@@ -78,3 +78,42 @@ def test_a_reply_with_stop_strings_streams_on_the_hf_model(tiny_llama):
     reply = "".join(stream_reply(model, tokenizer, template, [{"role": "user", "content": "Hello"}],
                                  GenerationConfig(max_new_tokens=6)))
     assert isinstance(reply, str) and "<|im_end|>" not in reply
+
+
+def test_a_full_finetune_is_compared_with_its_original_base(tiny_llama, tmp_path):
+    from conftest import tiny_config, train_tiny
+
+    from studio.models import load_model
+
+    run = train_tiny(tiny_config(tiny_llama, tmp_path, "lora.enabled=false", "train.max_steps=3",
+                                 "train.learning_rate=1e-3")).run_dir
+    session = ChatSession.open(str(run))
+    try:
+        assert session.full_finetune
+        tuned, base = "".join(session.stream(PROMPT, "tuned")), "".join(session.stream(PROMPT, "base"))
+        original, tokenizer = load_model(session.base_config)
+        expected = "".join(stream_reply(original.eval(), tokenizer, session.template, PROMPT, session.generation))
+        assert base == expected, "the base pane answers as the original model"
+        assert tuned != base, "not the fine-tuned model compared with itself"
+    finally:
+        session.close()
+
+
+def test_chat_settings_arrive_exactly_as_typed(trained_run):
+    from studio.config import with_changes
+    from studio.services import Studio
+
+    tricky = 'He said "don\'t"\tthen: {x}\n# not a comment'
+    assert with_changes(GenerationConfig(), system_prompt=tricky).system_prompt == tricky
+    seen = []
+    studio = Studio(runs_dir=trained_run.parent)
+    session = studio.open_chat(str(trained_run), None)
+    original = session.stream
+    session.stream = lambda messages, mode, stop=None, generation=None: (seen.append(generation), original(
+        messages, mode, stop, generation))[1]
+    try:
+        list(studio.stream_pane("tuned", str(trained_run), None, None, PROMPT,
+                                {"system_prompt": tricky, "max_new_tokens": 4}))
+    finally:
+        studio.close_chat()
+    assert seen[0].system_prompt == tricky and seen[0].max_new_tokens == 4

@@ -266,3 +266,18 @@ def test_a_disk_that_fills_during_training_gives_one_message_and_the_true_state(
     filled[0].unlink()
     resumed = run_training(run, MemorySink(), resume=True)
     assert resumed.state == "completed" and resumed.step == 10
+
+
+def test_a_second_ctrl_c_aborts_with_a_message_not_a_traceback(tiny_llama, tmp_path):
+    import time
+
+    process = launch("train", recipe(tmp_path, tiny_llama, steps=400))
+    read_until(process, "[stage] Loading")  # the model and data take a few seconds to prepare
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.3)  # signals sent back to back can arrive as one
+    process.send_signal(signal.SIGINT)
+    out = process.communicate(timeout=120)[0]
+    assert process.returncode == 130, out
+    assert "Traceback" not in out and "Aborted at step" in out and "python launch.py resume" in out
+    run = next((tmp_path / "runs").iterdir())
+    assert run_state(run).state == "interrupted"
