@@ -281,3 +281,21 @@ def test_a_second_ctrl_c_aborts_with_a_message_not_a_traceback(tiny_llama, tmp_p
     assert "Traceback" not in out and "Aborted at step" in out and "python launch.py resume" in out
     run = next((tmp_path / "runs").iterdir())
     assert run_state(run).state == "interrupted"
+
+
+def test_an_export_killed_at_any_stage_leaves_no_finished_looking_file(trained_run, tmp_path):
+    import shutil
+
+    run = Path(shutil.copytree(trained_run, tmp_path / trained_run.name))
+    exports = run / "exports"
+    for kill_at in ("Converting to GGUF", "Verifying q8_0"):
+        process = launch("export", run, "--gguf", "q8_0")
+        read_until(process, kill_at)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        finished = [p.name for p in exports.iterdir() if not p.name.startswith(".")]
+        assert finished == [], f"killed at {kill_at!r}: nothing looks finished, only the work folder is left"
+    again = launch("export", run, "--gguf", "q8_0")
+    out = again.communicate(timeout=300)[0]
+    assert again.returncode == 0, out
+    assert (exports / "tiny-q8_0.gguf").is_file() and not (exports / ".work").exists()
