@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from studio.config import RunConfig, replace_section
-from studio.errors import BusyError, ConfigError, StudioError
+from studio.errors import BusyError, ConfigError, RunNotFoundError, StudioError
 from studio.events import JsonlSink, fan_out
 from studio.hardware import GIB, MemoryProbe, device_name, has_cuda
 from studio.jobs import JobRunner
@@ -96,9 +96,15 @@ class Studio:
         return list_runs(self.runs_dir)
 
     def find_run(self, run: str) -> Path:
+        """A run of this studio's runs folder, by path or name: exports and resumes write only there."""
         from studio.runs import find_run
 
-        return find_run(run, self.runs_dir)
+        run_dir = find_run(run, self.runs_dir)
+        if not run_dir.resolve().is_relative_to(self.runs_dir.resolve()):
+            raise RunNotFoundError(
+                f"{run} is not in this studio's runs folder ({self.runs_dir}). Open the studio with --runs-dir "
+                "set to its folder, or use `python launch.py export` / `resume` for it.")
+        return run_dir
 
     def save_recipe(self, cfg: RunConfig) -> Path:
         """Write `cfg` as `<recipes_dir>/<run name>.yaml`; the name cannot lead anywhere else."""

@@ -132,6 +132,17 @@ def test_save_recipe_writes_into_the_recipes_folder(listening_studio):
     assert (folder / "my_recipes" / "my-run.yaml").is_file()
 
 
+def test_export_and_resume_write_only_into_the_studios_runs(listening_studio):
+    client, _, _, folder = listening_studio
+    elsewhere = folder / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "config.yaml").write_text("name: elsewhere\n")
+    for notice in (client.predict(api_name="/export", run=str(elsewhere), gguf=["f16"], formats=["adapter"])[0],
+                   client.predict(api_name="/resume_training", run=str(elsewhere))[0]):
+        assert notice.startswith("⚠️") and "is not in this studio's runs folder" in notice, notice
+    assert [p.name for p in elsewhere.iterdir()] == ["config.yaml"]
+
+
 def test_start_training_chat_and_export_make_no_outbound_connection(listening_studio, tiny_llama):
     """The whole flow on the tiny model while every outbound attempt is refused and logged."""
     client, _, _, folder = listening_studio
