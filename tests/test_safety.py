@@ -39,15 +39,14 @@ def guarded_environment(attempts_log: Path) -> dict:
 @pytest.fixture(scope="module")
 def listening_studio(tmp_path_factory):
     """`launch.py --listen 127.0.0.1` with no --auth, under the network guard: (client, url, password, folder)."""
-    from gradio_client import Client
-
     folder = tmp_path_factory.mktemp("guarded")
     port = free_port()
+    output = open(folder / "out.txt", "w")
     server = subprocess.Popen(
         [sys.executable, str(ROOT / "launch.py"), "--listen", "127.0.0.1", "--port", str(port),
          "--runs-dir", str(folder / "runs")],
         cwd=folder, env=guarded_environment(folder / "attempts.jsonl"), stdin=subprocess.DEVNULL,
-        stdout=open(folder / "out.txt", "w"), stderr=subprocess.STDOUT)
+        stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
         password = _generated_password(folder / "out.txt", server)
@@ -55,7 +54,11 @@ def listening_studio(tmp_path_factory):
         yield client, url, password, folder
     finally:
         server.terminate()
-        server.wait(20)
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        output.close()
 
 
 def _generated_password(output: Path, server, timeout: float = 90) -> str:
