@@ -63,7 +63,8 @@ class ChatSession:
                 session.model, session.tokenizer = load_trained(session.run_dir, cfg.model)
                 session.model.eval()
             else:  # only the tokenizer, to build prompts for the GGUF exactly as in training
-                session.tokenizer = AutoTokenizer.from_pretrained(weights_dir(session.run_dir))
+                session.tokenizer = AutoTokenizer.from_pretrained(weights_dir(session.run_dir),
+                                                                  trust_remote_code=cfg.model.trust_remote_code)
         if gguf:
             session.llm = open_gguf(Path(gguf))
         return session

@@ -44,6 +44,16 @@ class ModelConfig:
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = _f(
         "auto", "Compute dtype. auto: bfloat16 on GPUs that support it, else float16; float32 on CPU."
     )
+    trust_remote_code: bool = _f(
+        False,
+        "Run the Python code a model folder or hub repo ships (auto_map in its config.json). Such code runs with "
+        "your rights: set true only for a model whose code you trust. false refuses such a model.",
+    )
+    allow_pickle: bool = _f(
+        False,
+        "Also load weights stored as pickle files (pytorch_model.bin), which can run code when loaded. false "
+        "loads safetensors only and refuses a model that has nothing else.",
+    )
 
 
 @dataclass(frozen=True)

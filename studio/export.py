@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from studio.config import ModelConfig, RunConfig
@@ -72,7 +72,7 @@ def _export(run_dir: Path, gguf_types, formats, sink: Sink, verify_tokens: int) 
         merged = _merge(run_dir, cfg, template, work / "merged-16bit")
         if "merged_4bit" in formats:
             sink(Event("stage", message="Writing merged 4-bit (bitsandbytes nf4) weights"))
-            result.files.append(_export_4bit(merged, out_dir / f"{prefix}-merged-4bit"))
+            result.files.append(_export_4bit(merged, out_dir / f"{prefix}-merged-4bit", cfg.model))
         if gguf_types:
             _export_ggufs(merged, cfg, template, gguf_types, out_dir, work, prefix, verify_tokens, sink, result)
         if "merged_16bit" in formats:
@@ -118,8 +118,8 @@ def _merge(run_dir: Path, cfg: RunConfig, template: Template, target: Path) -> P
 
     weights = weights_dir(run_dir)
     # Always merge into unquantized weights: a bitsandbytes model cannot become a GGUF.
-    model, tokenizer = load_model(ModelConfig(name_or_path=cfg.model.name_or_path if weights.name == "adapter" else str(weights),
-                                              load_in="16bit", dtype="auto"))
+    model, tokenizer = load_model(replace(cfg.model, name_or_path=cfg.model.name_or_path if weights.name == "adapter" else str(weights),
+                                          load_in="16bit", dtype="auto"))
     if weights.name == "adapter":
         model = PeftModel.from_pretrained(model, weights).merge_and_unload()
     model = model.to(torch.bfloat16)
@@ -139,8 +139,9 @@ def _copy_notice(cfg: RunConfig, target: Path) -> None:
         shutil.copy(source / "NOTICE", target / "NOTICE")
 
 
-def _export_4bit(merged: Path, target: Path) -> Path:
-    model, tokenizer = load_model(ModelConfig(name_or_path=str(merged), load_in="4bit"))
+def _export_4bit(merged: Path, target: Path, base: ModelConfig) -> Path:
+    model, tokenizer = load_model(ModelConfig(name_or_path=str(merged), load_in="4bit",
+                                              trust_remote_code=base.trust_remote_code))
     tmp = target.with_name(target.name + ".part")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
@@ -150,7 +151,8 @@ def _export_4bit(merged: Path, target: Path) -> Path:
 
 
 def _export_ggufs(merged, cfg, template, gguf_types, out_dir, work, prefix, verify_tokens, sink, result) -> None:
-    reference, tokenizer = load_model(ModelConfig(name_or_path=str(merged), load_in="16bit", dtype="auto"))
+    reference, tokenizer = load_model(ModelConfig(name_or_path=str(merged), load_in="16bit", dtype="auto",
+                                                  trust_remote_code=cfg.model.trust_remote_code))
     fallback = "qwen2" if reference.config.model_type == "qwen2" else "gpt-2"
     f16 = None
     for gguf_type in gguf_types:

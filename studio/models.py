@@ -11,9 +11,12 @@ as registry packages.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -86,8 +89,9 @@ def dequantized_folder(gguf_path: Path) -> Path:
 
     tmp = folder.with_name(folder.name + ".part")
     shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    # A GGUF file holds tensors and metadata only: nothing in it is code.
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, trust_remote_code=False)
     # The model remembers it came from GGUF; as a plain folder it must not.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -120,14 +124,70 @@ def count_parameters(folder: Path) -> int:
     return total
 
 
-def load_tokenizer(name_or_path: str):
+def hub_access(source: Path | str):
+    """Online for the load of a hub id the user typed (a str); local folders stay offline (a Path)."""
+    from studio.safety import hub_online
+
+    return hub_online() if isinstance(source, str) else nullcontext()
+
+
+def refuse_unsafe_files(source: Path | str, trust_remote_code: bool, allow_pickle: bool = True) -> None:
+    """Refuse a local model whose loading would run code the user has not opted into.
+
+    transformers would otherwise ask on stdin before running a folder's own Python
+    code (or, for a model type it knows, quietly ignore that code and build a
+    different model), and would unpickle pytorch_model.bin without a word. A hub
+    id is checked by transformers itself, with the same flags passed explicitly.
+    """
+    if not isinstance(source, Path):
+        return
+    if not trust_remote_code:
+        code = _custom_code(source)
+        if code:
+            raise ModelLoadError(
+                f"{source} ships its own Python code ({code}), and loading it would run that code. Set "
+                "model.trust_remote_code=true only if you trust it, or use a model that transformers supports "
+                "without extra code.")
+    if not allow_pickle and not any(source.glob("*.safetensors")):
+        pickles = sorted(p.name for p in source.glob("*.bin") if p.name.startswith(("pytorch_model", "model")))
+        if pickles:
+            raise ModelLoadError(
+                f"{source} stores its weights only as pickle files ({', '.join(pickles[:3])}), which can run code "
+                "when loaded. Convert them to safetensors, or set model.allow_pickle=true if you trust the file.")
+
+
+def _custom_code(folder: Path) -> str:
+    """Where a model folder asks for its own code: 'auto_map in config.json', or ''."""
+    for name in ("config.json", "tokenizer_config.json"):
+        path = folder / name
+        try:
+            settings = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        except (OSError, ValueError):
+            continue  # transformers reports an unreadable file better
+        if isinstance(settings, dict) and settings.get("auto_map"):
+            return f"auto_map in {name}"
+    return ""
+
+
+def load_error(what: str, exc: Exception, hint: str = "") -> ModelLoadError:
+    """transformers' refusal to run a hub repo's code, in the studio's terms; other errors as they are."""
+    if "trust_remote_code" in str(exc):
+        return ModelLoadError(
+            f"Cannot load {what}: it ships its own Python code, and loading it would run that code. Set "
+            "model.trust_remote_code=true only if you trust it.")
+    return ModelLoadError(f"Cannot load {what}: {exc}.{hint}")
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     source = hf_folder(name_or_path)
+    refuse_unsafe_files(source, trust_remote_code)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except OSError as exc:
-        raise ModelLoadError(f"Cannot load the tokenizer of {name_or_path}: {exc}") from None
+        with hub_access(source):
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise load_error(f"the tokenizer of {name_or_path}", exc) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -154,16 +214,21 @@ def load_model(cfg: ModelConfig):
     from transformers import AutoModelForCausalLM
 
     source = hf_folder(cfg.name_or_path)
-    options = {"dtype": resolve_dtype(cfg.dtype), "device_map": {"": 0} if has_cuda() else None}
+    refuse_unsafe_files(source, cfg.trust_remote_code, cfg.allow_pickle)
+    options = {"dtype": resolve_dtype(cfg.dtype), "device_map": {"": 0} if has_cuda() else None,
+               "trust_remote_code": cfg.trust_remote_code,
+               # None: safetensors when present, else pickle; True: safetensors or an error.
+               "use_safetensors": None if cfg.allow_pickle else True}
     quantization = quantization_config(cfg)
     if quantization is not None:  # an explicit None would also drop a checkpoint's own (saved 4-bit) settings
         options["quantization_config"] = quantization
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **options)
-    except OSError as exc:
+        with hub_access(source):
+            model = AutoModelForCausalLM.from_pretrained(source, **options)
+    except (OSError, ValueError) as exc:
         hint = " The model hub is not reachable from here: use a local folder or .gguf file." if isinstance(source, str) else ""
-        raise ModelLoadError(f"Cannot load {cfg.name_or_path}: {exc}.{hint}") from None
-    return model, load_tokenizer(cfg.name_or_path)
+        raise load_error(cfg.name_or_path, exc, hint) from None
+    return model, load_tokenizer(cfg.name_or_path, cfg.trust_remote_code)
 
 
 def attach_lora(model, cfg: LoraConfig):
@@ -290,7 +355,7 @@ def load_trained(run_dir: Path, cfg: ModelConfig):
 
     weights = weights_dir(run_dir)
     if weights.name == "model":
-        return load_model(ModelConfig(name_or_path=str(weights), load_in=cfg.load_in, dtype=cfg.dtype))
+        return load_model(dataclasses.replace(cfg, name_or_path=str(weights)))
     from peft import PeftModel
 
     model, tokenizer = load_model(cfg)

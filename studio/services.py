@@ -11,6 +11,7 @@ drive the same code:
 
 from __future__ import annotations
 
+import re
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from studio.config import RunConfig, replace_section, with_changes
-from studio.errors import BusyError, ModelLoadError, StudioError
+from studio.errors import BusyError, ConfigError, ModelLoadError, RunNotFoundError, StudioError
 from studio.events import JsonlSink, fan_out
 from studio.hardware import GIB, MemoryProbe, device_name, has_cuda
 from studio.jobs import JobRunner
@@ -56,9 +57,19 @@ class GpuArbiter:
             self.release()
 
 
+def recipe_file_stem(name: str) -> str:
+    """A run name as a file name inside the recipes folder: no folders, no way out of it."""
+    if not name.strip() or any(sep in name for sep in "/\\") or name.startswith(".") or ":" in name:
+        raise ConfigError(
+            f"The run name {name!r} cannot name a recipe file: use letters, digits, '-', '_' and '.' "
+            "(no '/', '\\' or ':', not starting with '.'). Recipes are saved in the studio's recipes folder.")
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name.strip()).strip("-") or "recipe"
+
+
 @dataclass
 class Studio:
     runs_dir: Path = Path("runs")
+    recipes_dir: Path = Path("my_recipes")  # "Save recipe" writes here and nowhere else
     jobs: JobRunner = field(default_factory=JobRunner)
     probe: MemoryProbe = field(default_factory=MemoryProbe)
     chats: dict = field(default_factory=dict)  # (run, gguf file or None) -> ChatSession
@@ -87,18 +98,20 @@ class Studio:
         from transformers import AutoConfig
 
         from studio.fit import parameter_counts, shape_of
-        from studio.models import hf_folder, load_tokenizer
+        from studio.models import hf_folder, hub_access, load_error, load_tokenizer, refuse_unsafe_files
 
         source = hf_folder(name_or_path)
+        refuse_unsafe_files(source, trust_remote_code=False)  # its message names the setting that allows it
         try:
-            config = AutoConfig.from_pretrained(source)
+            with hub_access(source):
+                config = AutoConfig.from_pretrained(source, trust_remote_code=False)
         except (OSError, ValueError) as exc:
-            if isinstance(source, str):  # a hub id
+            if isinstance(source, str) and "trust_remote_code" not in str(exc):  # a hub id that cannot be read
                 raise ModelLoadError(
-                    f"Cannot read {name_or_path} from the model hub: the hub is not reachable from here and the "
-                    "model is not in the local cache. Pick builtin:gemma-3-270m, a local folder or a .gguf file, "
-                    "or download the model where there is a network and give its folder.") from None
-            raise ModelLoadError(f"Cannot read the model at {source}: {exc}") from None
+                    f"Cannot read {name_or_path} from the model hub: the hub is not reachable from here, or the id "
+                    "is wrong, and the model is not in the local cache. Pick builtin:gemma-3-270m, a local folder "
+                    "or a .gguf file, or download the model where there is a network and give its folder.") from None
+            raise load_error(name_or_path, exc) from None
         tokenizer = load_tokenizer(name_or_path)
         shape = shape_of(str(source)) or shape_of(name_or_path)
         size = f"{sum(parameter_counts(shape)) / 1e6:,.0f}M parameters · " if shape else ""
@@ -112,7 +125,7 @@ class Studio:
         from studio.preview import preview_dataset
         from studio.templates import resolve_template
 
-        tokenizer = load_tokenizer(cfg.model.name_or_path)
+        tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
         template = resolve_template(cfg.data.template, tokenizer)
         return preview_dataset(cfg.data, tokenizer, template, cfg.train.max_length, row)
 
@@ -133,14 +146,25 @@ class Studio:
         return load_run_config(self.find_run(run))
 
     def find_run(self, run: str) -> Path:
+        """A run of this studio's runs folder, by path or name: exports and resumes write only there."""
         from studio.runs import find_run
 
-        return find_run(run, self.runs_dir)
+        run_dir = find_run(run, self.runs_dir)
+        if not run_dir.resolve().is_relative_to(self.runs_dir.resolve()):
+            raise RunNotFoundError(
+                f"{run} is not in this studio's runs folder ({self.runs_dir}). Open the studio with --runs-dir "
+                "set to its folder, or use `python launch.py export` / `resume` for it.")
+        return run_dir
 
-    def save_recipe(self, cfg: RunConfig, folder: str = "my_recipes") -> Path:
+    def recipe_path(self, cfg: RunConfig) -> Path:
+        """Where "Save recipe" writes `cfg`: <recipes_dir>/<run name>.yaml, the name cleaned."""
+        return self.recipes_dir / f"{recipe_file_stem(cfg.name)}.yaml"
+
+    def save_recipe(self, cfg: RunConfig) -> Path:
+        """Write `cfg` as `<recipes_dir>/<run name>.yaml`; the name cannot lead anywhere else."""
         from studio.config import recipe_text
 
-        path = Path(folder) / f"{cfg.name}.yaml"
+        path = self.recipe_path(cfg)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"# Saved from the studio.\n# Run: python launch.py train {path}\n{recipe_text(cfg)}", encoding="utf-8")
         return path

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Iterator
 
 from studio.errors import DataError
+from studio.safety import online_while
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
 # How much of a .txt file decides between one document per line and per blank-line block.
@@ -133,7 +134,7 @@ def _labels(sources: list[str]) -> dict[str, str]:
 def _records(source: str, label: str, split: str, subset: str, text_unit: str, limit: int | None):
     path = Path(source)
     if not path.exists():
-        return _read_hub(source, split, subset, limit)
+        return online_while(_read_hub(source, split, subset, limit))  # a hub id the user named
     if path.is_dir():
         return _read_saved_dataset(path, label, split, limit)
     suffix = path.suffix.lower()

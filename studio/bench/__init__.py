@@ -39,7 +39,7 @@ def run_bench(spec: BenchSpec, reference: bool = True, progress=print) -> dict:
     from transformers import AutoConfig
 
     folder = model_folder(spec.model)
-    config = AutoConfig.from_pretrained(folder)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     rows = token_rows(spec, config.get_text_config().vocab_size)
     ceiling = matmul_ceiling_tflops()
     flops = flops_per_token(config, spec.length)

@@ -132,7 +132,7 @@ def run_reference(spec: BenchSpec, folder: Path, rows: torch.Tensor) -> PathResu
     model = optimizer = None
     _reset_peaks()
     try:
-        options = {"dtype": dtype, "device_map": {"": 0} if cuda else None}
+        options = {"dtype": dtype, "device_map": {"": 0} if cuda else None, "trust_remote_code": False}
         if spec.method == "qlora":
             options["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,

@@ -3,6 +3,7 @@
     studio = Studio(runs_dir=Path("runs"))
     app = build_app(studio)          # no server yet (tests build it this way)
     serve(studio, port=7860)         # python launch.py
+    serve(studio, settings=serve_settings(7860, "0.0.0.0", None, None))   # python launch.py --listen
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import gradio as gr
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from studio.safety import ServeSettings
 from studio.services import Studio
 from studio.ui import chat_tab, data_tab, export_tab, model_tab, train_tab
 
@@ -19,7 +23,7 @@ ASSETS = Path(__file__).resolve().parent.parent.parent / "assets"
 
 def build_app(studio: Studio) -> gr.Blocks:
     form: dict = {}
-    with gr.Blocks(title="Fine-tuning studio") as app:
+    with gr.Blocks(title="Fine-tuning studio", analytics_enabled=False) as app:
         gr.Markdown("## Fine-tuning studio\nModel → Data → Train → Chat → Export: a verified GGUF at the end.",
                     elem_id="header")
         with gr.Tabs() as tabs:
@@ -53,11 +57,21 @@ def build_app(studio: Studio) -> gr.Blocks:
     return app
 
 
-def serve(studio: Studio, host: str = "127.0.0.1", port: int = 7860, block: bool = True) -> gr.Blocks:
-    """Build and launch; returns the app (with `block=False` the call returns at once, for tests)."""
+def serve(studio: Studio, port: int = 7860, block: bool = True, settings: ServeSettings | None = None) -> gr.Blocks:
+    """Build and launch; returns the app (with `block=False` the call returns at once, for tests).
+
+    Served on 127.0.0.1 unless `settings` listen beyond it, never through a public share link,
+    and only to requests that name this server in their Host header.
+    """
+    settings = settings or ServeSettings(port=port)
     app = build_app(studio)
     app.queue(default_concurrency_limit=4)
-    app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=not block,
+    # A page on another site can point its own name at 127.0.0.1 (DNS rebinding); its requests
+    # then carry that name as Host and are refused here.
+    trusted_hosts = Middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts(), www_redirect=False)
+    app.launch(server_name=settings.host, server_port=settings.port, share=False, auth=list(settings.auth) or None,
+               enable_monitoring=False, ssr_mode=False, mcp_server=False, app_kwargs={"middleware": [trusted_hosts]},
+               prevent_thread_lock=not block, quiet=not block,
                theme=gr.themes.Soft(primary_hue="emerald", neutral_hue="slate"),
                css_paths=[ASSETS / "studio.css"], inbrowser=False)
     return app

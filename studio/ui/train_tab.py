@@ -121,9 +121,10 @@ def wire(studio, form: dict, refs: dict) -> None:
         """Inputs: the run form. Outputs: the recipe and the command that runs it headless."""
         try:
             cfg = config_from_form(keys, values)
+            path = studio.recipe_path(cfg)
         except StudioError as exc:
             return f"# {exc}"
-        return f"# python launch.py train my_recipes/{cfg.name}.yaml\n{recipe_text(cfg)}"
+        return f"# python launch.py train {path}\n{recipe_text(cfg)}"
 
     def save(*values):
         """Inputs: the run form. Outputs: where the recipe was written."""
