@@ -86,6 +86,12 @@ class DataConfig:
         "with file and line and skipped, up to this fraction of the rows; more than that stops loading. 0: the "
         "first malformed row stops loading.",
     )
+    max_row_chars: int = _f(
+        1_000_000,
+        "Longest row in characters (a JSONL line, a CSV record, a .txt document, a JSON item). A longer row is "
+        "skipped as malformed, with its file:line and length, and never read whole into memory. 1,000,000 is about "
+        "250k tokens, far past any max_length; raise it only for data with very long documents.",
+    )
 
 
 @dataclass(frozen=True)
