@@ -77,9 +77,9 @@ def test_data_command_prints_statistics_and_a_row(tmp_path, tiny_llama):
     done = launch("data", write_recipe(tmp_path, tiny_llama), f"data.path={data}", "train.max_length=160", "--row", "0")
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert "3 rows · format alpaca · template alpaca" in out
+    assert "Kept 3 of 4 rows (1 skipped) · format alpaca · template alpaca" in out
     assert "format alpaca detected from the columns" in out
-    assert "kept 3 of 4 rows; 1 skipped:\n  skipped d.jsonl:4: not valid JSON" in out
+    assert "\n  skipped d.jsonl:4: not valid JSON" in out
     assert "warning: Training would refuse this data: Too many malformed rows: 1 of 4" in out
     assert "max_length 160: 1 rows cut, 1 of them lose response tokens" in out
     assert "rows with nothing to learn: 1 · duplicate rows: 1" in out

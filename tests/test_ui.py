@@ -109,9 +109,9 @@ def test_data_tab_shows_detection_skipped_rows_and_both_sides_of_a_pair(client, 
     path.write_text("".join(__import__("json").dumps(p) + "\n" for p in pairs) + "{not json\n")
     summary, tokens, rejected, _, skipped, *_ = client.predict(
         api_name="/preview_data", row=0, model_name_or_path=str(tiny_llama), data_path=str(path))
-    assert "format **preference** · template **alpaca**" in summary
+    assert "**Kept 12 of 13 rows (1 skipped)** · format **preference** · template **alpaca**" in summary
     assert "Format **preference** detected from the columns" in summary
-    assert "Kept 12 of 13 rows; **1 malformed rows skipped**" in summary
+    assert "**1 malformed rows skipped**" in summary
     assert "rejected responses are not used" in summary
     assert "- `pairs.jsonl:13`: not valid JSON" in skipped
     assert rejected["visible"] is True, "the rejected side is shown for preference rows"
