@@ -167,6 +167,18 @@ class BoundedTextLines:
         self.in_quotes = False
         return chars
 
+    def skip_rest_of_record(self) -> None:
+        """After csv.reader gave up inside a quoted value (too long): read on to the end of its record."""
+        at_line_start = True
+        while self.in_quotes or not at_line_start:
+            line = self.fh.readline(CHUNK)
+            if not line:
+                break
+            self.number += at_line_start
+            at_line_start = line.endswith("\n")
+            self.in_quotes ^= line.count('"') % 2 == 1
+        self.in_quotes = False
+
 
 class LineTooLong(Exception):
     def __init__(self, chars: int):

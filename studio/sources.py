@@ -248,6 +248,7 @@ def _read_csv(path: Path, label: str, max_chars: int) -> Iterator[Row | Skipped]
             except csv.Error as exc:
                 if "field limit" not in str(exc):
                     raise DataError(f"{label}:{lines.number}: not valid CSV ({exc}).") from None
+                lines.skip_rest_of_record()
                 yield Skipped(f"{label}:{lines.number}", f"a value is over data.max_row_chars={max_chars:,} characters")
                 continue
             # lines.number is the physical line where a record ends (records may span lines).
