@@ -85,3 +85,24 @@ def test_data_command_prints_statistics_and_a_row(tmp_path, tiny_llama):
     assert "rows with nothing to learn: 1 · duplicate rows: 1" in out
     assert "<- cut at max_length" in out
     assert "[Hi!</s>]" in out, "trained tokens are bracketed, EOS included"
+
+
+def test_data_command_previews_a_data_file_given_for_a_recipe(tmp_path, tiny_llama):
+    data = tmp_path / "questions.csv"
+    data.write_text("Question Text,Answer\nWhat is 2 plus 2?,4\n")
+    done = launch("data", data, 'data.columns.instruction="Question Text"', "data.columns.output=Answer",
+                  f"model.name_or_path={tiny_llama}")
+    assert done.returncode == 0, done.stderr
+    assert (f"{data} is a data file, not a recipe: previewed with model {tiny_llama} and template alpaca "
+            "(the quickstart's model;") in done.stdout
+    assert f"To train on it: python launch.py train recipes/quickstart.yaml data.path={data}" in done.stdout
+    assert f"{data}: 1 rows · format alpaca · template alpaca · columns Question Text, Answer" in done.stdout
+    assert "[4</s>]" in done.stdout
+
+
+@pytest.mark.slow
+def test_data_command_previews_a_data_file_with_the_quickstart_model(tmp_path):
+    done = launch("data", SAMPLE_DATA)  # assembles the built-in model in this test's STUDIO_HOME (about a minute)
+    assert done.returncode == 0, done.stderr
+    assert "previewed with model builtin:gemma-3-270m and template alpaca" in done.stdout
+    assert "sample_instructions.jsonl: 370 rows · format alpaca" in done.stdout
