@@ -268,7 +268,7 @@ def cmd_data(args) -> int:
     if p.row_error:
         print(f"\nrow {p.row} is skipped: {p.row_error}")
         return 0
-    print(f"\nrow {p.row} ({len(p.tokens)} tokens, {p.trained_tokens} trained; trained tokens in [brackets]):")
+    print(f"\nrow {p.row} ({p.row_tokens:,} tokens, {p.trained_tokens:,} trained; trained tokens in [brackets]):")
     print(_bracket_trained(p.tokens))
     if p.rejected:
         print(f"\nrow {p.row}, rejected response (shown for comparison, not trained by SFT):")

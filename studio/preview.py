@@ -26,6 +26,9 @@ from studio.sources import Skipped, read_sources
 from studio.templates import Template, TokenizedRow, template_warnings, tokenize_conversation
 
 PREVIEW_ROWS = 2000  # rows read and tokenized for the preview and its statistics
+# Tokens shown at each end of a longer row: a row of 250k tokens would take seconds to send and a
+# browser tab to draw, and the ends show the prompt's start and the response.
+SHOWN_TOKENS = 2048
 
 Tokens = list[tuple[str, bool, bool]]  # (piece, trained, special)
 REPLACEMENT = "\ufffd"  # what decoding shows for the bytes of a character cut by the token's end
@@ -57,7 +60,9 @@ class DataPreview:
     columns: list[str]
     row: int
     text: str
-    tokens: Tokens
+    tokens: Tokens  # pieces of the row: all of them, or both ends of a very long row (SHOWN_TOKENS each)
+    row_tokens: int  # tokens of the row shown
+    trained_tokens: int  # of those, trained
     rejected: Tokens  # the rejected conversation of a preference row, else empty
     row_error: str  # why the row shown cannot be trained on (it is skipped), else ""
     skipped: list[Skipped]
@@ -66,10 +71,6 @@ class DataPreview:
     template: str
     stats: DataStats
     warnings: list[str]
-
-    @property
-    def trained_tokens(self) -> int:
-        return sum(trained for _, trained, _ in self.tokens)
 
     @property
     def count_line(self) -> str:
@@ -91,10 +92,10 @@ def preview_dataset(cfg: DataConfig, tokenizer, template: Template, max_length: 
     loaded = load_rows(cfg, limit=max(PREVIEW_ROWS, row + 1))
     rows = loaded.rows
     row = max(0, min(row, len(rows) - 1))
-    text, tokens, rejected, row_error = "", [], [], ""
+    text, tokens, rejected, row_error, counts = "", [], [], "", (0, 0)
     try:
         shown = tokenize_row(rows[row], loaded.format, tokenizer, template, cfg.train_on)
-        text, tokens = shown.text, _pieces(tokenizer, shown)
+        text, tokens, counts = shown.text, _pieces(tokenizer, shown), (len(shown.input_ids), sum(shown.trained))
         if loaded.format == "preference":
             other = tokenize_conversation(tokenizer, template, preference_pair(rows[row])[1], cfg.train_on)
             rejected = _pieces(tokenizer, other)
@@ -115,7 +116,7 @@ def preview_dataset(cfg: DataConfig, tokenizer, template: Template, max_length: 
     return DataPreview(
         loaded.format, loaded.detected, len(tokenized), len(tokenized) + len(skipped), loaded.complete, loaded.size,
         loaded.sources, loaded.columns,
-        row, text, tokens, rejected, row_error, skipped, [len(t.input_ids) for t in tokenized], max_length,
+        row, text, tokens, *counts, rejected, row_error, skipped, [len(t.input_ids) for t in tokenized], max_length,
         template.name, _stats(tokenized, max_length, not loaded.complete, identical), warnings,
     )
 
@@ -131,16 +132,26 @@ def data_columns(cfg: DataConfig, rows: int = 100) -> list[str]:
 
 
 def _pieces(tokenizer, row: TokenizedRow) -> Tokens:
+    """The row's tokens as text pieces; of a very long row both ends, and between them how many are left out."""
+    ids, trained = row.input_ids, row.trained
+    if len(ids) <= 2 * SHOWN_TOKENS:
+        return _joined_pieces(tokenizer, ids, trained)
+    gap = (f" … {len(ids) - 2 * SHOWN_TOKENS:,} tokens not shown … ", False, False)
+    return (_joined_pieces(tokenizer, ids[:SHOWN_TOKENS], trained[:SHOWN_TOKENS]) + [gap]
+            + _joined_pieces(tokenizer, ids[-SHOWN_TOKENS:], trained[-SHOWN_TOKENS:]))
+
+
+def _joined_pieces(tokenizer, ids: list[int], trained: list[int]) -> Tokens:
     """Each token as text; tokens that split a character's UTF-8 bytes are joined, so none shows as �.
 
     Only tokens alike (both trained or both masked, both special or not) are
     joined, so the colouring stays exact.
     """
     specials = set(tokenizer.all_special_ids)
-    flags = [(bool(on), t in specials) for t, on in zip(row.input_ids, row.trained)]
+    flags = [(bool(on), t in specials) for t, on in zip(ids, trained)]
     pieces: Tokens = []
     group: list[int] = []
-    for i, token in enumerate(row.input_ids):
+    for i, token in enumerate(ids):
         group.append(token)
         text = tokenizer.decode(group)
         cut = text.endswith(REPLACEMENT) and len(group) < MAX_JOINED

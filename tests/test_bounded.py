@@ -211,7 +211,7 @@ def test_txt_blocks_over_the_limit_and_a_txt_of_json_lines(tmp_path, tiny_llama)
 def test_a_row_just_under_the_limit_tokenizes_in_seconds(tmp_path, tiny_llama):
     from transformers import AutoTokenizer
 
-    from studio.preview import preview_dataset
+    from studio.preview import SHOWN_TOKENS, preview_dataset
     from studio.templates import resolve_template
 
     limit = DataConfig().max_row_chars
@@ -223,8 +223,13 @@ def test_a_row_just_under_the_limit_tokenizes_in_seconds(tmp_path, tiny_llama):
     start = time.perf_counter()
     p = preview_dataset(DataConfig(path=str(path)), tok, resolve_template("alpaca", tok), 1024)
     assert time.perf_counter() - start < 20
-    assert p.rows == 1 and not p.skipped and p.stats.rows_cut == 1
-    assert "".join(piece for piece, _, _ in p.tokens) == "<s>" + text + "</s>"
+    assert p.rows == 1 and not p.skipped and p.stats.rows_cut == 1 and p.row_tokens == p.lengths[0] > 100_000
+    # Both ends of the row are shown, and how much lies between them: not 250k pieces for a browser to draw.
+    pieces = [piece for piece, _, _ in p.tokens]
+    gap = next(i for i, piece in enumerate(pieces) if "tokens not shown" in piece)
+    assert gap <= SHOWN_TOKENS and len(pieces) - gap - 1 <= SHOWN_TOKENS
+    assert ("<s>" + text).startswith("".join(pieces[:gap])) and (text + "</s>").endswith("".join(pieces[gap + 1:]))
+    assert pieces[gap] == f" … {p.row_tokens - 2 * SHOWN_TOKENS:,} tokens not shown … "
 
 
 @settings(max_examples=150, deadline=None)

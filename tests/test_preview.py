@@ -29,7 +29,8 @@ def test_characters_split_across_tokens_are_shown_whole_and_coloured_right(tok, 
     assert "".join(piece for piece, trained, _ in p.tokens if trained) == "Ω ж ק 🦙✅ ก</s>"
     joined = [(piece, trained) for piece, trained, _ in p.tokens if "ŋ" in piece or "🦙" in piece]
     assert [trained for _, trained in joined] == [False, True], "a joined piece is trained as its tokens are"
-    assert len(pieces) < p.lengths[0], "tokens were joined into fewer pieces"
+    assert len(pieces) < p.row_tokens == p.lengths[0], "tokens were joined into fewer pieces"
+    assert p.trained_tokens == len(tok("Ω ж ק 🦙✅ ก", add_special_tokens=False)["input_ids"]) + 1, "tokens, not pieces"
 
 
 def test_one_count_of_rows_everywhere(tok, tmp_path, monkeypatch):

@@ -120,7 +120,7 @@ def _summary(p) -> str:
     warnings += [f"{st.identical_pairs} pairs have the same chosen and rejected response"] if st.identical_pairs else []
     scope = " (of the sample)" if st.sampled else ""
     row = (f"⚠️ Row {p.row} is skipped: {p.row_error}" if p.row_error
-           else f"Row {p.row}: {len(p.tokens)} tokens, {p.trained_tokens} trained")
+           else f"Row {p.row}: {p.row_tokens:,} tokens, {p.trained_tokens:,} trained")
     return (f"**{p.count_line}** · format **{p.format}** · template **{p.template}** · columns {', '.join(p.columns)}\n\n"
             + _reading(p)
             + f"Tokens{scope}: {st.tokens:,}, of which **{st.trained_tokens:,} trained** · {cut}"
