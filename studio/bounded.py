@@ -45,7 +45,8 @@ TOO_DEEP = BadRecord(f"nested more than {MAX_NESTING} levels deep (lists and obj
 
 
 def record_problem(record, max_chars: int) -> BadRecord | None:
-    """Why `record` (parsed data) cannot be a row: too many characters of text, or nested too deeply."""
+    """Why `record` (parsed data) cannot be a row: more than `max_chars` characters of text in its values,
+    or nested too deeply."""
     chars, stack = 0, [(record, 0)]
     while stack:
         value, depth = stack.pop()
@@ -54,13 +55,8 @@ def record_problem(record, max_chars: int) -> BadRecord | None:
         elif isinstance(value, (dict, list, tuple)):
             if depth >= MAX_NESTING:
                 return TOO_DEEP
-            items = value.items() if isinstance(value, dict) else ((None, v) for v in value)
-            for key, item in items:
-                chars += len(key) if isinstance(key, str) else 0
-                stack.append((item, depth + 1))
-        if chars > max_chars:
-            return too_long(chars, max_chars)
-    return None
+            stack += [(item, depth + 1) for item in (value.values() if isinstance(value, dict) else value)]
+    return too_long(chars, max_chars) if chars > max_chars else None
 
 
 class NotJsonValue(ValueError):

@@ -122,7 +122,7 @@ def test_data_tab_shows_detection_skipped_rows_and_both_sides_of_a_pair(client, 
 def test_the_mapping_dropdowns_list_the_loaded_files_columns_and_keep_the_choice(client, tiny_llama, tmp_path):
     client, _ = client
     path = tmp_path / "questions.csv"
-    path.write_text("Question Text,Answer\nWhat is 2 plus 2?,4\nName a colour.,Blue.\n")
+    path.write_text("Question Text,Answer\nWhat is 2 plus 2?,4\nName a colour.,Blue like the sky.\n")
     fields = ("instruction", "input", "output", "prompt", "completion", "chosen", "rejected", "text", "messages")
     choices = lambda update: [value for value, _ in update["choices"]]
     # Before the mapping the format cannot be told: the dropdowns get the columns to fix that.
@@ -136,6 +136,10 @@ def test_the_mapping_dropdowns_list_the_loaded_files_columns_and_keep_the_choice
     chosen = dict(zip(fields, out[5:]))
     assert chosen["instruction"]["value"] == "Question Text" and chosen["output"]["value"] == "Answer"
     assert chosen["input"]["value"] == "" and choices(chosen["input"]) == ["", "Question Text", "Answer"]
+    out = client.predict(api_name="/preview_data", row=0, model_name_or_path=str(tiny_llama), data_path=str(path),
+                         data_columns_instruction="Question Text", data_columns_output="Answer", data_max_row_chars=19)
+    assert out[0].startswith("**Kept 1 of 2 rows (1 skipped)**")
+    assert "- `questions.csv:3`: row of 33 characters is over data.max_row_chars=19" in out[4]
 
 
 def test_launch_py_opens_the_studio(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
+from studio.config import DataConfig
 from studio.errors import StudioError
 from studio.preview import data_columns
 from studio.templates import GALLERY
@@ -36,14 +37,17 @@ def build(studio, form: dict) -> dict:
                                     placeholder="Summarize:\n{dialogue}\n---\nSummary: {summary}",
                                     info="The last field is the response; the others make the prompt.")
             form["data.train_on"] = gr.Radio(["responses", "all"], value="responses", label="Train on")
-            with gr.Accordion("Reading: hub split and subset, .txt documents, malformed rows", open=False):
+            with gr.Accordion("Reading: hub split and subset, .txt documents, malformed and huge rows", open=False):
                 with gr.Row():
                     form["data.split"] = gr.Textbox("train", label="Split", min_width=120)
                     form["data.subset"] = gr.Textbox("", label="Subset (hub)", min_width=120)
                     form["data.text_unit"] = gr.Radio(["auto", "line", "block"], value="auto",
                                                       label=".txt: one document per")
-                form["data.max_bad_fraction"] = gr.Number(0.1, minimum=0, maximum=1, label="Skip malformed rows up to "
-                                                          "this fraction (0: stop at the first)")
+                with gr.Row():
+                    form["data.max_bad_fraction"] = gr.Number(0.1, minimum=0, maximum=1, label="Skip malformed rows up "
+                                                              "to this fraction (0: stop at the first)")
+                    form["data.max_row_chars"] = gr.Number(DataConfig().max_row_chars, precision=0, minimum=1,
+                                                           label="Longest row in characters (longer: skipped)")
             with gr.Accordion("Column mapping (when the file's names differ)", open=False):
                 with gr.Row():
                     for name in MAPPED_FIELDS:
