@@ -294,7 +294,8 @@ def _read_parquet(path: Path, label: str, max_chars: int) -> Iterator[Row | Skip
             kept = iter(batch.filter(pa.array([n <= max_chars for n in sizes])).to_pylist())
             for chars in sizes:  # nested columns come back as lists and dicts
                 where = f"{label}[{i}]"
-                yield Row(next(kept), where) if chars <= max_chars else Skipped(where, too_long(chars, max_chars).reason)
+                too_much = chars > max_chars
+                yield Skipped(where, too_long(chars, max_chars).reason) if too_much else Row(next(kept), where)
                 i += 1
     except pa.ArrowException as exc:
         raise DataError(f"{label}: not a readable Parquet file ({exc}).") from None
