@@ -24,7 +24,7 @@ TOKEN_COLOURS = {"trained": "#16a34a", "masked": "#9ca3af", "special, trained": 
 def build(studio, form: dict) -> dict:
     with gr.Row():
         with gr.Column(scale=2):
-            form["data.path"] = gr.Textbox(SAMPLE, label="Dataset", info="jsonl, json, csv, tsv, parquet, txt, a saved "
+            form["data.path"] = gr.Textbox(SAMPLE, label="Dataset", elem_id="data-path", info="jsonl, json, csv, tsv, parquet, txt, a saved "
                                            "datasets folder, a glob (data/*.jsonl), a hub dataset id; several: a, b")
             upload = gr.File(label="…or upload a file", file_types=[".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt"])
             with gr.Row():
@@ -52,7 +52,7 @@ def build(studio, form: dict) -> dict:
                 with gr.Row():
                     for name in MAPPED_FIELDS:
                         form[f"data.columns.{name}"] = gr.Dropdown([""], value="", label=name, allow_custom_value=True,
-                                                                   min_width=120)
+                                                                   min_width=120, elem_id=f"map-{name}")
             with gr.Row():
                 form["data.max_samples"] = gr.Number(0, precision=0, label="Max rows (0: all)")
                 form["data.eval_fraction"] = gr.Number(0.0, label="Eval fraction", minimum=0, maximum=0.5)
