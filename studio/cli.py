@@ -256,24 +256,25 @@ def _repl(session, modes: list[str]) -> int:
 
 
 def cmd_data(args) -> int:
-    from studio.config import load_recipe
     from studio.services import Studio
 
-    cfg = load_recipe(args.recipe, args.overrides)
+    cfg, is_data_file = _data_config(args)
     p = Studio().preview_data(cfg, args.row)
     st = p.stats
-    print(f"{cfg.data.path}: {p.rows} rows · format {p.format} · template {p.template} · columns {', '.join(p.columns)}")
-    if not p.complete:
-        of = f" of {p.size / 2**20:,.1f} MB" if p.size else ""
-        print(f"a sample: the first {p.rows:,} rows{of} (training reads all of it)")
+    if is_data_file:
+        print(_data_file_note(cfg, p.template))
+    print(f"{cfg.data.path}: {p.count_line} · format {p.format} · template {p.template} · columns {', '.join(p.columns)}")
+    if p.sample_note:
+        print(p.sample_note)
     if p.format == "fields":
         print("format fields: each row is read through the format-string template's fields")
     elif p.detected:
         print(f"format {p.format} detected from the columns (set data.format to override)")
-    print(f"kept {st.rows} of {st.rows + len(p.skipped)} rows" + (f"; {len(p.skipped)} skipped:" if p.skipped else ""))
     for skipped in p.skipped[:20]:
         print(f"  skipped {skipped}")
-    scope = f" (a sample of {st.rows})" if st.sampled else ""
+    if len(p.skipped) > 20:
+        print(f"  ... and {len(p.skipped) - 20:,} more skipped")
+    scope = " (of the sample)" if st.sampled else ""
     print(f"tokens{scope}: {st.tokens:,} in all, {st.trained_tokens:,} trained ({100 * st.trained_tokens / max(st.tokens, 1):.0f}%)")
     print(f"max_length {p.max_length}: {st.rows_cut} rows cut, {st.responses_cut} of them lose response tokens")
     print(f"rows with nothing to learn: {st.fully_masked} · duplicate rows: {st.duplicates}")
@@ -288,12 +289,43 @@ def cmd_data(args) -> int:
     if p.row_error:
         print(f"\nrow {p.row} is skipped: {p.row_error}")
         return 0
-    print(f"\nrow {p.row} ({len(p.tokens)} tokens, {p.trained_tokens} trained; trained tokens in [brackets]):")
+    print(f"\nrow {p.row} ({p.row_tokens:,} tokens, {p.trained_tokens:,} trained; trained tokens in [brackets]):")
     print(_bracket_trained(p.tokens))
     if p.rejected:
         print(f"\nrow {p.row}, rejected response (shown for comparison, not trained by SFT):")
         print(_bracket_trained(p.rejected))
     return 0
+
+
+QUICKSTART = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.yaml"
+
+
+def _data_config(args):
+    """(config, whether a data file was given): a data file instead of a recipe previews with the quickstart's model."""
+    from studio.config import apply_overrides, from_dict, load_recipe
+    from studio.sources import SUFFIXES
+
+    given = Path(args.recipe)
+    if not (given.suffix.lower() in SUFFIXES or given.is_dir()):
+        return load_recipe(given, args.overrides), False
+    model = load_recipe(QUICKSTART).model.name_or_path
+    raw = {"model": {"name_or_path": model}, "data": {"path": str(given)}}
+    return apply_overrides(from_dict(raw), args.overrides), True
+
+
+def _data_file_note(cfg, template: str) -> str:
+    path = shlex.quote(cfg.data.path)
+    return (f"{cfg.data.path} is a data file, not a recipe: previewed with model {cfg.model.name_or_path} and template "
+            f"{template} (the quickstart's model; choose others with model.name_or_path=... data.template=...).\n"
+            f"To train on it: python launch.py train {_relative(QUICKSTART)} data.path={path}, or write a recipe "
+            "(recipes/*.yaml) with data.path set to it.\n")
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _histogram(lengths: list[int], bins: int = 10) -> list[tuple[int, int]]:

@@ -101,6 +101,13 @@ class DataConfig:
         "with file and line and skipped, up to this fraction of the rows; more than that stops loading. 0: the "
         "first malformed row stops loading.",
     )
+    max_row_chars: int = _f(
+        1_000_000,
+        "Longest row in characters (a JSONL line, a CSV record, a .txt document, a JSON item). A longer row is "
+        "skipped as malformed, with its file:line and length, and never read whole into memory. 1,000,000 is about "
+        "250k tokens, far past any max_length; raise it only for data with very long documents.",
+        min=1,
+    )
 
 
 @dataclass(frozen=True)
@@ -221,7 +228,11 @@ def from_dict(raw: dict, source: str = "config") -> RunConfig:
 
 
 def apply_overrides(cfg: RunConfig, overrides: typing.Sequence[str]) -> RunConfig:
-    """Apply `section.key=value` strings; values are parsed as YAML scalars/lists."""
+    """Apply `section.key=value` strings; values are parsed as YAML scalars/lists.
+
+    A key under a mapping field sets one entry of it: data.columns.instruction="Question Text"
+    (an empty value removes the entry).
+    """
     data = to_dict(cfg)
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -231,16 +242,35 @@ def apply_overrides(cfg: RunConfig, overrides: typing.Sequence[str]) -> RunConfi
             parsed = yaml.safe_load(value) if value.strip() else ""
         except yaml.YAMLError:
             parsed = value
-        node = data
-        parts = key.strip().split(".")
-        for i, part in enumerate(parts[:-1]):
-            if not isinstance(node.get(part), dict):
-                _raise_unknown(".".join(parts[: i + 1]), part, [k for k, v in node.items() if isinstance(v, dict)])
-            node = node[part]
-        if parts[-1] not in node or isinstance(node[parts[-1]], dict):
-            _raise_unknown(key.strip(), parts[-1], [k for k, v in node.items() if not isinstance(v, dict)])
-        node[parts[-1]] = parsed
+        _set_dotted(data, key.strip().split("."), parsed)
     return _build(RunConfig, data, prefix="", source="override")
+
+
+def _set_dotted(data: dict, parts: list[str], value: Any) -> None:
+    """Set data[a][b][c] = value for the key a.b.c, walking the config's types so every name is checked."""
+    node, cls = data, RunConfig
+    for i, part in enumerate(parts):
+        key, last = ".".join(parts[: i + 1]), i == len(parts) - 1
+        if typing.get_origin(cls) is dict:  # a mapping field: any name is an entry of it
+            if not last:
+                raise ConfigError(f"Unknown key {'.'.join(parts)!r}: {'.'.join(parts[:i])} holds plain entries, "
+                                  f"e.g. {'.'.join(parts[:i])}.{part}=value.")
+            if value == "":
+                node.pop(part, None)
+            else:
+                node[part] = value
+            return
+        hints = typing.get_type_hints(cls)
+        sections = [name for name, hint in hints.items() if dataclasses.is_dataclass(hint)]
+        if last:
+            if part not in hints or part in sections:
+                _raise_unknown(key, part, [name for name in hints if name not in sections])
+            node[part] = value
+            return
+        containers = sections + [name for name, hint in hints.items() if typing.get_origin(hint) is dict]
+        if part not in containers:
+            _raise_unknown(key, part, containers)
+        node, cls = node[part], hints[part]
 
 
 def with_changes(section: Any, **changes: Any) -> Any:

@@ -16,6 +16,7 @@ data or its mapping is wrong, not a row here and there).
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, replace
 
@@ -41,11 +42,12 @@ class Loaded:
     complete: bool  # False: reading stopped at a limit, the rows are the data's beginning
     sources: list[str]
     size: int  # bytes of the local files
+    notes: list[str]  # what a person should know about how the files were read
 
 
 def load_rows(cfg: DataConfig, limit: int | None = None, path: str | None = None) -> Loaded:
     """Read `path` (default data.path), map its columns and find its format; at most `limit` records."""
-    read = read_sources(path or cfg.path, cfg.split, cfg.subset, cfg.text_unit, limit)
+    read = read_sources(path or cfg.path, cfg.split, cfg.subset, cfg.text_unit, limit, cfg.max_row_chars)
     if not read.rows:
         check_bad_rows(0, read.skipped, cfg.max_bad_fraction)
     rows = map_columns(read.rows, cfg.columns)
@@ -62,7 +64,7 @@ def load_rows(cfg: DataConfig, limit: int | None = None, path: str | None = None
         if not rows:
             check_bad_rows(0, skipped, cfg.max_bad_fraction)
     return Loaded(rows, skipped, fmt, cfg.format == "auto", list(read.rows[0].fields), read.complete,
-                  read.sources, read.size)
+                  read.sources, read.size, read.notes)
 
 
 def map_columns(rows: list[Row], mapping: dict[str, str]) -> list[Row]:
@@ -192,9 +194,16 @@ def _conversation(row: Row, key: str, turns, needs_answer: bool = True) -> list[
 
 
 def _text(row: Row, key: str, default: str | None = None) -> str:
-    value = row.fields.get(key, default)
-    if value is None:
+    """The text of a column; `default` stands in for an optional column that is absent or null."""
+    value = row.fields.get(key)
+    if value is None and default is not None:
+        return default
+    if key not in row.fields:
         raise DataError(f"{row.where}: missing column {key!r}.")
+    if value is None:
+        raise DataError(f"{row.where}: column {key!r} is null; it needs text.")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DataError(f"{row.where}: column {key!r} is {value}, not text (a missing value in a table?).")
     if not isinstance(value, (str, int, float)):
         raise DataError(f"{row.where}: column {key!r} must be text, got {type(value).__name__}.")
     return str(value)
@@ -292,7 +301,7 @@ def build_dataset(cfg: DataConfig, tokenizer, template: Template, max_length: in
     else:
         n_eval = int(len(train) * cfg.eval_fraction)
         evaluation, train = train[:n_eval], train[n_eval:]
-    notes = [PREFERENCE_NOTE] if loaded.format == "preference" else []
+    notes = loaded.notes + ([PREFERENCE_NOTE] if loaded.format == "preference" else [])
     return BuiltDataset(loaded.format, train, evaluation, truncated, skipped, dropped, notes)
 
 

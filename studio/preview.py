@@ -10,6 +10,7 @@ says whether the preview saw all of the data or its beginning.
     p.lengths     # token length of every row read
     p.stats       # rows, tokens, trained tokens, rows cut, responses cut, empty and duplicate rows
     p.skipped     # malformed rows, each with file:line and the reason
+    p.count_line  # "Kept 60 of 63 rows (3 skipped)": the one count of rows, for every view
 
 Run as:  python launch.py data recipes/quickstart.yaml [--row N]
 """
@@ -21,12 +22,17 @@ from dataclasses import dataclass
 from studio.config import DataConfig
 from studio.data import PREFERENCE_NOTE, check_bad_rows, load_rows, preference_pair, tokenize_row, tokenize_rows
 from studio.errors import StudioError
-from studio.sources import Skipped
+from studio.sources import Skipped, read_sources
 from studio.templates import Template, TokenizedRow, template_warnings, tokenize_conversation
 
 PREVIEW_ROWS = 2000  # rows read and tokenized for the preview and its statistics
+# Tokens shown at each end of a longer row: a row of 250k tokens would take seconds to send and a
+# browser tab to draw, and the ends show the prompt's start and the response.
+SHOWN_TOKENS = 2048
 
 Tokens = list[tuple[str, bool, bool]]  # (piece, trained, special)
+REPLACEMENT = "\ufffd"  # what decoding shows for the bytes of a character cut by the token's end
+MAX_JOINED = 16  # tokens joined at most into one piece (a character is at most 4 bytes; a token at least 1)
 
 
 @dataclass(frozen=True)
@@ -46,14 +52,17 @@ class DataStats:
 class DataPreview:
     format: str
     detected: bool  # format found from the columns, not set
-    rows: int  # rows read and kept
+    rows: int  # rows kept: read, and tokenized without a problem
+    read: int  # rows read: the kept ones and the skipped ones
     complete: bool  # every row of the data was read (else the rows are its beginning)
     size: int  # bytes of the local files
     sources: list[str]
     columns: list[str]
     row: int
     text: str
-    tokens: Tokens
+    tokens: Tokens  # pieces of the row: all of them, or both ends of a very long row (SHOWN_TOKENS each)
+    row_tokens: int  # tokens of the row shown
+    trained_tokens: int  # of those, trained
     rejected: Tokens  # the rejected conversation of a preference row, else empty
     row_error: str  # why the row shown cannot be trained on (it is skipped), else ""
     skipped: list[Skipped]
@@ -64,18 +73,29 @@ class DataPreview:
     warnings: list[str]
 
     @property
-    def trained_tokens(self) -> int:
-        return sum(trained for _, trained, _ in self.tokens)
+    def count_line(self) -> str:
+        """How many rows were kept of those read: "Kept 60 of 63 rows (3 skipped)", or "63 rows"."""
+        if not self.skipped:
+            return f"{self.rows:,} rows"
+        return f"Kept {self.rows:,} of {self.read:,} rows ({len(self.skipped):,} skipped)"
+
+    @property
+    def sample_note(self) -> str:
+        """When the preview read the data's beginning only: how much of it; else ""."""
+        if self.complete:
+            return ""
+        of = f" of {self.size / 2**20:,.1f} MB" if self.size else ""
+        return f"A sample: the preview read the first {self.read:,} rows{of}; training reads all of it."
 
 
 def preview_dataset(cfg: DataConfig, tokenizer, template: Template, max_length: int, row: int = 0) -> DataPreview:
     loaded = load_rows(cfg, limit=max(PREVIEW_ROWS, row + 1))
     rows = loaded.rows
     row = max(0, min(row, len(rows) - 1))
-    text, tokens, rejected, row_error = "", [], [], ""
+    text, tokens, rejected, row_error, counts = "", [], [], "", (0, 0)
     try:
         shown = tokenize_row(rows[row], loaded.format, tokenizer, template, cfg.train_on)
-        text, tokens = shown.text, _pieces(tokenizer, shown)
+        text, tokens, counts = shown.text, _pieces(tokenizer, shown), (len(shown.input_ids), sum(shown.trained))
         if loaded.format == "preference":
             other = tokenize_conversation(tokenizer, template, preference_pair(rows[row])[1], cfg.train_on)
             rejected = _pieces(tokenizer, other)
@@ -85,7 +105,7 @@ def preview_dataset(cfg: DataConfig, tokenizer, template: Template, max_length: 
     skipped = loaded.skipped + bad
     if not tokenized:
         check_bad_rows(0, skipped, cfg.max_bad_fraction)  # nothing to show: the reason, as training would give it
-    warnings = template_warnings(tokenizer, template)
+    warnings = loaded.notes + template_warnings(tokenizer, template)
     if loaded.format == "preference":
         warnings.append(PREFERENCE_NOTE)
     try:
@@ -94,15 +114,52 @@ def preview_dataset(cfg: DataConfig, tokenizer, template: Template, max_length: 
         warnings.append(f"Training would refuse this data: {exc}")
     identical = _identical_pairs(rows) if loaded.format == "preference" else 0
     return DataPreview(
-        loaded.format, loaded.detected, len(rows), loaded.complete, loaded.size, loaded.sources, loaded.columns,
-        row, text, tokens, rejected, row_error, skipped, [len(t.input_ids) for t in tokenized], max_length,
+        loaded.format, loaded.detected, len(tokenized), len(tokenized) + len(skipped), loaded.complete, loaded.size,
+        loaded.sources, loaded.columns,
+        row, text, tokens, *counts, rejected, row_error, skipped, [len(t.input_ids) for t in tokenized], max_length,
         template.name, _stats(tokenized, max_length, not loaded.complete, identical), warnings,
     )
 
 
+def data_columns(cfg: DataConfig, rows: int = 100) -> list[str]:
+    """The column names of the data's first rows, in file order: the choices for data.columns.
+
+    Read without the model or the format, so the mapping can be chosen for
+    data whose format cannot be told from its columns yet.
+    """
+    read = read_sources(cfg.path, cfg.split, cfg.subset, cfg.text_unit, rows, cfg.max_row_chars)
+    return list(dict.fromkeys(str(name) for row in read.rows for name in row.fields))
+
+
 def _pieces(tokenizer, row: TokenizedRow) -> Tokens:
+    """The row's tokens as text pieces; of a very long row both ends, and between them how many are left out."""
+    ids, trained = row.input_ids, row.trained
+    if len(ids) <= 2 * SHOWN_TOKENS:
+        return _joined_pieces(tokenizer, ids, trained)
+    gap = (f" … {len(ids) - 2 * SHOWN_TOKENS:,} tokens not shown … ", False, False)
+    return (_joined_pieces(tokenizer, ids[:SHOWN_TOKENS], trained[:SHOWN_TOKENS]) + [gap]
+            + _joined_pieces(tokenizer, ids[-SHOWN_TOKENS:], trained[-SHOWN_TOKENS:]))
+
+
+def _joined_pieces(tokenizer, ids: list[int], trained: list[int]) -> Tokens:
+    """Each token as text; tokens that split a character's UTF-8 bytes are joined, so none shows as �.
+
+    Only tokens alike (both trained or both masked, both special or not) are
+    joined, so the colouring stays exact.
+    """
     specials = set(tokenizer.all_special_ids)
-    return [(tokenizer.decode([t]), bool(on), t in specials) for t, on in zip(row.input_ids, row.trained)]
+    flags = [(bool(on), t in specials) for t, on in zip(ids, trained)]
+    pieces: Tokens = []
+    group: list[int] = []
+    for i, token in enumerate(ids):
+        group.append(token)
+        text = tokenizer.decode(group)
+        cut = text.endswith(REPLACEMENT) and len(group) < MAX_JOINED
+        if cut and i + 1 < len(flags) and flags[i + 1] == flags[i]:
+            continue  # the character goes on in the next token
+        pieces.append((text, *flags[i]))
+        group = []
+    return pieces
 
 
 def _identical_pairs(rows) -> int:

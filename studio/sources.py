@@ -7,11 +7,13 @@ Reading is lenient and bounded:
 - a malformed record (bad JSON, a CSV line with too many values) becomes a
   `Skipped` that names its file and line, and reading goes on; what is wrong
   with the whole file (not UTF-8, empty, not rows at all) is a DataError;
+- so does a record over `max_row_chars` characters, nested too deeply or
+  holding NaN: it is measured and skipped without being held (studio.bounded);
 - `limit` stops after that many records, so a preview of a 1 GB file reads
   only its beginning.
 
     read = read_sources("data/*.jsonl, extra.csv", limit=2000)
-    read.rows, read.skipped, read.complete
+    read.rows, read.skipped, read.complete, read.notes
 """
 
 from __future__ import annotations
@@ -21,18 +23,20 @@ import csv
 import glob
 import json
 import re
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from studio.bounded import (TOO_DEEP, BadRecord, BoundedTextLines, LineTooLong, bounded_lines, iter_json_array,
+                            parse_json, record_problem, refuse_constant, too_long)
+from studio.config import DataConfig
 from studio.errors import DataError
 from studio.safety import online_while
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
 # How much of a .txt file decides between one document per line and per blank-line block.
 TEXT_SNIFF_BYTES = 1 << 20
-MAX_JSON_ITEM = 64 << 20  # an item of a JSON array that is still not complete after this is broken
+MAX_ROW_CHARS = DataConfig.max_row_chars
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -64,10 +68,11 @@ class Read:
     complete: bool  # False when reading stopped at the limit: the rows are the beginning of the data
     sources: list[str]  # the files, folders and hub ids read (globs expanded)
     size: int  # bytes of the local files named, read or not (0 for hub datasets)
+    notes: list[str]  # what a person should know about how the files were read
 
 
 def read_sources(path: str, split: str = "train", subset: str = "", text_unit: str = "auto",
-                 limit: int | None = None) -> Read:
+                 limit: int | None = None, max_row_chars: int = MAX_ROW_CHARS) -> Read:
     """Read every source of `path` in order, at most `limit` records in all."""
     sources = expand_sources(path)
     labels = _labels(sources)
@@ -77,7 +82,9 @@ def read_sources(path: str, split: str = "train", subset: str = "", text_unit: s
     for source in sources:
         count = 0
         left = None if limit is None else limit - len(rows) - len(skipped)
-        for item in _records(source, labels[source], split, subset, text_unit, left):
+        for item in _records(source, labels[source], split, subset, text_unit, left, max_row_chars):
+            if isinstance(item, Row) and (problem := record_problem(item.fields, max_row_chars)):
+                item = Skipped(item.where, problem.reason)
             (rows if isinstance(item, Row) else skipped).append(item)
             count += 1
             if limit is not None and len(rows) + len(skipped) >= limit:
@@ -88,7 +95,8 @@ def read_sources(path: str, split: str = "train", subset: str = "", text_unit: s
         if not complete:
             break
     size = sum(Path(s).stat().st_size for s in sources if Path(s).is_file())
-    return Read(rows, skipped, complete, sources, size)
+    notes = [note for s in sources if (note := _looks_like_jsonl(s, labels[s]))]
+    return Read(rows, skipped, complete, sources, size, notes)
 
 
 def read_rows(path: str | Path) -> list[Row]:
@@ -131,7 +139,8 @@ def _labels(sources: list[str]) -> dict[str, str]:
     return {s: (n if names.count(n) == 1 else s) for s, n in zip(sources, names)}
 
 
-def _records(source: str, label: str, split: str, subset: str, text_unit: str, limit: int | None):
+def _records(source: str, label: str, split: str, subset: str, text_unit: str, limit: int | None,
+             max_chars: int) -> Iterator[Row | Skipped]:
     path = Path(source)
     if not path.exists():
         return online_while(_read_hub(source, split, subset, limit))  # a hub id the user named
@@ -141,9 +150,11 @@ def _records(source: str, label: str, split: str, subset: str, text_unit: str, l
     if suffix not in SUFFIXES:
         raise DataError(f"{path}: unsupported file type {suffix!r}. Use one of {', '.join(SUFFIXES)}.")
     _refuse_utf16(path, label)
+    if suffix == ".txt":
+        return _decoded(_read_txt(path, label, text_unit, max_chars), label)
     readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".tsv": _read_csv,
-               ".parquet": _read_parquet, ".txt": lambda p, n: _read_txt(p, n, text_unit)}
-    return _decoded(readers[suffix](path, label), label)
+               ".parquet": _read_parquet}
+    return _decoded(readers[suffix](path, label, max_chars), label)
 
 
 def _decoded(records: Iterator, label: str) -> Iterator:
@@ -161,54 +172,38 @@ def _refuse_utf16(path: Path, label: str) -> None:
         raise DataError(f"{label} is UTF-16 text (as Windows saves \"Unicode\"). Save it as UTF-8.")
 
 
-def _lines(path: Path, label: str) -> Iterator[tuple[int, str]]:
-    """(line number, text) of each line, decoded one by one so an encoding error names its line."""
-    with path.open("rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            if number == 1:
-                raw = raw.removeprefix(codecs.BOM_UTF8)
-            try:
-                yield number, raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(f"{label}:{number}: not UTF-8 text ({exc.reason} at byte {exc.start} of the line). "
-                                "Save the file as UTF-8.") from None
-
-
-def _read_jsonl(path: Path, label: str) -> Iterator[Row | Skipped]:
-    for number, line in _lines(path, label):
+def _read_jsonl(path: Path, label: str, max_chars: int) -> Iterator[Row | Skipped]:
+    for number, line in bounded_lines(path, label, max_chars):
+        where = f"{label}:{number}"
+        if isinstance(line, BadRecord):
+            yield Skipped(where, line.reason)
+            continue
         if not line.strip():
             continue
-        where = f"{label}:{number}"
-        try:
-            record = json.loads(line.rstrip("\r\n"))  # so an error at the end names the last column
-        except json.JSONDecodeError as exc:
-            yield Skipped(where, f"not valid JSON ({exc.msg} at column {exc.colno})")
-            continue
-        if isinstance(record, dict):
+        record = parse_json(line.rstrip("\r\n"))  # so an error at the end names the last column
+        if isinstance(record, BadRecord):
+            yield Skipped(where, record.reason)
+        elif isinstance(record, dict):
             yield Row(record, where)
         else:
             yield Skipped(where, f"each line must be a JSON object, got {type(record).__name__}")
 
 
-def _read_json(path: Path, label: str) -> Iterator[Row | Skipped]:
+def _read_json(path: Path, label: str, max_chars: int) -> Iterator[Row | Skipped]:
     """A JSON array of objects (read item by item), or an object of equal-length column lists."""
     with path.open(encoding="utf-8-sig") as fh:
         start = fh.read(1 << 16)
         if start.lstrip().startswith("["):
-            for i, record in enumerate(iter_json_array(fh, start, label)):
-                if isinstance(record, dict):
+            for i, record in enumerate(iter_json_array(fh, start, label, max_chars=max_chars)):
+                if isinstance(record, BadRecord):
+                    yield Skipped(f"{label}[{i}]", record.reason)
+                elif isinstance(record, dict):
                     yield Row(record, f"{label}[{i}]")
                 else:
                     yield Skipped(f"{label}[{i}]", f"must be an object, got {type(record).__name__}")
             return
         text = start + fh.read()
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{label}:{exc.lineno}: not valid JSON ({exc.msg}).") from None
-    if not (isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values())):
-        raise DataError(f"{label}: expected a list of objects or an object of equal-length lists, "
-                        f"got {type(data).__name__}.")
+    data = _parse_json_columns(text, label)
     lengths = {len(v) for v in data.values()}
     if len(lengths) != 1:
         raise DataError(f"{label}: the columns have different lengths {sorted(lengths)}.")
@@ -216,78 +211,59 @@ def _read_json(path: Path, label: str) -> Iterator[Row | Skipped]:
         yield Row(dict(zip(data, values)), f"{label}[{i}]")
 
 
-def iter_json_array(fh, start: str, label: str, chunk_size: int = 1 << 20) -> Iterator:
-    """The items of the JSON array held by `start` and the rest of `fh`, decoded one at a time.
+def _parse_json_columns(text: str, label: str) -> dict[str, list]:
+    """A JSON document that is not an array: it must be an object of column lists."""
+    try:
+        data = json.loads(text, parse_constant=refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{label}:{exc.lineno}: not valid JSON ({exc.msg}).") from None
+    except RecursionError:
+        raise DataError(f"{label}: {TOO_DEEP.reason}.") from None
+    except ValueError as exc:  # NaN, Infinity, an integer of thousands of digits
+        raise DataError(f"{label}: {exc}.") from None
+    if not (isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values())):
+        raise DataError(f"{label}: expected a list of objects or an object of equal-length lists, "
+                        f"got {type(data).__name__}.")
+    return data
 
-    Only a chunk or so is in memory, so the first items of a huge file arrive
-    at once. A syntax error ends the file: past it, where the next item starts
-    cannot be known.
-    """
-    decoder = json.JSONDecoder()
-    buffer, pos = start, start.index("[") + 1
-    line = 1 + start.count("\n", 0, pos)
 
-    def more() -> bool:
-        nonlocal buffer, pos
-        chunk = fh.read(chunk_size)
-        if chunk:
-            buffer, pos = buffer[pos:] + chunk, 0
-        return bool(chunk)
-
-    def fail(message: str, at: int) -> typing.NoReturn:
-        raise DataError(f"{label}:{line + buffer.count(chr(10), pos, at)}: not valid JSON ({message}).")
-
-    after_item = False
-    while True:
-        while True:  # to the next character that is not white space
-            while pos < len(buffer) and buffer[pos] in " \t\r\n":
-                line += buffer[pos] == "\n"
-                pos += 1
-            if pos < len(buffer) or not more():
-                break
-        if pos == len(buffer):
-            fail("the array is not closed", pos)
-        if buffer[pos] == "]":
-            return
-        if after_item:
-            if buffer[pos] != ",":
-                fail("expected ',' or ']' after an item", pos)
-            pos, after_item = pos + 1, False
-            continue
+def _read_csv(path: Path, label: str, max_chars: int) -> Iterator[Row | Skipped]:
+    csv.field_size_limit(max_chars)  # process-wide, and the same for every reader: no value is longer than a row
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        delimiter = _delimiter(fh, path)
+        lines = BoundedTextLines(fh, max_chars)
+        reader = csv.DictReader(lines, delimiter=delimiter)
+        try:
+            columns = len(reader.fieldnames or ())
+        except LineTooLong as exc:
+            raise DataError(f"{label}:1: the header line has {exc.chars:,} characters, over data.max_row_chars="
+                            f"{max_chars:,}. Is this a CSV file?") from None
         while True:
             try:
-                item, end = decoder.raw_decode(buffer, pos)
-            except json.JSONDecodeError as exc:
-                if len(buffer) - pos < MAX_JSON_ITEM and more():
-                    continue  # the item may just be cut by the chunk's end
-                fail(exc.msg, exc.pos)
-            # A number cut by the chunk's end decodes as a shorter one: take an item only where a
-            # separator follows it, or at the end of the file.
-            if (end < len(buffer) and buffer[end] in " \t\r\n,]") or not more():
-                break
-        line += buffer.count("\n", pos, end)
-        pos, after_item = end, True
-        yield item
+                record = next(reader)
+            except StopIteration:
+                return
+            except LineTooLong as exc:
+                yield Skipped(f"{label}:{lines.number}", too_long(exc.chars, max_chars).reason)
+                continue
+            except csv.Error as exc:
+                if "field limit" not in str(exc):
+                    raise DataError(f"{label}:{lines.number}: not valid CSV ({exc}).") from None
+                lines.skip_rest_of_record()
+                yield Skipped(f"{label}:{lines.number}", f"a value is over data.max_row_chars={max_chars:,} characters")
+                continue
+            # lines.number is the physical line where a record ends (records may span lines).
+            yield _csv_row(record, columns, f"{label}:{lines.number}")
 
 
-def _read_csv(path: Path, label: str) -> Iterator[Row | Skipped]:
-    with path.open(encoding="utf-8-sig", newline="") as fh:
-        reader = csv.DictReader(fh, delimiter=_delimiter(fh, path))
-        try:
-            for record in reader:
-                # reader.line_num is the physical line where a record ends (records may span lines).
-                where = f"{label}:{reader.line_num}"
-                columns = len(reader.fieldnames)
-                if None in record:
-                    yield Skipped(where, f"{columns + len(record[None])} values, but the header names {columns} "
-                                         "columns (quote values that contain the delimiter)")
-                elif None in record.values():
-                    given = sum(v is not None for v in record.values())
-                    yield Skipped(where, f"{given} values, but the header names {columns} columns")
-                else:
-                    yield Row(dict(record), where)
-        except csv.Error as exc:
-            raise DataError(f"{label}:{reader.line_num}: not valid CSV ({exc}).") from None
+def _csv_row(record: dict, columns: int, where: str) -> Row | Skipped:
+    if None in record:
+        return Skipped(where, f"{columns + len(record[None])} values, but the header names {columns} "
+                              "columns (quote values that contain the delimiter)")
+    if None in record.values():
+        given = sum(v is not None for v in record.values())
+        return Skipped(where, f"{given} values, but the header names {columns} columns")
+    return Row(dict(record), where)
 
 
 def _delimiter(fh, path: Path) -> str:
@@ -307,40 +283,91 @@ def _delimiter(fh, path: Path) -> str:
     return next((d for d in (sniffed, default, ",", "\t", ";", "|") if d in header), default)
 
 
-def _read_parquet(path: Path, label: str) -> Iterator[Row]:
+def _read_parquet(path: Path, label: str, max_chars: int) -> Iterator[Row | Skipped]:
+    """Rows a small batch at a time; a row with too much text is measured in Arrow and never converted."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
         i = 0
-        for batch in batches:  # a batch at a time: nested columns come back as lists and dicts
-            for record in batch.to_pylist():
-                yield Row(record, f"{label}[{i}]")
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=64):
+            sizes = _text_chars(batch)
+            kept = iter(batch.filter(pa.array([n <= max_chars for n in sizes])).to_pylist())
+            for chars in sizes:  # nested columns come back as lists and dicts
+                where = f"{label}[{i}]"
+                too_much = chars > max_chars
+                yield Skipped(where, too_long(chars, max_chars).reason) if too_much else Row(next(kept), where)
                 i += 1
     except pa.ArrowException as exc:
         raise DataError(f"{label}: not a readable Parquet file ({exc}).") from None
 
 
-def _read_txt(path: Path, label: str, text_unit: str) -> Iterator[Row]:
+def _text_chars(batch) -> list[int]:
+    """Characters in the text columns of each row of an Arrow batch (nested columns are measured once read)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    total = [0] * batch.num_rows
+    for column in batch.columns:
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            total = [a + b for a, b in zip(total, pc.utf8_length(column).fill_null(0).to_pylist())]
+    return total
+
+
+def _read_txt(path: Path, label: str, text_unit: str, max_chars: int) -> Iterator[Row | Skipped]:
     """One document per line, or per block of lines between blank lines."""
     if text_unit == "auto":
         text_unit = "block" if _has_blank_line_between_text(path) else "line"
+    lines = bounded_lines(path, label, max_chars)
+    if text_unit == "block":
+        yield from _txt_blocks(lines, label, max_chars)
+        return
+    for number, line in lines:
+        if isinstance(line, BadRecord):
+            yield Skipped(f"{label}:{number}", line.reason)
+        elif line.strip():
+            yield Row({"text": line.rstrip("\r\n")}, f"{label}:{number}")
+
+
+def _txt_blocks(lines, label: str, max_chars: int) -> Iterator[Row | Skipped]:
+    """Blocks of lines between blank lines; a block over max_chars is measured to its end but not kept."""
     block: list[str] = []
-    first = 0
-    for number, line in _lines(path, label):
-        text = line.rstrip("\r\n")
-        if text_unit == "line":
-            if text.strip():
-                yield Row({"text": text}, f"{label}:{number}")
-        elif text.strip():
+    first, chars = 0, -1  # -1: n lines are joined by n - 1 new lines
+
+    def done() -> Row | Skipped:
+        where = f"{label}:{first}"
+        return Row({"text": "\n".join(block)}, where) if chars <= max_chars else Skipped(where, too_long(
+            chars, max_chars).reason)
+
+    for number, line in lines:
+        bad = isinstance(line, BadRecord)
+        text = "" if bad else line.rstrip("\r\n")
+        if bad or text.strip():
             first = first or number
-            block.append(text)
-        elif block:
-            yield Row({"text": "\n".join(block)}, f"{label}:{first}")
-            block, first = [], 0
-    if block:
-        yield Row({"text": "\n".join(block)}, f"{label}:{first}")
+            chars += 1 + (line.chars if bad else len(text))
+            if chars <= max_chars:
+                block.append(text)
+        elif first:
+            yield done()
+            block, first, chars = [], 0, -1
+    if first:
+        yield done()
+
+
+def _looks_like_jsonl(source: str, label: str) -> str | None:
+    """A note when a .txt file's first line is a JSON object: it is likely JSON Lines under the wrong name."""
+    path = Path(source)
+    if path.suffix.lower() != ".txt" or not path.is_file():
+        return None
+    with path.open("rb") as fh:
+        first = next((line for line in iter(lambda: fh.readline(TEXT_SNIFF_BYTES), b"") if line.strip()), b"")
+    try:
+        is_object = isinstance(json.loads(first), dict)
+    except (ValueError, RecursionError):
+        return None
+    return (f"{label} looks like JSON Lines (its first line is a JSON object), but a .txt file is read as plain "
+            "text: each line becomes one text row, braces and all. Rename it to .jsonl to read its columns.") \
+        if is_object else None
 
 
 def _has_blank_line_between_text(path: Path) -> bool:

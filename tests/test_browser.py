@@ -133,3 +133,23 @@ def test_quickstart_by_clicking(page, shots, tiny_llama):
     page.screenshot(path=shots / "5-export.png", full_page=True)
     page.locator("#open-in-chat").click()
     expect(page.locator("#chat-gguf input")).to_have_value(re.compile(r"browser-q4_k_m\.gguf$"))
+
+
+def test_the_mapping_dropdowns_offer_the_files_columns(page, tiny_llama, tmp_path):
+    from playwright.sync_api import expect
+
+    path = tmp_path / "questions.csv"
+    path.write_text("Question Text,Answer\nWhat is 2 plus 2?,4\nName a colour.,Blue.\n")
+    open_tab(page, "Model")
+    set_field(page, "model-path", str(tiny_llama))
+    open_tab(page, "Data")
+    set_field(page, "data-path", str(path))
+    page.get_by_role("button", name="Preview").click()
+    expect(page.locator("#data-summary")).to_contain_text("cannot tell the format from the columns")
+    page.get_by_text("Column mapping (when the file's names differ)").click()
+    for field, column in (("instruction", "Question Text"), ("output", "Answer")):
+        page.locator(f"#map-{field} input").click()
+        page.locator(f"#map-{field}").get_by_role("option", name=column, exact=True).click()
+    page.get_by_role("button", name="Preview").click()
+    expect(page.locator("#data-summary")).to_contain_text("2 rows · format alpaca")
+    expect(page.locator("#map-instruction input")).to_have_value("Question Text")

@@ -77,11 +77,32 @@ def test_data_command_prints_statistics_and_a_row(tmp_path, tiny_llama):
     done = launch("data", write_recipe(tmp_path, tiny_llama), f"data.path={data}", "train.max_length=160", "--row", "0")
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert "3 rows · format alpaca · template alpaca" in out
+    assert "Kept 3 of 4 rows (1 skipped) · format alpaca · template alpaca" in out
     assert "format alpaca detected from the columns" in out
-    assert "kept 3 of 4 rows; 1 skipped:\n  skipped d.jsonl:4: not valid JSON" in out
+    assert "\n  skipped d.jsonl:4: not valid JSON" in out
     assert "warning: Training would refuse this data: Too many malformed rows: 1 of 4" in out
     assert "max_length 160: 1 rows cut, 1 of them lose response tokens" in out
     assert "rows with nothing to learn: 1 · duplicate rows: 1" in out
     assert "<- cut at max_length" in out
     assert "[Hi!</s>]" in out, "trained tokens are bracketed, EOS included"
+
+
+def test_data_command_previews_a_data_file_given_for_a_recipe(tmp_path, tiny_llama):
+    data = tmp_path / "questions.csv"
+    data.write_text("Question Text,Answer\nWhat is 2 plus 2?,4\n")
+    done = launch("data", data, 'data.columns.instruction="Question Text"', "data.columns.output=Answer",
+                  f"model.name_or_path={tiny_llama}")
+    assert done.returncode == 0, done.stderr
+    assert (f"{data} is a data file, not a recipe: previewed with model {tiny_llama} and template alpaca "
+            "(the quickstart's model;") in done.stdout
+    assert f"To train on it: python launch.py train recipes/quickstart.yaml data.path={data}" in done.stdout
+    assert f"{data}: 1 rows · format alpaca · template alpaca · columns Question Text, Answer" in done.stdout
+    assert "[4</s>]" in done.stdout
+
+
+@pytest.mark.slow
+def test_data_command_previews_a_data_file_with_the_quickstart_model(tmp_path):
+    done = launch("data", SAMPLE_DATA)  # assembles the built-in model in this test's STUDIO_HOME (about a minute)
+    assert done.returncode == 0, done.stderr
+    assert "previewed with model builtin:gemma-3-270m and template alpaca" in done.stdout
+    assert "sample_instructions.jsonl: 370 rows · format alpaca" in done.stdout

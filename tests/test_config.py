@@ -90,3 +90,18 @@ def test_data_source_keys_load_from_a_recipe(tmp_path):
         load_recipe(write(tmp_path, "data:\n  text_unit: paragraph\n"))
     with pytest.raises(ConfigError, match=r"Unknown key 'data\.evalpath'.*Did you mean 'eval_path'"):
         load_recipe(write(tmp_path, "data:\n  evalpath: dev.jsonl\n"))
+
+
+def test_a_dotted_key_under_a_mapping_field_sets_one_entry():
+    cfg = apply_overrides(RunConfig(), ['data.columns.instruction="Question Text"', "data.columns.output=Answer"])
+    assert cfg.data.columns == {"instruction": "Question Text", "output": "Answer"}
+    cfg = apply_overrides(cfg, ["data.columns.output="])  # an empty value removes the entry
+    assert cfg.data.columns == {"instruction": "Question Text"}
+    whole = apply_overrides(RunConfig(), ["data.columns={prompt: Q, completion: A}"])
+    assert whole.data.columns == {"prompt": "Q", "completion": "A"}
+    with pytest.raises(ConfigError, match=r"Unknown key 'data\.colums'\. Did you mean 'columns'"):
+        apply_overrides(RunConfig(), ["data.colums.instruction=Q"])
+    with pytest.raises(ConfigError, match=r"Unknown key 'data\.columns\.instruction\.x': data\.columns holds plain"):
+        apply_overrides(RunConfig(), ["data.columns.instruction.x=Q"])
+    with pytest.raises(ConfigError, match=r"Unknown key 'data'\..*Valid keys here: .*name"):
+        apply_overrides(RunConfig(), ["data=x"])

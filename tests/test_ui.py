@@ -109,14 +109,37 @@ def test_data_tab_shows_detection_skipped_rows_and_both_sides_of_a_pair(client, 
     path.write_text("".join(__import__("json").dumps(p) + "\n" for p in pairs) + "{not json\n")
     summary, tokens, rejected, _, skipped, *_ = client.predict(
         api_name="/preview_data", row=0, model_name_or_path=str(tiny_llama), data_path=str(path))
-    assert "format **preference** · template **alpaca**" in summary
+    assert "**Kept 12 of 13 rows (1 skipped)** · format **preference** · template **alpaca**" in summary
     assert "Format **preference** detected from the columns" in summary
-    assert "Kept 12 of 13 rows; **1 malformed rows skipped**" in summary
+    assert "**1 malformed rows skipped**" in summary
     assert "rejected responses are not used" in summary
     assert "- `pairs.jsonl:13`: not valid JSON" in skipped
     assert rejected["visible"] is True, "the rejected side is shown for preference rows"
     trained = lambda box: "".join(item["token"] for item in box if item["class_or_confidence"].endswith("trained"))
     assert trained(tokens) == "Paris.</s>" and trained(rejected["value"]) == "Lyon.</s>"
+
+
+def test_the_mapping_dropdowns_list_the_loaded_files_columns_and_keep_the_choice(client, tiny_llama, tmp_path):
+    client, _ = client
+    path = tmp_path / "questions.csv"
+    path.write_text("Question Text,Answer\nWhat is 2 plus 2?,4\nName a colour.,Blue like the sky.\n")
+    fields = ("instruction", "input", "output", "prompt", "completion", "chosen", "rejected", "text", "messages")
+    choices = lambda update: [value for value, _ in update["choices"]]
+    # Before the mapping the format cannot be told: the dropdowns get the columns to fix that.
+    out = client.predict(api_name="/preview_data", row=0, model_name_or_path=str(tiny_llama), data_path=str(path))
+    summary, mapping = out[0], out[5:]
+    assert "cannot tell the format from the columns" in summary
+    assert len(mapping) == len(fields) and all(choices(m) == ["", "Question Text", "Answer"] for m in mapping)
+    out = client.predict(api_name="/preview_data", row=0, model_name_or_path=str(tiny_llama), data_path=str(path),
+                         data_columns_instruction="Question Text", data_columns_output="Answer")
+    assert out[0].startswith("**2 rows** · format **alpaca**")
+    chosen = dict(zip(fields, out[5:]))
+    assert chosen["instruction"]["value"] == "Question Text" and chosen["output"]["value"] == "Answer"
+    assert chosen["input"]["value"] == "" and choices(chosen["input"]) == ["", "Question Text", "Answer"]
+    out = client.predict(api_name="/preview_data", row=0, model_name_or_path=str(tiny_llama), data_path=str(path),
+                         data_columns_instruction="Question Text", data_columns_output="Answer", data_max_row_chars=19)
+    assert out[0].startswith("**Kept 1 of 2 rows (1 skipped)**")
+    assert "- `questions.csv:3`: row of 33 characters is over data.max_row_chars=19" in out[4]
 
 
 def test_launch_py_opens_the_studio(tmp_path):

@@ -8,7 +8,9 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
+from studio.config import DataConfig
 from studio.errors import StudioError
+from studio.preview import data_columns
 from studio.templates import GALLERY
 from studio.ui.form import config_from_form, named
 
@@ -22,7 +24,7 @@ TOKEN_COLOURS = {"trained": "#16a34a", "masked": "#9ca3af", "special, trained": 
 def build(studio, form: dict) -> dict:
     with gr.Row():
         with gr.Column(scale=2):
-            form["data.path"] = gr.Textbox(SAMPLE, label="Dataset", info="jsonl, json, csv, tsv, parquet, txt, a saved "
+            form["data.path"] = gr.Textbox(SAMPLE, label="Dataset", elem_id="data-path", info="jsonl, json, csv, tsv, parquet, txt, a saved "
                                            "datasets folder, a glob (data/*.jsonl), a hub dataset id; several: a, b")
             upload = gr.File(label="…or upload a file", file_types=[".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt"])
             with gr.Row():
@@ -35,19 +37,22 @@ def build(studio, form: dict) -> dict:
                                     placeholder="Summarize:\n{dialogue}\n---\nSummary: {summary}",
                                     info="The last field is the response; the others make the prompt.")
             form["data.train_on"] = gr.Radio(["responses", "all"], value="responses", label="Train on")
-            with gr.Accordion("Reading: hub split and subset, .txt documents, malformed rows", open=False):
+            with gr.Accordion("Reading: hub split and subset, .txt documents, malformed and huge rows", open=False):
                 with gr.Row():
                     form["data.split"] = gr.Textbox("train", label="Split", min_width=120)
                     form["data.subset"] = gr.Textbox("", label="Subset (hub)", min_width=120)
                     form["data.text_unit"] = gr.Radio(["auto", "line", "block"], value="auto",
                                                       label=".txt: one document per")
-                form["data.max_bad_fraction"] = gr.Number(0.1, minimum=0, maximum=1, label="Skip malformed rows up to "
-                                                          "this fraction (0: stop at the first)")
+                with gr.Row():
+                    form["data.max_bad_fraction"] = gr.Number(0.1, minimum=0, maximum=1, label="Skip malformed rows up "
+                                                              "to this fraction (0: stop at the first)")
+                    form["data.max_row_chars"] = gr.Number(DataConfig().max_row_chars, precision=0, minimum=1,
+                                                           label="Longest row in characters (longer: skipped)")
             with gr.Accordion("Column mapping (when the file's names differ)", open=False):
                 with gr.Row():
                     for name in MAPPED_FIELDS:
                         form[f"data.columns.{name}"] = gr.Dropdown([""], value="", label=name, allow_custom_value=True,
-                                                                   min_width=120)
+                                                                   min_width=120, elem_id=f"map-{name}")
             with gr.Row():
                 form["data.max_samples"] = gr.Number(0, precision=0, label="Max rows (0: all)")
                 form["data.eval_fraction"] = gr.Number(0.0, label="Eval fraction", minimum=0, maximum=0.5)
@@ -78,14 +83,18 @@ def wire(studio, form: dict, refs: dict) -> None:
     def show(row: int, *values):
         """Inputs: row number and the run form.
         Outputs: summary, token highlights, rejected-response highlights, histogram, skipped rows, mapping choices."""
+        chosen = [values[keys.index(f"data.columns.{name}")] for name in MAPPED_FIELDS]
         try:
-            p = studio.preview_data(config_from_form(keys, values), int(row or 0))
+            cfg = config_from_form(keys, values)
         except StudioError as exc:
             return f"⚠️ {exc}", None, gr.update(visible=False), None, "", *[gr.update() for _ in mapping]
-        choices = gr.update(choices=["", *p.columns])
+        try:
+            p = studio.preview_data(cfg, int(row or 0))
+        except StudioError as exc:  # e.g. a format not told from the columns: the mapping needs the columns most
+            return f"⚠️ {exc}", None, gr.update(visible=False), None, "", *_mapping_choices(cfg, None, chosen)
         rejected = gr.update(value=_highlights(p.rejected), visible=bool(p.rejected))
         return (_summary(p), _highlights(p.tokens), rejected, _histogram(p), _skipped(p),
-                *[choices for _ in mapping])
+                *_mapping_choices(cfg, p.columns, chosen))
 
     named(show, keys, ("row",))
     refs["upload"].upload(lambda f: f, refs["upload"], form["data.path"], api_visibility="private")
@@ -93,6 +102,16 @@ def wire(studio, form: dict, refs: dict) -> None:
     refs["custom"].change(lambda text: text or "auto", refs["custom"], form["data.template"], api_visibility="private")
     outputs = [refs["summary"], refs["tokens"], refs["rejected"], refs["histogram"], refs["skipped"], *mapping]
     refs["preview"].click(show, [refs["row"], *inputs], outputs, api_name="preview_data")
+
+
+def _mapping_choices(cfg, columns: list[str] | None, chosen: list[str]) -> list:
+    """The data's columns as choices of every mapping dropdown, each keeping its chosen value."""
+    if columns is None:
+        try:
+            columns = data_columns(cfg.data)
+        except StudioError:
+            return [gr.update() for _ in chosen]
+    return [gr.update(choices=list(dict.fromkeys(["", *columns, value or ""])), value=value or "") for value in chosen]
 
 
 def _summary(p) -> str:
@@ -103,10 +122,10 @@ def _summary(p) -> str:
     warnings += [f"⚠️ {st.fully_masked} rows have nothing to learn (all masked)"] if st.fully_masked else []
     warnings += [f"{st.duplicates} duplicate rows"] if st.duplicates else []
     warnings += [f"{st.identical_pairs} pairs have the same chosen and rejected response"] if st.identical_pairs else []
-    scope = f" (of the first {st.rows:,} rows)" if st.sampled else ""
+    scope = " (of the sample)" if st.sampled else ""
     row = (f"⚠️ Row {p.row} is skipped: {p.row_error}" if p.row_error
-           else f"Row {p.row}: {len(p.tokens)} tokens, {p.trained_tokens} trained")
-    return (f"**{p.rows} rows** · format **{p.format}** · template **{p.template}** · columns {', '.join(p.columns)}\n\n"
+           else f"Row {p.row}: {p.row_tokens:,} tokens, {p.trained_tokens:,} trained")
+    return (f"**{p.count_line}** · format **{p.format}** · template **{p.template}** · columns {', '.join(p.columns)}\n\n"
             + _reading(p)
             + f"Tokens{scope}: {st.tokens:,}, of which **{st.trained_tokens:,} trained** · {cut}"
             + ("  \n" + " · ".join(warnings) if warnings else "")
@@ -122,11 +141,9 @@ def _reading(p) -> str:
     else:
         lines = [f"Format **{p.format}** as set."]
     if p.skipped:
-        lines.append(f"⚠️ Kept {p.stats.rows:,} of {p.stats.rows + len(p.skipped):,} rows; **{len(p.skipped)} "
-                     "malformed rows skipped** (listed below).")
-    if not p.complete:
-        of = f" of {p.size / 2**20:,.1f} MB" if p.size else ""
-        lines.append(f"ℹ️ A sample: the preview read the first {p.rows:,} rows{of}; training reads all of it.")
+        lines.append(f"⚠️ **{len(p.skipped):,} malformed rows skipped** (listed below).")
+    if p.sample_note:
+        lines.append(f"ℹ️ {p.sample_note}")
     return "  \n".join(lines) + "\n\n"
 
 
