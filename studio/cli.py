@@ -19,11 +19,12 @@ from pathlib import Path
 
 from studio.errors import StudioError
 
-GGUF_CHOICES = ("f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k")
-FORMAT_CHOICES = ("adapter", "merged_16bit", "merged_4bit")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from studio.config import field_info
+
+    gguf_choices, format_choices = field_info("export.gguf").choices, field_info("export.formats").choices
     parser = argparse.ArgumentParser(prog="launch.py", description="Local LLM fine-tuning studio (headless commands).")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -42,10 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="Export a run: adapter, merged weights, verified GGUF files.")
     export.add_argument("run", help="Run folder or run name.")
-    export.add_argument("--gguf", nargs="*", default=None, choices=GGUF_CHOICES, metavar="TYPE",
-                        help=f"GGUF types to write and verify: {', '.join(GGUF_CHOICES)} (default: the run's export.gguf).")
-    export.add_argument("--formats", nargs="*", default=None, choices=FORMAT_CHOICES, metavar="FORMAT",
-                        help=f"Other exports: {', '.join(FORMAT_CHOICES)} (default: the run's export.formats).")
+    export.add_argument("--gguf", nargs="*", default=None, choices=gguf_choices, metavar="TYPE",
+                        help=f"GGUF types to write and verify: {', '.join(gguf_choices)} (default: the run's export.gguf).")
+    export.add_argument("--formats", nargs="*", default=None, choices=format_choices, metavar="FORMAT",
+                        help=f"Other exports: {', '.join(format_choices)} (default: the run's export.formats).")
 
     chat = sub.add_parser("chat", help="Chat with a run's model (streaming), or with a GGUF file.")
     chat.add_argument("run", nargs="?", help="Run folder or run name (omit with --gguf FILE alone).")
@@ -59,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("recipe", help="Path of a recipe, e.g. recipes/quickstart.yaml.")
     data.add_argument("overrides", nargs="*", help="Dotted overrides, e.g. data.path=my.jsonl data.template=chatml.")
     data.add_argument("--row", type=int, default=0, help="Row to show token by token (default 0).")
+
+    keys = sub.add_parser("keys", help="List every config key with its type, default and help.",
+                          description="Every key a recipe, an override (section.key=value) or the UI can set.")
+    keys.add_argument("section", nargs="?", default=None, help="Only this section: model, data, lora, train, "
+                      "generation or export.")
 
     runs = sub.add_parser("runs", help="List runs and their state.")
     runs.add_argument("--runs-dir", default="runs")
@@ -100,11 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = [*args.overrides, *extra]
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    if args.command != "runs":
+    if args.command not in ("runs", "keys"):
         _quiet_libraries()
     try:
         commands = {"train": cmd_train, "resume": cmd_resume, "export": cmd_export, "chat": cmd_chat, "data": cmd_data,
-                    "runs": cmd_runs, "bench": cmd_bench}
+                    "runs": cmd_runs, "bench": cmd_bench, "keys": cmd_keys}
         return commands[args.command](args)
     except StudioError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -345,6 +351,20 @@ def _bracket_trained(tokens: list[tuple[str, bool, bool]]) -> str:
             inside = trained
         out.append(piece)
     return "".join(out) + ("]" if inside else "")
+
+
+def cmd_keys(args) -> int:
+    import textwrap
+
+    from studio.config import config_fields, sections
+
+    if args.section and args.section not in sections():
+        raise StudioError(f"No section {args.section!r}; the sections are: {', '.join(sections())}.")
+    for info in config_fields(args.section):
+        default = list(info.default) if isinstance(info.default, tuple) else info.default
+        print(f"{info.key}  ({info.type_text()}; default {default!r})")
+        print(textwrap.fill(info.help, width=100, initial_indent="    ", subsequent_indent="    "))
+    return 0
 
 
 def cmd_runs(args) -> int:

@@ -66,6 +66,9 @@ def recipe_file_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name.strip()).strip("-") or "recipe"
 
 
+QUICKSTART = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.yaml"
+
+
 @dataclass
 class Studio:
     runs_dir: Path = Path("runs")
@@ -133,6 +136,25 @@ class Studio:
         from studio.runs import list_runs
 
         return list_runs(self.runs_dir)
+
+    def start_config(self) -> RunConfig:
+        """What the studio's form shows at first: the quickstart recipe."""
+        from studio.config import load_recipe
+
+        return load_recipe(QUICKSTART)
+
+    def recipe_choices(self) -> list[str]:
+        """The documented recipes and the ones saved from the studio."""
+        return [str(p) for folder in (QUICKSTART.parent, self.recipes_dir) if folder.is_dir()
+                for p in sorted(folder.rglob("*.yaml"))]
+
+    def load_recipe(self, path: str) -> RunConfig:
+        """A recipe for the form: only those listed by recipe_choices (the API reads no other file)."""
+        from studio.config import load_recipe
+
+        if path not in self.recipe_choices():
+            raise ConfigError(f"{path} is not one of the studio's recipes ({QUICKSTART.parent}/, {self.recipes_dir}/).")
+        return load_recipe(path)
 
     def run_states(self) -> list:
         """Every run with its true state (a run whose process died reads "interrupted")."""

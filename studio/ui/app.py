@@ -23,16 +23,17 @@ ASSETS = Path(__file__).resolve().parent.parent.parent / "assets"
 
 def build_app(studio: Studio) -> gr.Blocks:
     form: dict = {}
+    start = studio.start_config()  # the form starts as the quickstart recipe says
     with gr.Blocks(title="Fine-tuning studio", analytics_enabled=False) as app:
         gr.Markdown("## Fine-tuning studio\nModel → Data → Train → Chat → Export: a verified GGUF at the end.",
                     elem_id="header")
         with gr.Tabs() as tabs:
             with gr.Tab("Model", id="model"):
-                model = model_tab.build(studio, form)
+                model = model_tab.build(studio, form, start)
             with gr.Tab("Data", id="data"):
-                data = data_tab.build(studio, form)
+                data = data_tab.build(studio, form, start)
             with gr.Tab("Train", id="train") as train_page:
-                train = train_tab.build(studio, form)
+                train = train_tab.build(studio, form, start)
             with gr.Tab("Chat", id="chat") as chat_page:
                 chat = chat_tab.build(studio, form)
             with gr.Tab("Export", id="export") as export_page:
@@ -54,6 +55,7 @@ def build_app(studio: Studio) -> gr.Blocks:
         for tab in (train, export):
             app.load(*tab["poll"], api_visibility="private")
         app.load(*train["restore"], api_visibility="private")
+    app.form_keys = list(form)  # the config keys the page can set (tests check that none is missing)
     return app
 
 

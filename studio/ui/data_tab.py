@@ -8,55 +8,52 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from studio.config import DataConfig
+from studio.config import RunConfig
 from studio.errors import StudioError
 from studio.preview import data_columns
 from studio.templates import GALLERY
+from studio.ui.controls import control, more_settings
 from studio.ui.form import config_from_form, named
 
-SAMPLE = "assets/sample_instructions.jsonl"
 MAPPED_FIELDS = ("instruction", "input", "output", "prompt", "completion", "chosen", "rejected", "text", "messages")
-FORMATS = ["auto", "alpaca", "messages", "sharegpt", "prompt_completion", "preference", "text", "fields"]
 SHOWN_SKIPPED = 50  # malformed rows listed by name; the count covers all
 TOKEN_COLOURS = {"trained": "#16a34a", "masked": "#9ca3af", "special, trained": "#7c3aed", "special, masked": "#c4b5fd"}
 
 
-def build(studio, form: dict) -> dict:
+def build(studio, form: dict, start: RunConfig) -> dict:
     with gr.Row():
         with gr.Column(scale=2):
-            form["data.path"] = gr.Textbox(SAMPLE, label="Dataset", elem_id="data-path", info="jsonl, json, csv, tsv, parquet, txt, a saved "
-                                           "datasets folder, a glob (data/*.jsonl), a hub dataset id; several: a, b")
+            form["data.path"] = control("data.path", start, label="Dataset", elem_id="data-path")
             upload = gr.File(label="…or upload a file", file_types=[".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt"])
             with gr.Row():
-                form["data.format"] = gr.Dropdown(FORMATS, value="auto", label="Format",
-                                                  info="auto: detected from the columns (the summary says which)")
-                form["data.template"] = gr.Dropdown(["auto", "model", *GALLERY], value="auto", allow_custom_value=True,
-                                                    label="Prompt template", info="or a .jinja file, or a custom one below")
+                form["data.format"] = control("data.format", start)
+                form["data.template"] = control("data.template", start, label="Prompt template",
+                                                choices=["auto", "model", *GALLERY])
             with gr.Accordion("Custom template: a format string with named fields, or Jinja", open=False):
                 custom = gr.Textbox(lines=3, label="Custom template",
                                     placeholder="Summarize:\n{dialogue}\n---\nSummary: {summary}",
                                     info="The last field is the response; the others make the prompt.")
-            form["data.train_on"] = gr.Radio(["responses", "all"], value="responses", label="Train on")
+            form["data.train_on"] = control("data.train_on", start, radio=True)
             with gr.Accordion("Reading: hub split and subset, .txt documents, malformed and huge rows", open=False):
                 with gr.Row():
-                    form["data.split"] = gr.Textbox("train", label="Split", min_width=120)
-                    form["data.subset"] = gr.Textbox("", label="Subset (hub)", min_width=120)
-                    form["data.text_unit"] = gr.Radio(["auto", "line", "block"], value="auto",
-                                                      label=".txt: one document per")
+                    form["data.split"] = control("data.split", start, min_width=120)
+                    form["data.subset"] = control("data.subset", start, min_width=120)
+                    form["data.text_unit"] = control("data.text_unit", start, radio=True)
                 with gr.Row():
-                    form["data.max_bad_fraction"] = gr.Number(0.1, minimum=0, maximum=1, label="Skip malformed rows up "
-                                                              "to this fraction (0: stop at the first)")
-                    form["data.max_row_chars"] = gr.Number(DataConfig().max_row_chars, precision=0, minimum=1,
-                                                           label="Longest row in characters (longer: skipped)")
+                    form["data.max_bad_fraction"] = control("data.max_bad_fraction", start)
+                    form["data.max_row_chars"] = control("data.max_row_chars", start)
             with gr.Accordion("Column mapping (when the file's names differ)", open=False):
                 with gr.Row():
                     for name in MAPPED_FIELDS:
-                        form[f"data.columns.{name}"] = gr.Dropdown([""], value="", label=name, allow_custom_value=True,
+                        form[f"data.columns.{name}"] = gr.Dropdown([""], value=start.data.columns.get(name, ""),
+                                                                   label=name, allow_custom_value=True,
                                                                    min_width=120, elem_id=f"map-{name}")
             with gr.Row():
-                form["data.max_samples"] = gr.Number(0, precision=0, label="Max rows (0: all)")
-                form["data.eval_fraction"] = gr.Number(0.0, label="Eval fraction", minimum=0, maximum=0.5)
-                form["data.eval_path"] = gr.Textbox("", label="…or an eval file")
+                form["data.max_samples"] = control("data.max_samples", start)
+                form["data.eval_fraction"] = control("data.eval_fraction", start)
+                form["data.eval_path"] = control("data.eval_path", start, label="…or an eval file")
+            with gr.Accordion("More data settings", open=False):
+                more_settings(form, start, ("data",))
             with gr.Row():
                 row = gr.Number(0, precision=0, label="Row to show", minimum=0, elem_id="data-row")
                 preview = gr.Button("Preview", variant="primary")

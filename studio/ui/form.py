@@ -7,7 +7,7 @@ Each tab registers its form components under their dotted config keys
 
 from __future__ import annotations
 
-from studio.config import RunConfig, from_dict
+from studio.config import RunConfig, from_dict, value_at
 
 
 def config_from_form(keys: list[str], values: tuple) -> RunConfig:
@@ -30,11 +30,9 @@ def form_values(keys: list[str], cfg: RunConfig) -> list:
     """The value each form control shows for `cfg` (the inverse of config_from_form)."""
     values = []
     for key in keys:
-        node: object = cfg
-        *path, name = key.split(".")
-        for part in path:
-            node = getattr(node, part) if not isinstance(node, dict) else node.get(part)
-        value = node.get(name) if isinstance(node, dict) else getattr(node, name, None)
+        value = value_at(cfg, key)
+        if key.startswith("data.columns."):
+            value = value or ""  # an unmapped column: the empty choice
         values.append(list(value) if isinstance(value, tuple) else value)
     return values
 

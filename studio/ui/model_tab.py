@@ -7,22 +7,23 @@ import gradio as gr
 from studio.catalog import CATALOG
 from studio.errors import StudioError
 from studio.fit import check_fit
+from studio.config import RunConfig
+from studio.ui.controls import control, more_settings
 from studio.ui.form import config_from_form, named
 
 CUSTOM = "Other: hub id, local folder or .gguf file"
 
 
-def build(studio, form: dict) -> dict:
+def build(studio, form: dict, start: RunConfig) -> dict:
     hw = studio.hardware()
     with gr.Row():
         with gr.Column(scale=3):
             choice = gr.Dropdown([m.name + (" · instruct" if m.kind == "instruct" else " · base") for m in CATALOG]
                                  + [CUSTOM], value=_label(CATALOG[0]), label="Model")
-            form["model.name_or_path"] = gr.Textbox(CATALOG[0].source, label="Model path or hub id",
-                                                    info="A catalog pick fills this in; or type a folder, a .gguf file or a hub id.",
-                                                    elem_id="model-path")
-            form["model.load_in"] = gr.Radio(["16bit", "8bit", "4bit"], value="16bit", label="Load weights in",
-                                             info="4bit (nf4) + LoRA is QLoRA: about a quarter of the memory.")
+            form["model.name_or_path"] = control("model.name_or_path", start, elem_id="model-path")
+            form["model.load_in"] = control("model.load_in", start, radio=True)
+            with gr.Accordion("More: compute dtype, running a model's own code, pickle weights", open=False):
+                more_settings(form, start, ("model",))
             load = gr.Button("Check model", variant="secondary")
         with gr.Column(scale=2):
             gr.Markdown(f"**Hardware** · {hw['device']} · {hw['total_gib']:.1f} GiB "

@@ -8,32 +8,35 @@ from __future__ import annotations
 
 import gradio as gr
 
-from studio.config import recipe_text
+from studio.config import RunConfig, recipe_text
 from studio.errors import StudioError
 from studio.ui import live
+from studio.ui.controls import control, more_settings
 from studio.ui.form import config_from_form, form_values, named
 
 
-def build(studio, form: dict) -> dict:
+def build(studio, form: dict, start: RunConfig) -> dict:
+    """The Train tab, its form controls showing `start` (the quickstart recipe, or a recipe picked here)."""
     with gr.Row():
         with gr.Column(scale=2):
-            form["name"] = gr.Textbox("quickstart", label="Run name", elem_id="run-name")
+            recipe = gr.Dropdown(studio.recipe_choices(), value=None, label="Load a recipe into the form",
+                                 elem_id="recipe-picker", info="Every tab's settings are set from the recipe.")
+            form["name"] = control("name", start, elem_id="run-name")
             with gr.Row():
-                form["train.method"] = gr.Dropdown(["sft"], value="sft", label="Method")
-                form["lora.enabled"] = gr.Radio([("LoRA / QLoRA", True), ("Full fine-tuning", False)], value=True,
-                                                label="Train")
+                form["train.method"] = control("train.method", start)
+                form["lora.enabled"] = control("lora.enabled", start)
             with gr.Row():
-                form["lora.r"] = gr.Number(16, precision=0, label="LoRA rank r")
-                form["lora.alpha"] = gr.Number(16, precision=0, label="LoRA alpha")
+                form["lora.r"] = control("lora.r", start)
+                form["lora.alpha"] = control("lora.alpha", start)
             with gr.Row():
-                form["train.max_steps"] = gr.Number(60, precision=0, label="Max steps (0: epochs)", elem_id="max-steps")
-                form["train.batch_size"] = gr.Number(4, precision=0, label="Batch size")
-                form["train.grad_accum"] = gr.Number(1, precision=0, label="Grad accumulation")
+                form["train.max_steps"] = control("train.max_steps", start, elem_id="max-steps")
+                form["train.batch_size"] = control("train.batch_size", start)
+                form["train.grad_accum"] = control("train.grad_accum", start)
             with gr.Row():
-                form["train.learning_rate"] = gr.Number(3e-4, label="Learning rate", elem_id="learning-rate")
-                form["train.max_length"] = gr.Number(256, precision=0, label="Max length")
-            with gr.Accordion("Advanced", open=False):
-                _advanced(form)
+                form["train.learning_rate"] = control("train.learning_rate", start, elem_id="learning-rate")
+                form["train.max_length"] = control("train.max_length", start)
+            with gr.Accordion("Advanced: every other training, chat and export setting of the recipe", open=False):
+                more_settings(form, start, ("train", "lora", "generation", "export"))
             with gr.Row():
                 start = gr.Button("Start", variant="primary", elem_id="train-start")
                 stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
@@ -58,38 +61,10 @@ def build(studio, form: dict) -> dict:
             memory = gr.Markdown(elem_id="memory-panel")
             memory_plot = gr.LinePlot(x="seconds", y="GiB", color="series", title="Memory", height=200,
                                       elem_id="memory-plot")
-    return {"start": start, "stop": stop, "resume_run": resume_run, "train_to": train_to, "resume": resume,
+    return {"recipe": recipe, "start": start, "stop": stop, "resume_run": resume_run, "train_to": train_to, "resume": resume,
             "show": show, "save": save,
             "command": command, "notice": notice, "status": status, "progress": progress, "loss": loss, "lr": lr, "memory": memory,
             "memory_plot": memory_plot, "timer": gr.Timer(live.IDLE_POLL_S)}
-
-
-def _advanced(form: dict) -> None:
-    with gr.Row():
-        form["train.warmup_steps"] = gr.Number(5, precision=0, label="Warm-up steps")
-        form["train.scheduler"] = gr.Dropdown(["linear", "cosine", "constant", "constant_with_warmup"], value="linear",
-                                              label="Scheduler")
-        form["train.optimizer"] = gr.Dropdown(["auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "sgd"],
-                                              value="auto", label="Optimizer")
-    with gr.Row():
-        form["train.weight_decay"] = gr.Number(0.01, label="Weight decay")
-        form["train.seed"] = gr.Number(3407, precision=0, label="Seed")
-        form["lora.dropout"] = gr.Number(0.0, label="LoRA dropout")
-    with gr.Row():
-        form["train.packing"] = gr.Checkbox(False, label="Packing")
-        form["train.gradient_checkpointing"] = gr.Checkbox(False, label="Gradient checkpointing")
-        form["lora.use_rslora"] = gr.Checkbox(False, label="rsLoRA")
-        form["lora.use_dora"] = gr.Checkbox(False, label="DoRA")
-    with gr.Row():
-        form["train.offload_activations"] = gr.Checkbox(
-            False, label="Offload activations to CPU memory", info="CUDA: long rows in less GPU memory, a little slower")
-        form["train.cpu_embeddings"] = gr.Checkbox(
-            False, label="Input embeddings in CPU memory", info="CUDA, LoRA: ~1 GiB less on 8B models, slower steps")
-        form["train.kernels"] = gr.Dropdown(["auto", "liger", "none"], value="auto", label="Fused kernels",
-                                            info="Liger Kernel's RMSNorm, RoPE and SwiGLU on CUDA")
-    with gr.Row():
-        form["train.save_steps"] = gr.Number(20, precision=0, label="Checkpoint every")
-        form["train.eval_steps"] = gr.Number(20, precision=0, label="Eval every")
 
 
 def wire(studio, form: dict, refs: dict) -> None:
@@ -150,6 +125,14 @@ def wire(studio, form: dict, refs: dict) -> None:
         cfg = studio.run_config(snap.name)
         return (*form_values(keys, cfg), gr.update(interactive=False))
 
+    def load(recipe: str):
+        """Inputs: a recipe file. Outputs: every form control set from it, a notice."""
+        try:
+            cfg = studio.load_recipe(recipe)
+        except StudioError as exc:
+            return (*[gr.skip()] * len(keys), f"⚠️ {exc}")
+        return (*form_values(keys, cfg), f"Loaded **{recipe}** into the form.")
+
     def runs():
         """Inputs: none. Outputs: the runs that can be resumed, each with its state."""
         return gr.update(choices=[(f"{state.run_dir.name} · {state.state}", str(state.run_dir))
@@ -170,4 +153,5 @@ def wire(studio, form: dict, refs: dict) -> None:
     refs["timer"].tick(poll, shown, outputs, api_name="training_snapshot", show_progress="hidden")
     refs["poll"] = (poll, shown, outputs)
     refs["restore"] = (restore, None, [*inputs, refs["start"]])
+    refs["recipe"].input(load, refs["recipe"], [*inputs, refs["notice"]], api_name="load_recipe")
     refs["refresh"] = (runs, [refs["resume_run"]])
