@@ -303,12 +303,13 @@ def load_recipe(path: str | Path, overrides: typing.Sequence[str] = ()) -> RunCo
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections (model:, data:, ...), not {type(raw).__name__}.")
-    return apply_overrides(from_dict(raw, source=str(path)), overrides)
+    # Rules between fields are checked once the overrides are in: an override may be what satisfies them.
+    return apply_overrides(_build(RunConfig, raw, prefix="", source=str(path)), overrides)
 
 
 def from_dict(raw: dict, source: str = "config") -> RunConfig:
     """Build a RunConfig from nested plain data, checking every key, type and bound."""
-    return _build(RunConfig, raw, prefix="", source=source)
+    return _check_rules(_build(RunConfig, raw, prefix="", source=source), source)
 
 
 def apply_overrides(cfg: RunConfig, overrides: typing.Sequence[str]) -> RunConfig:
@@ -327,7 +328,7 @@ def apply_overrides(cfg: RunConfig, overrides: typing.Sequence[str]) -> RunConfi
         except yaml.YAMLError:
             parsed = value
         _set_dotted(data, key.strip().split("."), parsed)
-    return _build(RunConfig, data, prefix="", source="override")
+    return _check_rules(_build(RunConfig, data, prefix="", source="override"), "override")
 
 
 def _set_dotted(data: dict, parts: list[str], value: Any) -> None:
@@ -448,6 +449,20 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
             kwargs[name] = _coerce(raw[name], hint, f"{prefix}{name}", source)
             _check_bounds(cls, name, kwargs[name], f"{prefix}{name}", source)
     return cls(**kwargs)
+
+
+def _check_rules(cfg: RunConfig, source: str) -> RunConfig:
+    """Rules between fields, checked wherever a config is made (recipe, override, UI form)."""
+    if cfg.data.eval_path and cfg.data.eval_fraction:
+        raise ConfigError(f"{source}: data.eval_path and data.eval_fraction are alternatives: set "
+                          "data.eval_fraction=0 to evaluate on the eval file, or leave data.eval_path empty.")
+    if not cfg.lora.enabled and cfg.model.load_in != "16bit":
+        raise ConfigError(f"{source}: full fine-tuning needs 16-bit weights, but model.load_in is "
+                          f"{cfg.model.load_in}. Set lora.enabled=true (QLoRA) or model.load_in=16bit.")
+    if cfg.train.early_stopping and not (cfg.data.eval_fraction or cfg.data.eval_path):
+        raise ConfigError(f"{source}: train.early_stopping needs eval data: set data.eval_fraction (e.g. 0.1) or "
+                          "data.eval_path, or set train.early_stopping=0.")
+    return cfg
 
 
 def _check_bounds(cls: type, name: str, value: Any, key: str, source: str) -> None:

@@ -276,9 +276,6 @@ def _as_skipped(row: Row, exc: Exception) -> Skipped:
 
 def build_dataset(cfg: DataConfig, tokenizer, template: Template, max_length: int) -> BuiltDataset:
     """Read, shuffle, tokenize and split; skip malformed rows; refuse data that would teach nothing."""
-    if cfg.eval_path and cfg.eval_fraction:
-        raise DataError("data.eval_path and data.eval_fraction are alternatives: set data.eval_fraction=0 to "
-                        "evaluate on the eval file, or leave data.eval_path empty.")
     loaded = load_rows(cfg)
     rows = list(loaded.rows)
     random.Random(cfg.shuffle_seed).shuffle(rows)

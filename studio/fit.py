@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from studio.catalog import Shape, find
-from studio.config import RunConfig, apply_overrides
+from studio.config import RunConfig, replace_section
 
 GIB = 1024**3
 WEIGHT_BYTES = {"16bit": 2.0, "8bit": 1.06, "4bit": 0.52}  # 4bit: nf4 plus double-quantized scales
@@ -128,20 +128,20 @@ def advice(shape: Shape, cfg: RunConfig, est: FitEstimate, on_gpu: bool) -> str:
         return f"Fits: {head}."
     tips = []
     if cfg.model.load_in != "4bit" and cfg.lora.enabled:
-        four = estimate_fit(shape, apply_overrides(cfg, ["model.load_in=4bit"]), est.available_gib, on_gpu)
+        four = estimate_fit(shape, replace_section(cfg, "model", load_in="4bit"), est.available_gib, on_gpu)
         tips.append(f"4-bit loading (≈{four.total_gib:.1f} GiB)")
     if not cfg.train.gradient_checkpointing:
-        ckpt = estimate_fit(shape, apply_overrides(cfg, ["train.gradient_checkpointing=true"]), est.available_gib, on_gpu)
+        ckpt = estimate_fit(shape, replace_section(cfg, "train", gradient_checkpointing=True), est.available_gib, on_gpu)
         tips.append(f"gradient checkpointing (≈{ckpt.total_gib:.1f} GiB)")
     elif on_gpu and not cfg.train.offload_activations:
-        offload = estimate_fit(shape, apply_overrides(cfg, ["train.offload_activations=true"]), est.available_gib, on_gpu)
+        offload = estimate_fit(shape, replace_section(cfg, "train", offload_activations=True), est.available_gib, on_gpu)
         tips.append(f"activation offload to CPU memory (≈{offload.total_gib:.1f} GiB)")
     if on_gpu and cfg.lora.enabled and not cfg.train.cpu_embeddings and not shape.tied_embeddings:
-        table = estimate_fit(shape, apply_overrides(cfg, ["train.cpu_embeddings=true"]), est.available_gib, on_gpu)
+        table = estimate_fit(shape, replace_section(cfg, "train", cpu_embeddings=True), est.available_gib, on_gpu)
         tips.append(f"input embeddings in CPU memory (≈{table.total_gib:.1f} GiB)")
     if cfg.train.max_length > 256:
         half = cfg.train.max_length // 2
-        short = estimate_fit(shape, apply_overrides(cfg, [f"train.max_length={half}"]), est.available_gib, on_gpu)
+        short = estimate_fit(shape, replace_section(cfg, "train", max_length=half), est.available_gib, on_gpu)
         tips.append(f"max length {half} (≈{short.total_gib:.1f} GiB)")
     verdict = "Tight" if est.verdict == "tight" else "Does not fit"
     return f"{verdict}: {head}." + (f" Try {', or '.join(tips)}." if tips else "")

@@ -64,7 +64,6 @@ def _train(run_dir: Path, sink: Sink, stop: threading.Event, checkpoint: Path | 
     sink(Event("start", message=f"{'Resuming' if checkpoint else 'Starting'} {run_dir.name}", max_steps=cfg.train.max_steps))
     model = trainer = watch = None
     try:
-        _check_method(cfg)
         sink(Event("stage", message=f"Loading {cfg.model.name_or_path} ({cfg.model.load_in})"))
         model, tokenizer = load_for_training(cfg, note=lambda text: sink(Event("stage", message=text)))
         template = _run_template(run_dir, cfg, tokenizer)
@@ -177,14 +176,6 @@ def scoring_only_trained_positions():
         yield
     finally:
         trl_utils._use_triton = decide
-
-
-def _check_method(cfg: RunConfig) -> None:
-    if not cfg.lora.enabled and cfg.model.load_in != "16bit":
-        raise ConfigError(
-            f"Full fine-tuning needs 16-bit weights, but model.load_in is {cfg.model.load_in}. "
-            "Set lora.enabled=true (QLoRA) or model.load_in=16bit."
-        )
 
 
 def _run_template(run_dir: Path, cfg: RunConfig, tokenizer) -> Template:
@@ -311,8 +302,8 @@ def early_stopping_options(cfg: RunConfig, has_eval: bool, sink: Sink) -> dict:
     """
     t = cfg.train
     if t.early_stopping and not has_eval:
-        raise ConfigError("train.early_stopping needs eval data: set data.eval_fraction (e.g. 0.1) or "
-                          "data.eval_path, or set train.early_stopping=0.")
+        raise ConfigError("train.early_stopping needs eval rows, but the eval split is empty: raise "
+                          "data.eval_fraction or give data.eval_path.")
     if not has_eval:
         return {}
     options = {"metric_for_best_model": "eval_loss", "greater_is_better": False}

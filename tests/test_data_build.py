@@ -71,8 +71,10 @@ def test_a_separate_eval_file_replaces_eval_fraction(tok, tmp_path):
     built = build(tok, path=train, eval_path=evaluation)
     assert (len(built.train), len(built.eval)) == (12, 3)
     assert "100 plus 100" in built.eval[0].text
-    with pytest.raises(DataError, match="data.eval_path and data.eval_fraction are alternatives"):
-        build(tok, path=train, eval_path=evaluation, eval_fraction=0.2)
+    from studio.config import ConfigError, RunConfig, apply_overrides
+
+    with pytest.raises(ConfigError, match="data.eval_path and data.eval_fraction are alternatives"):
+        apply_overrides(RunConfig(), [f"data.path={train}", f"data.eval_path={evaluation}", "data.eval_fraction=0.2"])
     chat = write(tmp_path / "chat.jsonl", [json.dumps({"prompt": "a", "completion": "b"})])
     with pytest.raises(DataError, match="holds prompt_completion rows, but the training data is alpaca"):
         build(tok, path=train, eval_path=chat)

@@ -87,7 +87,7 @@ def test_bad_inputs_fail_with_named_errors_and_a_failed_status(tiny_llama, tmp_p
         train_tiny(tiny_config(tiny_llama, tmp_path, f"data.path={bad}"))
     with pytest.raises(ConfigError, match="no module named wq_proj"):
         train_tiny(tiny_config(tiny_llama, tmp_path, "lora.target_modules=[wq_proj]"))
-    with pytest.raises(ConfigError, match="Full fine-tuning needs 16-bit weights"):
+    with pytest.raises(ConfigError, match="full fine-tuning needs 16-bit weights"):
         train_tiny(tiny_config(tiny_llama, tmp_path, "lora.enabled=false", "model.load_in=4bit"))
     states = {read_status(p.parent)["state"] for p in tmp_path.glob("*/config.yaml")}
     assert states == {"failed"}
