@@ -96,32 +96,6 @@ class Studio:
         return {"device": "CPU only", "gpu": False, "available_gib": snap.ram_total - snap.ram_used,
                 "total_gib": snap.ram_total, "ram_total_gib": snap.ram_total}
 
-    def describe_model(self, name_or_path: str) -> str:
-        """A short description of a model from its config and tokenizer (weights are not loaded)."""
-        from transformers import AutoConfig
-
-        from studio.fit import parameter_counts, shape_of
-        from studio.models import hf_folder, hub_access, load_error, load_tokenizer, refuse_unsafe_files
-
-        source = hf_folder(name_or_path)
-        refuse_unsafe_files(source, trust_remote_code=False)  # its message names the setting that allows it
-        try:
-            with hub_access(source):
-                config = AutoConfig.from_pretrained(source, trust_remote_code=False)
-        except (OSError, ValueError) as exc:
-            if isinstance(source, str) and "trust_remote_code" not in str(exc):  # a hub id that cannot be read
-                raise ModelLoadError(
-                    f"Cannot read {name_or_path} from the model hub: the hub is not reachable from here, or the id "
-                    "is wrong, and the model is not in the local cache. Pick builtin:gemma-3-270m, a local folder "
-                    "or a .gguf file, or download the model where there is a network and give its folder.") from None
-            raise load_error(name_or_path, exc) from None
-        tokenizer = load_tokenizer(name_or_path)
-        shape = shape_of(str(source)) or shape_of(name_or_path)
-        size = f"{sum(parameter_counts(shape)) / 1e6:,.0f}M parameters · " if shape else ""
-        template = "its own chat template" if tokenizer.chat_template else "no chat template (a base model: Alpaca is used)"
-        return (f"**Ready**: {config.architectures[0] if config.architectures else config.model_type} · {size}"
-                f"vocabulary {len(tokenizer):,} · {template}")
-
     def preview_data(self, cfg: RunConfig, row: int):
         """The Data tab's preview of `cfg.data` with the model's tokenizer and the chosen template."""
         from studio.models import load_tokenizer

@@ -273,8 +273,8 @@ import sys
 from studio.config import ModelConfig
 from studio.errors import StudioError
 from studio.models import load_model
-from studio.services import Studio
-for attempt in (lambda: load_model(ModelConfig(name_or_path=sys.argv[1])), lambda: Studio().describe_model(sys.argv[1])):
+from studio.model_info import describe_model
+for attempt in (lambda: load_model(ModelConfig(name_or_path=sys.argv[1])), lambda: describe_model(sys.argv[1])):
     try:
         attempt()
         print("LOADED")

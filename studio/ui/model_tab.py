@@ -7,6 +7,7 @@ import gradio as gr
 from studio.catalog import CATALOG
 from studio.errors import StudioError
 from studio.fit import check_fit
+from studio.model_info import describe_model
 from studio.config import RunConfig
 from studio.ui.controls import control, more_settings
 from studio.ui.form import config_from_form, named
@@ -58,7 +59,7 @@ def wire(studio, form: dict, refs: dict) -> None:
         """Inputs: model path. Outputs: what the model is (loads config and tokenizer, not the weights)."""
         progress(0.1, desc="Preparing the model files (first use of a GGUF dequantizes it once)")
         try:
-            return studio.describe_model(name_or_path)
+            return _description(describe_model(name_or_path))
         except StudioError as exc:
             return f"⚠️ {exc}"
 
@@ -70,6 +71,12 @@ def wire(studio, form: dict, refs: dict) -> None:
         form[key].change(estimate, inputs, refs["fit"], api_visibility="private")
     refs["load"].click(check, form["model.name_or_path"], refs["info"], api_name="check_model")
     refs["fit_event"] = estimate
+
+
+def _description(info) -> str:
+    size = f"{info.parameters / 1e6:,.0f}M parameters · " if info.parameters else ""
+    template = "its own chat template" if info.has_chat_template else "no chat template (a base model: Alpaca is used)"
+    return f"**Ready**: {info.architecture} · {size}vocabulary {info.vocabulary:,} · {template}"
 
 
 def _label(model) -> str:
