@@ -155,7 +155,7 @@ def _train(run_dir: Path, resume: bool, changes: list[str] = ()) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    print(f"\n{result.state} at step {result.step}. Next:")
+    print(f"\n{result.state} at step {result.step}. {result.health}\nNext:")
     if result.state == "stopped":
         print(f"  python launch.py resume {run_dir}")
     if result.state == "diverged":

@@ -67,7 +67,11 @@ def training_view(snap) -> tuple:
 
 def _status(snap, last: Event | None) -> str:
     state = getattr(snap.result, "state", None) or snap.state
-    text = f"{STATE_HEAD.get(state, state)} **{snap.name}**"
+    warnings = [e.message for e in snap.events if e.kind == "warning"]
+    head = STATE_HEAD.get(state, state)
+    if state == "completed" and warnings:
+        head = f"⚠️ Completed with {len(warnings)} warning{'s' * (len(warnings) > 1)}"
+    text = f"{head} **{snap.name}**"
     if last is not None:
         text += f" · step {last.step}/{last.max_steps} · loss {_number(last.loss)}"
         if last.tokens_per_second:
@@ -77,7 +81,6 @@ def _status(snap, last: Event | None) -> str:
     else:
         stages = [e.message for e in snap.events if e.kind == "stage"]
         text += f" · {stages[-1]}" if stages else ""
-    warnings = [e.message for e in snap.events if e.kind == "warning"]
     for warning in warnings[-3:]:
         text += f"\n\n⚠️ {warning}"
     ends = [e for e in snap.events if e.kind == "end"]
