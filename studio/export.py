@@ -197,7 +197,7 @@ def _export_ggufs(merged, cfg, template, gguf_types, out_dir, work, prefix, veri
         report = verify_gguf(tmp, gguf_type, references, tokenizer, template)
         report.quantizer = quantizer
         if report.fine_tune_lost:
-            report.use_instead = _closest_type_that_kept(gguf_type, result.reports)
+            report.use_instead = closest_type_that_kept(gguf_type, result.reports)
         final = out_dir / tmp.name
         report.path = str(final)
         report.save(out_dir / f"{prefix}-{gguf_type}.report.json")
@@ -212,7 +212,7 @@ def _export_ggufs(merged, cfg, template, gguf_types, out_dir, work, prefix, veri
             result.files.append(write_modelfile(final, template, tokenizer))
 
 
-def _closest_type_that_kept(gguf_type: str, reports: list[GgufReport]) -> str:
+def closest_type_that_kept(gguf_type: str, reports: list[GgufReport]) -> str:
     """The least precise of the more precise types that passed in this export; else q8_0 (or f16 above it)."""
     rank = GGUF_PRECISION.index
     kept = [r.gguf_type for r in reports if r.passed and rank(r.gguf_type) > rank(gguf_type)]
