@@ -151,8 +151,8 @@ def refuse_non_finite(model, run_dir: Path) -> None:
         shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
         raise ExportError(
             f"{run_dir.name}: {len(bad)} of the merged weight tensors hold NaN or Inf values ({shown}): the run "
-            "diverged. Nothing was exported. Retrain with a lower train.learning_rate (and train.max_grad_norm > 0), "
-            "or export an earlier checkpoint of the run."
+            "diverged. No merged or GGUF file was written. Retrain with a lower train.learning_rate (and "
+            "train.max_grad_norm > 0), or export an earlier checkpoint of the run."
         )
 
 
@@ -182,7 +182,6 @@ def _export_ggufs(merged, cfg, template, gguf_types, out_dir, work, prefix, veri
     # Most precise first: a type that loses the fine-tune can then name the closest one that kept it.
     for gguf_type in sorted(gguf_types, key=GGUF_PRECISION.index, reverse=True):
         tmp = work / f"{prefix}-{gguf_type}.gguf"
-        quantizer = {}
         if gguf_type in CONVERTER_TYPES:
             sink(Event("stage", message=f"Converting to GGUF {gguf_type} (llama.cpp converter)"))
             convert_to_gguf(merged, tmp, gguf_type, fallback)
@@ -195,7 +194,6 @@ def _export_ggufs(merged, cfg, template, gguf_types, out_dir, work, prefix, veri
             quantize_gguf(f16, tmp, gguf_type)
         sink(Event("stage", message=f"Verifying {gguf_type} in llama.cpp"))
         report = verify_gguf(tmp, gguf_type, references, tokenizer, template)
-        report.quantizer = quantizer
         if report.fine_tune_lost:
             report.use_instead = closest_type_that_kept(gguf_type, result.reports)
         final = out_dir / tmp.name

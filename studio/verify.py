@@ -69,7 +69,6 @@ class GgufReport:
     checks: list[Check] = field(default_factory=list)
     samples: list[dict] = field(default_factory=list)
     use_instead: str = ""  # the type to export when this one lost the fine-tune
-    quantizer: dict = field(default_factory=dict)  # tensor types asked of llama.cpp's quantizer beyond ftype
 
     @property
     def state(self) -> str:

@@ -43,6 +43,15 @@ def test_files_hold_the_types_asked_for(exported):
     assert not (out / ".work").exists() and not list(out.glob("*.part"))
 
 
+def test_the_quantizer_keeps_named_tensors_at_another_type(exported, tmp_path):
+    from studio.gguf_tools import quantize_gguf
+
+    target = tmp_path / "q4_k_m-ffn-q8.gguf"
+    quantize_gguf(exported.out_dir / "tiny-f16.gguf", target, "q4_k_m", {"ffn_.*": "Q8_0"})
+    counts = tensor_type_counts(target)
+    assert counts["Q8_0"] == 6 and counts["Q4_K"] + counts.get("Q6_K", 0) == 10, counts  # 3 MLP matrices x 2 layers
+
+
 def test_merged_exports_load_and_hold_the_template(exported, trained_run):
     from studio.config import ModelConfig
     from studio.models import load_model

@@ -115,12 +115,9 @@ def report_card(report: dict) -> str:
     rows = "\n".join(f"| {STATUS_ICON[c['status']]} {c['name']} | {_cell(c['detail'])} |" for c in report["checks"])
     samples = "\n".join(f"| {_cell(s['prompt'][:80])} | {_cell(repr(s['hf']))} | {_cell(repr(s.get('base', '')))} | "
                         f"{_cell(repr(s['gguf']))} | {s['matching_tokens']}/{s['of']} |" for s in report.get("samples", []))
-    quantizer = report.get("quantizer") or {}
-    kept_apart = ("\n\nKept at higher precision by the quantizer: "
-                  + ", ".join(f"`{pattern}` → {kind}" for pattern, kind in quantizer.items())) if quantizer else ""
     return (f'<div class="report-headline report-{state}" style="{HEADLINE_STYLE[state]}">'
             f"{STATE_ICON[state]} {html.escape(headline)}</div>\n\n"
-            f"**{Path(report['path']).name}** · {report['size_bytes'] / 2**20:.1f} MiB{kept}{kept_apart}\n\n"
+            f"**{Path(report['path']).name}** · {report['size_bytes'] / 2**20:.1f} MiB{kept}\n\n"
             f"| check | result |\n|---|---|\n{rows}\n\n"
             f"| prompt | fine-tuned (HF) | base (HF) | GGUF | same tokens as fine-tuned |\n|---|---|---|---|---|\n{samples}")
 
