@@ -199,12 +199,18 @@ def cmd_export(args) -> int:
     formats = tuple(args.formats) if args.formats is not None else cfg.export.formats
     started = time.time()
     result = export_run(run_dir, gguf, formats, ConsoleSink(), cfg.export.verify_tokens)
+    if result.reports:
+        print("\nReport cards:")
+    colour = {"passed": "32", "warnings": "33", "failed": "31"} if sys.stdout.isatty() else {}
+    for report in result.reports:
+        headline = f"{Path(report.path).name}: {report.headline}"
+        if report.state in colour:
+            headline = f"\033[{colour[report.state]}m{headline}\033[0m"
+        kept = "" if report.passed else " (not kept; see its .report.json)"
+        print(f"  {headline}{kept}")
     print(f"\nExported in {time.time() - started:.0f} s to {result.out_dir}:")
     for path in result.files:
         print(f"  {path}")
-    for report in result.reports:
-        if not report.passed:
-            print(f"  {Path(report.path).name} FAILED verification and was not kept; see its .report.json")
     return 0 if result.passed else 1
 
 

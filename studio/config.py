@@ -181,15 +181,17 @@ class GenerationConfig:
     seed: int = _f(0, "Sampling seed.")
 
 
-GgufType = Literal["f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k"]
-
-
 @dataclass(frozen=True)
 class ExportConfig:
     formats: tuple[Literal["adapter", "merged_16bit", "merged_4bit"], ...] = _f(
         (), "Non-GGUF exports: adapter, merged_16bit, merged_4bit."
     )
-    gguf: tuple[GgufType, ...] = _f(("q4_k_m",), "GGUF types: f16, bf16, q8_0, q4_k_m, q5_k_m, q6_k.")
+    gguf: tuple[Literal["auto", "f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k"], ...] = _f(
+        ("auto",),
+        "GGUF types: f16, bf16, q8_0, q4_k_m, q5_k_m, q6_k, or auto: q8_0 for models under 1B parameters (4-bit "
+        "loses a small model's fine-tune), q4_k_m from 1B. Each file's report card says whether the fine-tune "
+        "survived.",
+    )
     verify_tokens: int = _f(16, "Greedy tokens compared between llama.cpp and the HF model per prompt.")
     ollama_modelfile: bool = _f(True, "Write an Ollama Modelfile beside each GGUF.")
 

@@ -11,6 +11,7 @@ Run as:  python launch.py export runs/<run> --gguf q4_k_m f16
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass, field, replace
@@ -19,10 +20,11 @@ from pathlib import Path
 from studio.config import ModelConfig, RunConfig
 from studio.errors import DiskSpaceError, ExportError
 from studio.events import Event, Sink
-from studio.gguf_tools import CONVERTER_TYPES, QUANTIZER_FTYPES, convert_to_gguf, quantize_gguf
+from studio.gguf_tools import CONVERTER_TYPES, GGUF_PRECISION, QUANTIZER_FTYPES, convert_to_gguf, quantize_gguf
 from studio.hardware import GIB, free_accelerator_memory
 from studio.models import count_parameters, hf_folder, load_model
 from studio.ollama import write_modelfile
+from studio.references import reference_answers
 from studio.runs import load_run_config, lock_run, read_template, weights_dir
 from studio.templates import Template, stop_token_ids
 from studio.verify import GgufReport, verify_gguf
@@ -30,6 +32,7 @@ from studio.verify import GgufReport, verify_gguf
 # Bytes per parameter of each output, for the disk preflight (k-quants are mixes).
 BYTES_PER_PARAM = {"merged_16bit": 2.0, "merged_4bit": 0.6, "f16": 2.0, "bf16": 2.0, "q8_0": 1.07,
                    "q4_k_m": 0.62, "q5_k_m": 0.72, "q6_k": 0.83}
+SMALL_MODEL_PARAMS = 1_000_000_000  # below this, "auto" exports q8_0
 
 
 @dataclass
@@ -51,6 +54,7 @@ def export_run(run_dir: Path, gguf_types=(), formats=(), sink: Sink = lambda e: 
 
 def _export(run_dir: Path, gguf_types, formats, sink: Sink, verify_tokens: int) -> ExportResult:
     cfg = load_run_config(run_dir)
+    gguf_types = tuple(recommended_gguf_type(run_dir) if t == "auto" else t for t in gguf_types)
     unknown = [t for t in gguf_types if t not in CONVERTER_TYPES + tuple(QUANTIZER_FTYPES)]
     if unknown:
         raise ExportError(f"Unknown GGUF type {unknown[0]!r}. Choose from: {', '.join(CONVERTER_TYPES + tuple(QUANTIZER_FTYPES))}.")
@@ -81,6 +85,16 @@ def _export(run_dir: Path, gguf_types, formats, sink: Sink, verify_tokens: int) 
     finally:
         shutil.rmtree(work, ignore_errors=True)
         free_accelerator_memory()
+
+
+def recommended_gguf_type(run_dir: Path) -> str:
+    """The GGUF type whose report card passes for a model of this size ("auto" in export.gguf).
+
+    4-bit k-quants lose the fine-tune of small models: on Gemma 3 270M q4_k_m answered like the base model
+    on 7 of 9 prompts while saving 13% of q8_0's size (results/gguf-cards-builtin-cpu.md).
+    """
+    n_params = _base_parameters(run_dir, load_run_config(run_dir))
+    return "q8_0" if 0 < n_params < SMALL_MODEL_PARAMS else "q4_k_m"
 
 
 def _base_parameters(run_dir: Path, cfg: RunConfig) -> int:
@@ -123,6 +137,7 @@ def _merge(run_dir: Path, cfg: RunConfig, template: Template, target: Path) -> P
     if weights.name == "adapter":
         model = PeftModel.from_pretrained(model, weights).merge_and_unload()
     model = model.to(torch.bfloat16)
+    refuse_non_finite(model, run_dir)
     model.generation_config.eos_token_id = stop_token_ids(tokenizer)
     tokenizer.chat_template = template.jinja
     model.save_pretrained(target)
@@ -130,6 +145,20 @@ def _merge(run_dir: Path, cfg: RunConfig, template: Template, target: Path) -> P
     _copy_notice(cfg, target)
     del model
     return target
+
+
+def refuse_non_finite(model, run_dir: Path) -> None:
+    """A model with NaN or Inf weights answers nothing in llama.cpp: refuse it before any file is written."""
+    import torch
+
+    bad = [name for name, tensor in model.state_dict().items() if not torch.isfinite(tensor).all()]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise ExportError(
+            f"{run_dir.name}: {len(bad)} of the merged weight tensors hold NaN or Inf values ({shown}): the run "
+            "diverged. No merged or GGUF file was written. Retrain with a lower train.learning_rate (and "
+            "train.max_grad_norm > 0), or export an earlier checkpoint of the run."
+        )
 
 
 def _copy_notice(cfg: RunConfig, target: Path) -> None:
@@ -151,11 +180,13 @@ def _export_4bit(merged: Path, target: Path, base: ModelConfig) -> Path:
 
 
 def _export_ggufs(merged, cfg, template, gguf_types, out_dir, work, prefix, verify_tokens, sink, result) -> None:
-    reference, tokenizer = load_model(ModelConfig(name_or_path=str(merged), load_in="16bit", dtype="auto",
-                                                  trust_remote_code=cfg.model.trust_remote_code))
-    fallback = "qwen2" if reference.config.model_type == "qwen2" else "gpt-2"
+    sink(Event("stage", message="Asking the fine-tuned and the base model the report card's prompts"))
+    references = reference_answers(cfg, merged, template, verify_tokens)
+    tokenizer = references.tokenizer
+    fallback = "qwen2" if json.loads((merged / "config.json").read_text())["model_type"] == "qwen2" else "gpt-2"
     f16 = None
-    for gguf_type in gguf_types:
+    # Most precise first: a type that loses the fine-tune can then name the closest one that kept it.
+    for gguf_type in sorted(gguf_types, key=GGUF_PRECISION.index, reverse=True):
         tmp = work / f"{prefix}-{gguf_type}.gguf"
         if gguf_type in CONVERTER_TYPES:
             sink(Event("stage", message=f"Converting to GGUF {gguf_type} (llama.cpp converter)"))
@@ -168,7 +199,9 @@ def _export_ggufs(merged, cfg, template, gguf_types, out_dir, work, prefix, veri
             sink(Event("stage", message=f"Quantizing to {gguf_type} (llama.cpp quantizer)"))
             quantize_gguf(f16, tmp, gguf_type)
         sink(Event("stage", message=f"Verifying {gguf_type} in llama.cpp"))
-        report = verify_gguf(tmp, gguf_type, reference, tokenizer, template, verify_tokens)
+        report = verify_gguf(tmp, gguf_type, references, tokenizer, template)
+        if report.fine_tune_lost:
+            report.use_instead = closest_type_that_kept(gguf_type, result.reports)
         final = out_dir / tmp.name
         report.path = str(final)
         report.save(out_dir / f"{prefix}-{gguf_type}.report.json")
@@ -181,7 +214,15 @@ def _export_ggufs(merged, cfg, template, gguf_types, out_dir, work, prefix, veri
         result.files.append(final)
         if cfg.export.ollama_modelfile:
             result.files.append(write_modelfile(final, template, tokenizer))
-    del reference
+
+
+def closest_type_that_kept(gguf_type: str, reports: list[GgufReport]) -> str:
+    """The least precise of the more precise types that passed in this export; else q8_0 (or f16 above it)."""
+    rank = GGUF_PRECISION.index
+    kept = [r.gguf_type for r in reports if r.passed and rank(r.gguf_type) > rank(gguf_type)]
+    if kept:
+        return min(kept, key=rank)
+    return "q8_0" if rank(gguf_type) < rank("q8_0") else "f16"
 
 
 def _publish(tmp: Path, target: Path) -> Path:

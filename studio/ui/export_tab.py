@@ -14,6 +14,12 @@ from studio.ui.live import IDLE_POLL_S, poll_outputs
 
 GGUF_TYPES = ["f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k"]
 STATUS_ICON = {"pass": "✅", "warn": "🟡", "fail": "⛔"}
+STATE_ICON = {"passed": "✅", "warnings": "🟡", "failed": "⛔"}
+HEADLINE_STYLE = {
+    state: f"padding:0.5em 0.8em;border-radius:6px;font-weight:bold;font-size:1.1em;background:{bg};color:{fg}"
+    for state, bg, fg in (("passed", "#dcfce7", "#14532d"), ("warnings", "#fef9c3", "#713f12"),
+                          ("failed", "#fee2e2", "#7f1d1d"))
+}
 
 
 def build(studio, form: dict) -> dict:
@@ -21,7 +27,9 @@ def build(studio, form: dict) -> dict:
         with gr.Column(scale=2):
             run = gr.Dropdown([], label="Run", allow_custom_value=True, elem_id="export-run")
             formats = gr.CheckboxGroup(["adapter", "merged_16bit", "merged_4bit"], value=[], label="Weights")
-            gguf = gr.CheckboxGroup(GGUF_TYPES, value=["q4_k_m"], label="GGUF types", elem_id="export-gguf")
+            gguf = gr.CheckboxGroup(GGUF_TYPES, value=["q8_0"], label="GGUF types", elem_id="export-gguf",
+                                    info="Ticked when a run is picked: the type whose report card passes for a model "
+                                         "of its size (q8_0 under 1B parameters, q4_k_m from 1B).")
             disk = gr.Markdown(_disk_text(studio.runs_dir))
             start = gr.Button("Export", variant="primary", elem_id="export-start")
             notice = gr.Markdown(elem_id="export-notice")
@@ -56,6 +64,15 @@ def wire(studio, form: dict, refs: dict, chat_refs: dict, tabs) -> None:
         return gr.update(choices=[(f"{s.run_dir.name} · {s.state}", str(s.run_dir)) for s in states],
                          value=str(exportable[-1].run_dir) if exportable else None)
 
+    def suggest_type(run: str):
+        """Inputs: run. Outputs: the GGUF types ticked: the one that keeps this model's fine-tune."""
+        from studio.export import recommended_gguf_type
+
+        try:
+            return gr.update(value=[recommended_gguf_type(studio.find_run(run))]) if run else gr.skip()
+        except StudioError:
+            return gr.skip()  # a half-typed run name: leave the choice alone
+
     def open_in_chat(run: str):
         """Inputs: run. Outputs: chat run, chat GGUF, the Chat tab selected."""
         ggufs = [g for g in studio.list_ggufs() if run and g.startswith(str(Path(run)))]
@@ -69,6 +86,7 @@ def wire(studio, form: dict, refs: dict, chat_refs: dict, tabs) -> None:
     refs["timer"].tick(poll, shown, outputs, api_name="export_snapshot", show_progress="hidden")
     refs["poll"] = (poll, shown, outputs)
     refs["refresh"] = (runs, [refs["run"]])
+    refs["run"].change(suggest_type, refs["run"], refs["gguf"], show_progress="hidden")
     refs["open_chat"].click(open_in_chat, refs["run"], [chat_refs["run"], chat_refs["gguf"], tabs],
                             api_name="open_in_chat")
 
@@ -92,13 +110,18 @@ def export_view(snap) -> tuple[str, str, str, str]:
 
 
 def report_card(report: dict) -> str:
-    verdict = "✅ PASSED" if report["passed"] else "⛔ FAILED (file not kept)"
+    """Markdown: the headline first, coloured by state, then the checks and the answers side by side."""
+    state = report.get("state") or ("passed" if report["passed"] else "failed")  # reports written before states
+    headline = report.get("headline") or state.upper()
+    kept = "" if report["passed"] else " · file not kept"
     rows = "\n".join(f"| {STATUS_ICON[c['status']]} {c['name']} | {_cell(c['detail'])} |" for c in report["checks"])
-    samples = "\n".join(f"| {_cell(s['prompt'])} | {_cell(repr(s['hf']))} | {_cell(repr(s['gguf']))} | "
-                        f"{s['matching_tokens']}/{s['of']} |" for s in report.get("samples", []))
-    return (f"#### {Path(report['path']).name} · {verdict} · {report['size_bytes'] / 2**20:.1f} MiB\n\n"
+    samples = "\n".join(f"| {_cell(s['prompt'][:80])} | {_cell(repr(s['hf']))} | {_cell(repr(s.get('base', '')))} | "
+                        f"{_cell(repr(s['gguf']))} | {s['matching_tokens']}/{s['of']} |" for s in report.get("samples", []))
+    return (f'<div class="report-headline report-{state}" style="{HEADLINE_STYLE[state]}">'
+            f"{STATE_ICON[state]} {html.escape(headline)}</div>\n\n"
+            f"**{Path(report['path']).name}** · {report['size_bytes'] / 2**20:.1f} MiB{kept}\n\n"
             f"| check | result |\n|---|---|\n{rows}\n\n"
-            f"| prompt | HF model | GGUF | same tokens |\n|---|---|---|---|\n{samples}")
+            f"| prompt | fine-tuned (HF) | base (HF) | GGUF | same tokens as fine-tuned |\n|---|---|---|---|---|\n{samples}")
 
 
 def _cell(text: str) -> str:
