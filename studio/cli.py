@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import signal
 import sys
@@ -130,31 +131,37 @@ def _quiet_libraries() -> None:
     logging.disable_progress_bar()
 
 
+@contextlib.contextmanager
+def stop_on_ctrl_c(stop: threading.Event, what: str):
+    """Ctrl-C (or `kill`) sets `stop`, so the job ends at its next safe point; a second Ctrl-C aborts at once."""
+    def request_stop(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        print(f"\n{what}. Ctrl-C again to abort at once.", flush=True)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _train(run_dir: Path, resume: bool, changes: list[str] = ()) -> int:
     from studio.events import ConsoleSink, JsonlSink, fan_out
     from studio.runs import read_status
     from studio.train import run_training
 
     stop = threading.Event()
-
-    def request_stop(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        print("\nStopping after this step (a checkpoint is saved). Ctrl-C again to abort without one.", flush=True)
-        stop.set()
-
-    # Ctrl-C and `kill` both stop cleanly at the end of the current step.
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        print(f"Run folder: {run_dir}")
-        sink = fan_out(JsonlSink(run_dir / "events.jsonl"), ConsoleSink())
-        result = run_training(run_dir, sink, stop, resume, changes)
+        with stop_on_ctrl_c(stop, "Stopping after this step (a checkpoint is saved)"):
+            print(f"Run folder: {run_dir}")
+            sink = fan_out(JsonlSink(run_dir / "events.jsonl"), ConsoleSink())
+            result = run_training(run_dir, sink, stop, resume, changes)
     except KeyboardInterrupt:
         print(f"\n{read_status(run_dir).get('error') or 'Aborted.'}\n  python launch.py resume {run_dir}", file=sys.stderr)
         return 130
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     print(f"\n{result.state} at step {result.step}. {result.health}\nNext:")
     if result.state == "stopped":
         print(f"  python launch.py resume {run_dir}")
@@ -164,7 +171,7 @@ def _train(run_dir: Path, resume: bool, changes: list[str] = ()) -> int:
         if not (run_dir / "adapter").is_dir() and not (run_dir / "model").is_dir():
             return 1
     print(f"  python launch.py chat {run_dir} --compare --prompt \"...\"")
-    print(f"  python launch.py export {run_dir} --gguf q4_k_m")
+    print(f"  python launch.py export {run_dir}")
     return 1 if result.state == "diverged" else 0
 
 
@@ -197,8 +204,14 @@ def cmd_export(args) -> int:
     cfg = load_run_config(run_dir)
     gguf = tuple(args.gguf) if args.gguf is not None else cfg.export.gguf
     formats = tuple(args.formats) if args.formats is not None else cfg.export.formats
-    started = time.time()
-    result = export_run(run_dir, gguf, formats, ConsoleSink(), cfg.export.verify_tokens)
+    started, stop = time.time(), threading.Event()
+    try:
+        with stop_on_ctrl_c(stop, "Stopping after this stage (finished files are kept)"):
+            result = export_run(run_dir, gguf, formats, ConsoleSink(), cfg.export.verify_tokens, stop)
+    except KeyboardInterrupt:
+        print("\nAborted: nothing half-made was kept (unfinished files stay in exports/.work until the next export).",
+              file=sys.stderr)
+        return 130
     if result.reports:
         print("\nReport cards:")
     colour = {"passed": "32", "warnings": "33", "failed": "31"} if sys.stdout.isatty() else {}
@@ -208,7 +221,8 @@ def cmd_export(args) -> int:
             headline = f"\033[{colour[report.state]}m{headline}\033[0m"
         kept = "" if report.passed else " (not kept; see its .report.json)"
         print(f"  {headline}{kept}")
-    print(f"\nExported in {time.time() - started:.0f} s to {result.out_dir}:")
+    done = "Stopped" if result.state == "stopped" else "Exported"
+    print(f"\n{done} in {time.time() - started:.0f} s to {result.out_dir}:")
     for path in result.files:
         print(f"  {path}")
     return 0 if result.passed else 1

@@ -14,18 +14,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from studio.config import ModelConfig, RunConfig
-from studio.errors import DiskSpaceError, ExportError
+from studio.errors import ExportError
 from studio.events import Event, Sink
 from studio.gguf_tools import CONVERTER_TYPES, GGUF_PRECISION, QUANTIZER_FTYPES, convert_to_gguf, quantize_gguf
-from studio.hardware import GIB, free_accelerator_memory
+from studio.hardware import free_accelerator_memory
 from studio.models import count_parameters, hf_folder, load_model
 from studio.ollama import write_modelfile
 from studio.references import reference_answers
-from studio.runs import load_run_config, lock_run, read_template, weights_dir
+from studio.runs import check_free_disk, load_run_config, lock_run, read_template, weights_dir
 from studio.templates import Template, stop_token_ids
 from studio.verify import GgufReport, verify_gguf
 
@@ -40,19 +41,44 @@ class ExportResult:
     out_dir: Path
     files: list[Path] = field(default_factory=list)
     reports: list[GgufReport] = field(default_factory=list)
+    state: str = "completed"  # or "stopped": the files listed are finished and verified, the rest was not made
 
     @property
     def passed(self) -> bool:
         return all(r.passed for r in self.reports)
 
 
-def export_run(run_dir: Path, gguf_types=(), formats=(), sink: Sink = lambda e: None, verify_tokens: int = 16) -> ExportResult:
-    """Produce the requested exports of a trained run in `run_dir/exports/` (the run is locked meanwhile)."""
+def export_run(run_dir: Path, gguf_types=(), formats=(), sink: Sink = lambda e: None, verify_tokens: int = 16,
+               stop: threading.Event | None = None) -> ExportResult:
+    """Produce the requested exports of a trained run in `run_dir/exports/` (the run is locked meanwhile).
+
+    `stop` ends the export at the next stage: what was finished and verified
+    stays, nothing half-made is left, and the result's state is "stopped".
+    """
+    stage = _stages(sink, stop or threading.Event())
     with lock_run(run_dir, "export"):
-        return _export(run_dir, gguf_types, formats, sink, verify_tokens)
+        try:
+            return _export(run_dir, gguf_types, formats, stage, verify_tokens)
+        except ExportStopped as stopped:
+            sink(Event("stage", message="Export stopped: what was finished and verified is kept."))
+            return replace(stopped.result, state="stopped")
 
 
-def _export(run_dir: Path, gguf_types, formats, sink: Sink, verify_tokens: int) -> ExportResult:
+class ExportStopped(Exception):
+    def __init__(self, result: ExportResult) -> None:
+        self.result = result
+
+
+def _stages(sink: Sink, stop: threading.Event):
+    """`stage(message, result)`: report the next stage, or end the export here when Stop was pressed."""
+    def stage(message: str, result: ExportResult, **extra) -> None:
+        if stop.is_set():
+            raise ExportStopped(result)
+        sink(Event("stage", message=message, extra=extra))
+    return stage
+
+
+def _export(run_dir: Path, gguf_types, formats, stage, verify_tokens: int) -> ExportResult:
     cfg = load_run_config(run_dir)
     gguf_types = tuple(recommended_gguf_type(run_dir) if t == "auto" else t for t in gguf_types)
     unknown = [t for t in gguf_types if t not in CONVERTER_TYPES + tuple(QUANTIZER_FTYPES)]
@@ -67,18 +93,19 @@ def _export(run_dir: Path, gguf_types, formats, sink: Sink, verify_tokens: int) 
     prefix = cfg.name
     try:
         if "adapter" in formats:
-            result.files.append(_export_adapter(run_dir, out_dir / f"{prefix}-adapter", sink))
+            stage("Copying the adapter", result)
+            result.files.append(_export_adapter(run_dir, out_dir / f"{prefix}-adapter"))
         needs_merge = bool(gguf_types) or "merged_16bit" in formats or "merged_4bit" in formats
         if not needs_merge:
             return result
         _check_disk(out_dir, _base_parameters(run_dir, cfg), gguf_types, formats)
-        sink(Event("stage", message="Merging the adapter into 16-bit weights"))
+        stage("Merging the adapter into 16-bit weights", result)
         merged = _merge(run_dir, cfg, template, work / "merged-16bit")
         if "merged_4bit" in formats:
-            sink(Event("stage", message="Writing merged 4-bit (bitsandbytes nf4) weights"))
+            stage("Writing merged 4-bit (bitsandbytes nf4) weights", result)
             result.files.append(_export_4bit(merged, out_dir / f"{prefix}-merged-4bit", cfg.model))
         if gguf_types:
-            _export_ggufs(merged, cfg, template, gguf_types, out_dir, work, prefix, verify_tokens, sink, result)
+            _export_ggufs(merged, cfg, template, gguf_types, out_dir, work, prefix, verify_tokens, stage, result)
         if "merged_16bit" in formats:
             result.files.append(_publish(merged, out_dir / f"{prefix}-merged-16bit"))
         return result
@@ -108,16 +135,10 @@ def _check_disk(out_dir: Path, n_params: int, gguf_types, formats) -> None:
     # The 16-bit merge every export starts from, and the f16 file every k-quant is made from.
     needed = 2 * BYTES_PER_PARAM["f16"] * n_params
     needed += sum(BYTES_PER_PARAM[t] * n_params for t in (*gguf_types, *formats) if t in BYTES_PER_PARAM)
-    free = shutil.disk_usage(out_dir).free
-    if needed * 1.1 > free:
-        raise DiskSpaceError(
-            f"Not enough disk space in {out_dir}: these exports need about {needed / GIB:.1f} GiB, "
-            f"{free / GIB:.1f} GiB is free. Free {(needed * 1.1 - free) / GIB:.1f} GiB or export fewer types."
-        )
+    check_free_disk(out_dir, needed, "these exports (fewer types need less)")
 
 
-def _export_adapter(run_dir: Path, target: Path, sink: Sink) -> Path:
-    sink(Event("stage", message="Copying the adapter"))
+def _export_adapter(run_dir: Path, target: Path) -> Path:
     tmp = target.with_name(target.name + ".part")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(weights_dir(run_dir), tmp)
@@ -179,8 +200,8 @@ def _export_4bit(merged: Path, target: Path, base: ModelConfig) -> Path:
     return _publish(tmp, target)
 
 
-def _export_ggufs(merged, cfg, template, gguf_types, out_dir, work, prefix, verify_tokens, sink, result) -> None:
-    sink(Event("stage", message="Asking the fine-tuned and the base model the report card's prompts"))
+def _export_ggufs(merged, cfg, template, gguf_types, out_dir, work, prefix, verify_tokens, stage, result) -> None:
+    stage("Asking the fine-tuned and the base model the report card's prompts", result)
     references = reference_answers(cfg, merged, template, verify_tokens)
     tokenizer = references.tokenizer
     fallback = "qwen2" if json.loads((merged / "config.json").read_text())["model_type"] == "qwen2" else "gpt-2"
@@ -189,16 +210,16 @@ def _export_ggufs(merged, cfg, template, gguf_types, out_dir, work, prefix, veri
     for gguf_type in sorted(gguf_types, key=GGUF_PRECISION.index, reverse=True):
         tmp = work / f"{prefix}-{gguf_type}.gguf"
         if gguf_type in CONVERTER_TYPES:
-            sink(Event("stage", message=f"Converting to GGUF {gguf_type} (llama.cpp converter)"))
+            stage(f"Converting to GGUF {gguf_type} (llama.cpp converter)", result)
             convert_to_gguf(merged, tmp, gguf_type, fallback)
         else:
             if f16 is None:
-                sink(Event("stage", message="Converting to GGUF f16 (input of the quantizer)"))
+                stage("Converting to GGUF f16 (input of the quantizer)", result)
                 f16 = work / "intermediate-f16.gguf"
                 convert_to_gguf(merged, f16, "f16", fallback)
-            sink(Event("stage", message=f"Quantizing to {gguf_type} (llama.cpp quantizer)"))
+            stage(f"Quantizing to {gguf_type} (llama.cpp quantizer)", result)
             quantize_gguf(f16, tmp, gguf_type)
-        sink(Event("stage", message=f"Verifying {gguf_type} in llama.cpp"))
+        stage(f"Verifying {gguf_type} in llama.cpp", result)
         report = verify_gguf(tmp, gguf_type, references, tokenizer, template)
         if report.fine_tune_lost:
             report.use_instead = closest_type_that_kept(gguf_type, result.reports)
@@ -206,7 +227,7 @@ def _export_ggufs(merged, cfg, template, gguf_types, out_dir, work, prefix, veri
         report.path = str(final)
         report.save(out_dir / f"{prefix}-{gguf_type}.report.json")
         result.reports.append(report)
-        sink(Event("stage", message=report.summary(), extra={"report": report.to_dict()}))
+        stage(report.summary(), result, report=report.to_dict())
         if not report.passed:
             tmp.unlink()
             continue

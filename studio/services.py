@@ -204,7 +204,7 @@ class Studio:
         self._take_gpu_for("export")
         try:
             self._run_job("export", run_dir.name,
-                          lambda sink, stop: export_run(run_dir, gguf_types, formats, sink, tokens))
+                          lambda sink, stop: export_run(run_dir, gguf_types, formats, sink, tokens, stop))
         except BaseException:
             self.gpu.release()
             raise

@@ -299,3 +299,25 @@ def test_an_export_killed_at_any_stage_leaves_no_finished_looking_file(trained_r
     out = again.communicate(timeout=300)[0]
     assert again.returncode == 0, out
     assert (exports / "tiny-q8_0.gguf").is_file() and not (exports / ".work").exists()
+
+
+def test_stop_ends_an_export_at_the_next_stage_keeping_only_finished_files(trained_run, tmp_path):
+    import shutil
+
+    from studio.export import export_run
+
+    run = Path(shutil.copytree(trained_run, tmp_path / trained_run.name))
+    stop = threading.Event()
+    seen = []
+
+    def press_stop_while_converting(event):
+        seen.append(event.message)
+        if event.message.startswith("Converting to GGUF f16"):
+            stop.set()
+
+    result = export_run(run, ("q8_0", "q4_k_m"), (), press_stop_while_converting, stop=stop)
+    assert result.state == "stopped"
+    names = sorted(p.name for p in (run / "exports").iterdir())
+    assert names == sorted(["tiny-q8_0.gguf", "tiny-q8_0.report.json", "tiny-q8_0.Modelfile"]), names
+    assert not any(m.startswith("Quantizing") for m in seen), "nothing after the stage where Stop was pressed"
+    assert seen[-1].startswith("Export stopped")

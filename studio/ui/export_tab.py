@@ -31,7 +31,9 @@ def build(studio, form: dict) -> dict:
                                     info="Ticked when a run is picked: the type whose report card passes for a model "
                                          "of its size (q8_0 under 1B parameters, q4_k_m from 1B).")
             disk = gr.Markdown(_disk_text(studio.runs_dir))
-            start = gr.Button("Export", variant="primary", elem_id="export-start")
+            with gr.Row():
+                start = gr.Button("Export", variant="primary", elem_id="export-start")
+                stop = gr.Button("Stop", variant="stop", elem_id="export-stop")
             notice = gr.Markdown(elem_id="export-notice")
         with gr.Column(scale=3):
             status = gr.Markdown("No export yet.", elem_id="export-status")
@@ -39,7 +41,7 @@ def build(studio, form: dict) -> dict:
             files = gr.Markdown(elem_id="export-files")
             modelfile = gr.Code(label="Ollama Modelfile", language=None, elem_id="modelfile")
             open_chat = gr.Button("Open the GGUF in Chat", elem_id="open-in-chat")
-    return {"run": run, "formats": formats, "gguf": gguf, "disk": disk, "start": start, "notice": notice,
+    return {"run": run, "formats": formats, "gguf": gguf, "disk": disk, "start": start, "stop": stop, "notice": notice,
             "status": status, "cards": cards, "files": files, "modelfile": modelfile, "open_chat": open_chat,
             "timer": gr.Timer(IDLE_POLL_S)}
 
@@ -52,6 +54,13 @@ def wire(studio, form: dict, refs: dict, chat_refs: dict, tabs) -> None:
         except StudioError as exc:
             return f"⚠️ {exc}", gr.skip()
         return f"Exporting **{run}**…", gr.Timer(1.0)
+
+    def stop():
+        """Inputs: none. Outputs: notice. The export ends at its next stage; finished files stay."""
+        if studio.jobs.snapshot().kind == "export":
+            studio.jobs.stop()
+            return "Stopping after the current stage…"
+        return "No export is running."
 
     def poll(shown: tuple):
         """Inputs: what the page shows. Outputs: status, report cards, files, Modelfile, shown, timer."""
@@ -79,6 +88,7 @@ def wire(studio, form: dict, refs: dict, chat_refs: dict, tabs) -> None:
         choice = ggufs[-1] if ggufs else None
         return gr.update(value=run), gr.update(choices=studio.list_ggufs(), value=choice), gr.Tabs(selected="chat")
 
+    refs["stop"].click(stop, None, refs["notice"], api_name="stop_export")
     refs["start"].click(start, [refs["run"], refs["formats"], refs["gguf"]], [refs["notice"], refs["timer"]],
                         api_name="export")
     shown = gr.State(())
@@ -96,7 +106,8 @@ def export_view(snap) -> tuple[str, str, str, str]:
         return "No export yet.", "", "", ""
     stages = [e for e in snap.events if e.kind == "stage"]
     reports = [e.extra["report"] for e in stages if "report" in e.extra]
-    head = {"running": "⏳ Exporting", "completed": "✅ Done", "failed": "⛔ Failed"}.get(snap.state, snap.state)
+    head = {"running": "⏳ Exporting", "completed": "✅ Done", "failed": "⛔ Failed",
+            "stopped": "⏸️ Stopped (finished files kept)"}.get(snap.state, snap.state)
     status = f"{head} **{snap.name}**"
     if snap.state == "running" and stages:
         status += f" · {stages[-1].message.splitlines()[0]}"

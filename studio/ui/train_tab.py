@@ -80,6 +80,8 @@ def wire(studio, form: dict, refs: dict) -> None:
 
     def stop():
         """Inputs: none. Outputs: status line."""
+        if studio.jobs.snapshot().kind != "train" or not studio.jobs.busy:
+            return "No training is running."
         studio.jobs.stop()
         return "Stopping after the current step (a checkpoint is saved)…"
 
