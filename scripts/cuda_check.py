@@ -40,7 +40,7 @@ def train(model_dir: Path, runs: Path, *overrides: str, stop_at: int | None = No
     from studio.config import apply_overrides, from_dict
     from studio.events import MemorySink
     from studio.runs import create_run_dir
-    from studio.train import run_training
+    from studio.train.training import run_training
 
     cfg = from_dict({"name": "cuda", "model": {"name_or_path": str(model_dir)},
                      "data": {"path": str(ROOT / "assets" / "sample_instructions.jsonl")},
@@ -69,10 +69,10 @@ def train(model_dir: Path, runs: Path, *overrides: str, stop_at: int | None = No
 
 def main(out: Path) -> None:
     import torch
-    from studio.chat_session import ChatSession
+    from studio.chat.session import ChatSession
     from studio.events import MemorySink
-    from studio.export import export_run
-    from studio.train import run_training
+    from studio.export.exporting import export_run
+    from studio.train.training import run_training
 
     work = Path("/tmp/cuda_check")
     model_dir = build(work / "model")

@@ -44,7 +44,7 @@ def seconds_per_step(run_dir: Path) -> float:
 def headless(model: str, steps: int, runs: Path) -> Path:
     from studio.events import JsonlSink
     from studio.runs import create_run_dir
-    from studio.train import run_training
+    from studio.train.training import run_training
 
     run_dir = create_run_dir(config(model, steps, runs))
     run_training(run_dir, JsonlSink(run_dir / "events.jsonl"), threading.Event())

@@ -151,7 +151,7 @@ def stop_on_ctrl_c(stop: threading.Event, what: str):
 def _train(run_dir: Path, resume: bool, changes: list[str] = ()) -> int:
     from studio.events import ConsoleSink, JsonlSink, fan_out
     from studio.runs import read_status
-    from studio.train import run_training
+    from studio.train.training import run_training
 
     stop = threading.Event()
     try:
@@ -197,7 +197,7 @@ def cmd_resume(args) -> int:
 
 def cmd_export(args) -> int:
     from studio.events import ConsoleSink
-    from studio.export import export_run
+    from studio.export.exporting import export_run
     from studio.runs import find_run, load_run_config
 
     run_dir = find_run(args.run)
@@ -229,7 +229,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from studio.chat_session import ChatSession
+    from studio.chat.session import ChatSession
 
     # With a GGUF alone, the run's HF model is not needed: its tokenizer and template suffice.
     needs_hf = args.run and (not args.gguf or args.compare or args.base)
@@ -329,7 +329,7 @@ QUICKSTART = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.ya
 def _data_config(args):
     """(config, whether a data file was given): a data file instead of a recipe previews with the quickstart's model."""
     from studio.config import apply_overrides, from_dict, load_recipe
-    from studio.sources import SUFFIXES
+    from studio.data.sources import SUFFIXES
 
     given = Path(args.recipe)
     if not (given.suffix.lower() in SUFFIXES or given.is_dir()):

@@ -37,7 +37,7 @@ from typing import Iterator
 
 from studio.config import RunConfig, load_recipe, save_config
 from studio.errors import DiskSpaceError, RunBusyError, RunNotFoundError
-from studio.templates import Template, template_from_text
+from studio.data.templates import Template, template_from_text
 
 # Errors of a write that the file system refused for lack of room (or a file size limit).
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}

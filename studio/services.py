@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from studio.config import RunConfig, replace_section, with_changes
-from studio.errors import BusyError, ConfigError, ModelLoadError, RunNotFoundError, StudioError
+from studio.errors import BusyError, ConfigError, RunNotFoundError, StudioError
 from studio.events import JsonlSink, fan_out
 from studio.hardware import GIB, MemoryProbe, device_name, has_cuda
 from studio.jobs import JobRunner
@@ -99,8 +99,8 @@ class Studio:
     def preview_data(self, cfg: RunConfig, row: int):
         """The Data tab's preview of `cfg.data` with the model's tokenizer and the chosen template."""
         from studio.models import load_tokenizer
-        from studio.preview import preview_dataset
-        from studio.templates import resolve_template
+        from studio.data.preview import preview_dataset
+        from studio.data.templates import resolve_template
 
         tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
         template = resolve_template(cfg.data.template, tokenizer)
@@ -170,7 +170,7 @@ class Studio:
     def start_training(self, cfg: RunConfig) -> Path:
         """Create the run folder and train in the background (ends any chat reply and frees the chat models)."""
         from studio.runs import create_run_dir
-        from studio.train import run_training
+        from studio.train.training import run_training
 
         cfg = replace_section(cfg, "train", runs_dir=str(self.runs_dir))
         self._take_gpu_for("training")
@@ -185,7 +185,7 @@ class Studio:
 
     def resume_training(self, run_dir: Path, changes: tuple[str, ...] = ()) -> None:
         """Continue a run from its newest good checkpoint; `changes` raise train.max_steps to extend a finished one."""
-        from studio.train import run_training
+        from studio.train.training import run_training
 
         log = JsonlSink(run_dir / "events.jsonl")
         self._take_gpu_for("training")
@@ -197,7 +197,7 @@ class Studio:
             raise
 
     def start_export(self, run_dir: Path, gguf_types: tuple, formats: tuple) -> None:
-        from studio.export import export_run
+        from studio.export.exporting import export_run
         from studio.runs import load_run_config
 
         tokens = load_run_config(run_dir).export.verify_tokens
@@ -235,7 +235,7 @@ class Studio:
 
     def open_chat(self, run: str | None, gguf: str | None):
         """A run's model (gguf None) or a GGUF file, loaded once and reused until training or export."""
-        from studio.chat_session import ChatSession
+        from studio.chat.session import ChatSession
 
         key = (run, gguf)
         if key not in self.chats:
@@ -257,7 +257,7 @@ class Studio:
             yield from session.stream(messages, session.default_mode if mode == "other" else mode, stop, generation)
 
     def _pane_session(self, mode: str, run: str | None, gguf: str | None, other: str | None):
-        from studio.chat_session import ChatSession
+        from studio.chat.session import ChatSession
 
         if mode == "other":
             if not other:

@@ -58,7 +58,7 @@ def tiny_config(model_path: Path, runs_dir: Path, *overrides: str):
 def train_tiny(cfg, stop=None, sink=None):
     from studio.events import JsonlSink, fan_out
     from studio.runs import create_run_dir
-    from studio.train import run_training
+    from studio.train.training import run_training
 
     run_dir = create_run_dir(cfg)
     sinks = [JsonlSink(run_dir / "events.jsonl")] + ([sink] if sink else [])

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from studio.bounded import MAX_NESTING, BadRecord, iter_json_array
+from studio.data.bounded import MAX_NESTING, BadRecord, iter_json_array
 from studio.config import DataConfig
-from studio.data import load_rows
+from studio.data.formats import load_rows
 from studio.errors import DataError
-from studio.sources import read_sources
+from studio.data.sources import read_sources
 
 ROOT = Path(__file__).resolve().parent.parent
 HUGE = 50 * 2**20  # characters in the huge row
@@ -45,7 +45,7 @@ def huge_and_deep_file(folder: Path, kind: str) -> Path:
 
 READ_IN_A_CHILD = """
 import json, resource, sys, time, tracemalloc
-from studio.sources import read_sources
+from studio.data.sources import read_sources
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 tracemalloc.start()
 start = time.perf_counter()
@@ -81,8 +81,8 @@ def test_a_50_mb_row_and_deep_nesting_are_skipped_in_bounded_time_and_memory(tmp
 def test_the_preview_names_both_rows_and_keeps_the_others(tmp_path, tiny_llama):
     from transformers import AutoTokenizer
 
-    from studio.preview import preview_dataset
-    from studio.templates import resolve_template
+    from studio.data.preview import preview_dataset
+    from studio.data.templates import resolve_template
 
     path = huge_and_deep_file(tmp_path, "jsonl")
     tok = AutoTokenizer.from_pretrained(tiny_llama)
@@ -134,8 +134,8 @@ def test_null_and_nan_where_text_is_needed_are_bad_rows_but_an_optional_null_is_
     import pandas as pd
     from transformers import AutoTokenizer
 
-    from studio.data import build_dataset
-    from studio.templates import resolve_template
+    from studio.data.formats import build_dataset
+    from studio.data.templates import resolve_template
 
     frame = pd.DataFrame({"instruction": ["Say hi", "Say bye", "Count", "Add"],
                           "input": [None, "", "1, 2", None],
@@ -194,9 +194,9 @@ def test_txt_blocks_over_the_limit_and_a_txt_of_json_lines(tmp_path, tiny_llama)
 
     from transformers import AutoTokenizer
 
-    from studio.data import build_dataset
-    from studio.preview import preview_dataset
-    from studio.templates import resolve_template
+    from studio.data.formats import build_dataset
+    from studio.data.preview import preview_dataset
+    from studio.data.templates import resolve_template
 
     jsonl = tmp_path / "rows.txt"
     jsonl.write_text("\n".join(json.dumps(r) for r in NORMAL) + "\n")
@@ -211,8 +211,8 @@ def test_txt_blocks_over_the_limit_and_a_txt_of_json_lines(tmp_path, tiny_llama)
 def test_a_row_just_under_the_limit_tokenizes_in_seconds(tmp_path, tiny_llama):
     from transformers import AutoTokenizer
 
-    from studio.preview import SHOWN_TOKENS, preview_dataset
-    from studio.templates import resolve_template
+    from studio.data.preview import SHOWN_TOKENS, preview_dataset
+    from studio.data.templates import resolve_template
 
     limit = DataConfig().max_row_chars
     words = "the quick brown fox jumps over the lazy dog; café, naïve, 中文 "

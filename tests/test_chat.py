@@ -2,8 +2,8 @@
 
 import threading
 
-from studio.chat import stream_reply
-from studio.chat_session import ChatSession
+from studio.chat.stream import stream_reply
+from studio.chat.session import ChatSession
 from studio.config import GenerationConfig
 
 PROMPT = [{"role": "user", "content": "What is the capital of Peru?"}]
@@ -40,7 +40,7 @@ def test_stop_event_ends_generation_early(trained_run):
 
 
 def test_gguf_chat_streams_with_the_runs_template(trained_run):
-    from studio.export import export_run
+    from studio.export.exporting import export_run
 
     gguf = next(p for p in export_run(trained_run, gguf_types=("q8_0",)).files if p.suffix == ".gguf")
     session = ChatSession.open(str(trained_run), gguf=str(gguf))
@@ -54,8 +54,8 @@ def test_gguf_chat_streams_with_the_runs_template(trained_run):
 def test_end_of_turn_markers_spelled_with_several_tokens_end_the_reply_and_stay_hidden(tiny_llama):
     from transformers import AutoTokenizer
 
-    from studio.chat import without_markers
-    from studio.templates import resolve_template, stop_markers
+    from studio.chat.stream import without_markers
+    from studio.data.templates import resolve_template, stop_markers
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     assert stop_markers(tokenizer, resolve_template("chatml", tokenizer)) == ["<|im_end|>"]  # not in Llama's vocabulary
@@ -68,9 +68,9 @@ def test_end_of_turn_markers_spelled_with_several_tokens_end_the_reply_and_stay_
 def test_a_reply_with_stop_strings_streams_on_the_hf_model(tiny_llama):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from studio.chat import stream_reply
+    from studio.chat.stream import stream_reply
     from studio.config import GenerationConfig
-    from studio.templates import resolve_template
+    from studio.data.templates import resolve_template
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)

@@ -64,7 +64,7 @@ def test_train_chat_export_from_the_command_line(tmp_path, tiny_llama):
 
 
 def test_core_does_not_import_gradio():
-    code = ("import sys, studio.cli, studio.train, studio.export, studio.chat_session, studio.verify; "
+    code = ("import sys, studio.cli, studio.train.training, studio.export.exporting, studio.chat.session, studio.export.verify; "
             "sys.exit('gradio' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
 

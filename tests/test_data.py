@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from studio.data import detect_format, to_messages
+from studio.data.formats import detect_format, to_messages
 from studio.errors import DataError
-from studio.sources import read_rows
+from studio.data.sources import read_rows
 
 
 def test_jsonl_json_csv_parquet_txt_read_the_same_rows(tmp_path):
@@ -83,7 +83,7 @@ def test_bad_rows_name_their_place(tmp_path):
 
 def test_column_mapping_renames_columns_and_names_a_missing_one(tmp_path):
     from studio.config import DataConfig
-    from studio.data import load_rows
+    from studio.data.formats import load_rows
 
     path = tmp_path / "qa.csv"
     path.write_text('Question Text,Answer\n"What is 2+2?","4"\n"Say hi, please","Hi!"\n')
@@ -119,7 +119,7 @@ def test_a_folder_saved_by_datasets_reads_its_train_split(tmp_path):
 
 
 def test_preference_pairs_are_detected_with_texts_or_message_lists(tmp_path):
-    from studio.data import preference_pair
+    from studio.data.formats import preference_pair
 
     user, chosen, rejected = ({"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"},
                               {"role": "assistant", "content": "5"})
@@ -144,7 +144,7 @@ def test_preference_pairs_are_detected_with_texts_or_message_lists(tmp_path):
 
 def test_a_format_string_template_reads_rows_by_its_fields(tmp_path):
     from studio.config import DataConfig
-    from studio.data import load_rows
+    from studio.data.formats import load_rows
 
     path = tmp_path / "dialogsum.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in [

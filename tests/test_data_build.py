@@ -6,10 +6,10 @@ import json
 import pytest
 
 from studio.config import DataConfig
-from studio.data import build_dataset
+from studio.data.formats import build_dataset
 from studio.errors import DataError
-from studio.preview import PREVIEW_ROWS, preview_dataset
-from studio.templates import resolve_template
+from studio.data.preview import PREVIEW_ROWS, preview_dataset
+from studio.data.templates import resolve_template
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_preference_pairs_train_the_chosen_response_and_preview_both(tok, tmp_pa
 
 
 def test_format_string_template_trains_the_last_field_and_chat_sees_the_same_prompt(tok, tmp_path):
-    from studio.templates import prompt_ids
+    from studio.data.templates import prompt_ids
 
     path = write(tmp_path / "dialogsum.jsonl", [
         json.dumps({"dialogue": "A: Lunch?\nB: Sure, at noon.", "summary": "They meet for lunch at noon."})])

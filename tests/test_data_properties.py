@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from studio.errors import DataError
-from studio.sources import read_rows
+from studio.data.sources import read_rows
 
 # CI explores the same 60 examples every run (a failure is reproducible, never flaky);
 # WIDE_SEARCH=2000 searches that many fresh random examples instead.
@@ -67,7 +67,7 @@ def test_records_survive_jsonl_json_and_csv(tmp_path, rows):
 @given(st.binary(max_size=400), st.sampled_from([".jsonl", ".json", ".csv", ".tsv", ".txt", ".parquet"]),
        st.sampled_from(["auto", "line", "block"]))
 def test_reading_leniently_gives_rows_and_named_skips_or_a_named_error(tmp_path, data, suffix, text_unit):
-    from studio.sources import read_sources
+    from studio.data.sources import read_sources
 
     path = tmp_path / f"random{suffix}"
     path.write_bytes(data)
@@ -83,7 +83,7 @@ def test_reading_leniently_gives_rows_and_named_skips_or_a_named_error(tmp_path,
 @SETTINGS
 @given(st.lists(st.one_of(st.dictionaries(text, text, max_size=2), st.integers(), st.just("{broken")), max_size=8))
 def test_each_malformed_json_line_is_skipped_with_its_line(tmp_path, values):
-    from studio.sources import read_sources
+    from studio.data.sources import read_sources
 
     path = tmp_path / "values.jsonl"
     lines = [v if v == "{broken" else json.dumps(v) for v in values]
@@ -102,7 +102,7 @@ def test_each_malformed_json_line_is_skipped_with_its_line(tmp_path, values):
 @given(st.lists(st.lists(text.filter(lambda t: t.strip() and "\n" not in t and "\r" not in t), min_size=1,
                          max_size=3), min_size=1, max_size=5))
 def test_txt_blocks_come_back_as_written(tmp_path, documents):
-    from studio.sources import read_sources
+    from studio.data.sources import read_sources
 
     path = tmp_path / "docs.txt"
     path.write_text("\n\n".join("\n".join(lines) for lines in documents) + "\n", encoding="utf-8")
@@ -134,7 +134,7 @@ FINITE = st.floats(allow_nan=False, allow_infinity=False)
 def test_json_arrays_decode_item_by_item_across_any_chunk_size(values, chunk, indent):
     import io
 
-    from studio.sources import iter_json_array
+    from studio.data.sources import iter_json_array
 
     source = io.StringIO(json.dumps(values, indent=1 if indent else None, ensure_ascii=False))
     start = source.read(chunk)
@@ -151,7 +151,7 @@ literal = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist
 def test_format_string_templates_render_as_python_formats_them(tiny_llama, literals, values):
     from transformers import AutoTokenizer
 
-    from studio.templates import FieldTemplate, resolve_template, tokenize_conversation
+    from studio.data.templates import FieldTemplate, resolve_template, tokenize_conversation
 
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     names = [f"f{i}" for i in range(len(literals) - 1)]

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from studio.errors import DiskSpaceError
-from studio.export import export_run
-from studio.gguf_tools import tensor_type_counts
+from studio.export.exporting import export_run
+from studio.export.gguf import tensor_type_counts
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_files_hold_the_types_asked_for(exported):
 
 
 def test_the_quantizer_keeps_named_tensors_at_another_type(exported, tmp_path):
-    from studio.gguf_tools import quantize_gguf
+    from studio.export.gguf import quantize_gguf
 
     target = tmp_path / "q4_k_m-ffn-q8.gguf"
     quantize_gguf(exported.out_dir / "tiny-f16.gguf", target, "q4_k_m", {"ffn_.*": "Q8_0"})

@@ -3,7 +3,6 @@ a broken status.json and a full file system. Each checks what the studio then *s
 that nothing is lost."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import SAMPLE_DATA, tiny_config, train_tiny
 
-from studio.checkpoints import latest_checkpoint
+from studio.train.checkpoints import latest_checkpoint
 from studio.errors import DiskSpaceError, RunBusyError, TrainingError
 from studio.events import read_events
 from studio.runs import read_status, run_state
@@ -77,7 +76,7 @@ def test_nan_training_stops_as_diverged_and_keeps_the_last_good_checkpoint(tiny_
     assert_plots_show_a_gap_and_a_red_mark(result, events)
     with pytest.raises(TrainingError, match="diverged at step .* train.learning_rate=1000"):
         from studio.events import MemorySink
-        from studio.train import run_training
+        from studio.train.training import run_training
 
         run_training(run, MemorySink(), resume=True)
 
@@ -142,7 +141,7 @@ def test_a_second_resume_of_a_run_in_training_is_refused_naming_the_holder(tiny_
         assert f"{run.name} is in use: training by process {process.pid}" in second.stderr
         assert run_state(run).state == "running"
         from studio.events import MemorySink
-        from studio.export import export_run
+        from studio.export.exporting import export_run
 
         with pytest.raises(RunBusyError, match="in use: training"):
             export_run(run, ("q8_0",), (), MemorySink())
@@ -155,7 +154,7 @@ def test_resume_of_a_completed_run_asks_for_more_steps(trained_run, tmp_path):
     import shutil
 
     from studio.events import MemorySink
-    from studio.train import run_training
+    from studio.train.training import run_training
 
     run = Path(shutil.copytree(trained_run, tmp_path / trained_run.name))
     with pytest.raises(TrainingError, match=r"already completed all 10 steps.*train\.max_steps=20"):
@@ -169,7 +168,7 @@ def test_resume_of_a_completed_run_asks_for_more_steps(trained_run, tmp_path):
 
 def test_a_damaged_newest_checkpoint_is_named_and_resume_uses_the_previous_one(tiny_llama, tmp_path):
     from studio.events import MemorySink
-    from studio.train import run_training
+    from studio.train.training import run_training
 
     stop = threading.Event()
     result = train_tiny(tiny_config(tiny_llama, tmp_path, "train.save_steps=2", "train.save_total_limit=3"),
@@ -246,7 +245,7 @@ def test_the_disk_check_before_training_refuses_in_the_right_unit(tiny_llama, sm
 
 def test_a_disk_that_fills_during_training_gives_one_message_and_the_true_state(tiny_llama, small_disk, tmp_path):
     from studio.events import MemorySink
-    from studio.train import run_training
+    from studio.train.training import run_training
 
     runs = small_disk / "runs"
     filled = []
@@ -304,7 +303,7 @@ def test_an_export_killed_at_any_stage_leaves_no_finished_looking_file(trained_r
 def test_stop_ends_an_export_at_the_next_stage_keeping_only_finished_files(trained_run, tmp_path):
     import shutil
 
-    from studio.export import export_run
+    from studio.export.exporting import export_run
 
     run = Path(shutil.copytree(trained_run, tmp_path / trained_run.name))
     stop = threading.Event()

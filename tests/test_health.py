@@ -2,7 +2,7 @@
 
 import math
 
-from studio.health import Divergence, TrainingHealth
+from studio.train.health import Divergence, TrainingHealth
 
 
 def feed(health, losses, grad=1.0, start=1):

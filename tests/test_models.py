@@ -33,7 +33,7 @@ def test_loads_in_each_precision(tiny_llama, load_in):
 
 def test_gguf_model_is_dequantized_once_and_cached(trained_run, tmp_path):
     """A .gguf file loads through transformers; the second load reuses the cached folder."""
-    from studio.export import export_run
+    from studio.export.exporting import export_run
     from studio.models import dequantized_folder
 
     result = export_run(trained_run, gguf_types=("f16",))

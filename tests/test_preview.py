@@ -5,8 +5,8 @@ import json
 import pytest
 
 from studio.config import DataConfig
-from studio.preview import data_columns, preview_dataset
-from studio.templates import resolve_template
+from studio.data.preview import data_columns, preview_dataset
+from studio.data.templates import resolve_template
 
 
 @pytest.fixture(scope="module")

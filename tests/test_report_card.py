@@ -11,11 +11,11 @@ import shutil
 import pytest
 
 from studio.errors import ExportError
-from studio.export import closest_type_that_kept, export_run
-from studio.gguf_tools import convert_to_gguf
-from studio.references import reference_answers
+from studio.export.exporting import closest_type_that_kept, export_run
+from studio.export.gguf import convert_to_gguf
+from studio.export.references import reference_answers
 from studio.runs import load_run_config, read_template
-from studio.verify import GgufReport, verify_gguf
+from studio.export.verify import GgufReport, verify_gguf
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +135,6 @@ def test_the_export_tab_shows_the_headline_first_coloured_by_state(fluent_export
 
 
 def _check(name, status):
-    from studio.verify import Check
+    from studio.export.verify import Check
 
     return Check(name, status, "")

@@ -5,9 +5,9 @@ import json
 import pytest
 
 from studio.config import DataConfig
-from studio.data import load_rows
+from studio.data.formats import load_rows
 from studio.errors import DataError
-from studio.sources import read_rows, read_sources
+from studio.data.sources import read_rows, read_sources
 
 
 def write_jsonl(path, records):

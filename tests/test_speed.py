@@ -22,7 +22,7 @@ def _loss_and_gradients(model, input_ids):
 def test_sliced_feed_forward_gives_the_same_loss_and_gradients(tiny_llama):
     from transformers import AutoModelForCausalLM
 
-    from studio.long_rows import slice_feed_forward
+    from studio.speed.long_rows import slice_feed_forward
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -46,7 +46,7 @@ def test_sliced_feed_forward_gives_the_same_loss_and_gradients(tiny_llama):
 def test_input_embeddings_stay_put_without_cuda_or_when_tied(tiny_llama):
     from transformers import AutoModelForCausalLM
 
-    from studio.models import keep_input_embeddings_on_cpu
+    from studio.speed.embeddings import keep_input_embeddings_on_cpu
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)
     assert keep_input_embeddings_on_cpu(model) is False  # already on the CPU: nothing to spare
@@ -56,7 +56,7 @@ def test_input_embeddings_stay_put_without_cuda_or_when_tied(tiny_llama):
 def test_embeddings_in_cpu_memory_compute_the_same_and_are_never_moved(tiny_llama):
     from transformers import AutoModelForCausalLM
 
-    from studio.models import EmbeddingsInCpuMemory
+    from studio.speed.embeddings import EmbeddingsInCpuMemory
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
     model.get_input_embeddings().weight.requires_grad_(False)  # frozen, as under LoRA
@@ -122,8 +122,9 @@ def test_embeddings_in_cpu_memory_get_their_ids_from_the_data_loader(tiny_llama,
     from datasets import Dataset
 
     from studio.config import RunConfig, apply_overrides
-    from studio.models import EmbeddingsInCpuMemory, attach_lora, load_model
-    from studio.train import make_trainer
+    from studio.models import attach_lora, load_model
+    from studio.speed.embeddings import EmbeddingsInCpuMemory
+    from studio.train.training import make_trainer
 
     cfg = apply_overrides(RunConfig(), [f"model.name_or_path={tiny_llama}", "train.max_steps=2", "train.batch_size=2",
                                         "train.grad_accum=1", "train.gradient_checkpointing=false"])

@@ -3,7 +3,7 @@
 import pytest
 
 from studio.errors import TemplateError
-from studio.templates import (ALPACA_TEMPLATE, Template, prompt_ids, resolve_template, stop_token_ids,
+from studio.data.templates import (ALPACA_TEMPLATE, Template, prompt_ids, resolve_template, stop_token_ids,
                               tokenize_conversation, tokenize_text)
 
 CONVERSATION = [
@@ -113,7 +113,7 @@ def test_template_that_is_not_prefix_stable_is_refused(llama_tok):
 
 @pytest.mark.parametrize("name", ["alpaca", "chatml", "llama3", "gemma", "mistral", "phi3", "vicuna", "plain"])
 def test_every_gallery_template_trains_exactly_the_responses(llama_tok, name):
-    from studio.templates import GALLERY
+    from studio.data.templates import GALLERY
 
     row = tokenize_conversation(llama_tok, resolve_template(name, llama_tok), CONVERSATION, "responses")
     runs = runs_of_trained(llama_tok, row)
@@ -126,7 +126,7 @@ def test_every_gallery_template_trains_exactly_the_responses(llama_tok, name):
 
 
 def test_a_jinja_file_is_a_template_and_warnings_explain_the_choice(llama_tok, qwen_tok, tmp_path):
-    from studio.templates import template_warnings
+    from studio.data.templates import template_warnings
 
     path = tmp_path / "mine.jinja"
     path.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")
@@ -165,7 +165,7 @@ def test_every_trained_response_ends_with_a_token_that_stops_generation(llama_to
 
 
 def test_format_string_and_jinja_text_are_templates(llama_tok):
-    from studio.templates import FieldTemplate
+    from studio.data.templates import FieldTemplate
 
     template = resolve_template("### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n{output}",
                                 llama_tok)

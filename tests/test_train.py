@@ -9,7 +9,7 @@ from conftest import tiny_config, train_tiny
 
 from studio.errors import ConfigError, DataError
 from studio.events import read_events
-from studio.checkpoints import latest_checkpoint
+from studio.train.checkpoints import latest_checkpoint
 from studio.runs import read_status
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +45,7 @@ def test_lora_run_changes_the_adapter_and_writes_events(trained_run):
 
 def test_stop_saves_a_checkpoint_and_resume_continues_from_it(tiny_llama, tmp_path):
     from studio.events import JsonlSink
-    from studio.train import run_training
+    from studio.train.training import run_training
 
     stop = threading.Event()
 
@@ -99,7 +99,7 @@ def test_every_recipe_trains_on_a_tiny_model(recipe, tiny_qwen, tmp_path):
     from studio.config import load_recipe
     from studio.events import MemorySink
     from studio.runs import create_run_dir
-    from studio.train import run_training
+    from studio.train.training import run_training
 
     cfg = load_recipe(recipe, [f"model.name_or_path={tiny_qwen}", "train.max_steps=2", "data.max_samples=16",
                                f"train.runs_dir={tmp_path}", "train.max_length=128"])
@@ -119,7 +119,7 @@ def test_scoring_only_trained_positions_keeps_loss_and_gradients(tiny_llama):
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
-    from studio.train import scoring_only_trained_positions
+    from studio.speed.patches import scoring_only_trained_positions
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
     add_fused_lm_head(model)

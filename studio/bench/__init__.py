@@ -19,7 +19,7 @@ from studio.bench.paths import BenchSpec, run_reference, run_studio, studio_conf
 from studio.bench.report import environment, flops_per_token, matmul_ceiling_tflops, summarize, table
 from studio.bench.shapes import BENCH_SHAPES, random_checkpoint
 from studio.errors import ConfigError
-from studio.train import load_for_training
+from studio.train.training import load_for_training
 
 __all__ = ["BENCH_SHAPES", "BenchSpec", "describe", "longest_sequence", "model_folder", "run_bench", "save_report"]
 

@@ -20,7 +20,7 @@ from transformers import TrainerCallback
 
 from studio.config import RunConfig, apply_overrides
 from studio.hardware import free_accelerator_memory, has_cuda, resolve_dtype
-from studio.train import load_for_training
+from studio.train.training import load_for_training
 
 GIB = 1024**3
 LEARNING_RATE = 1e-4
@@ -97,7 +97,7 @@ def train_studio(cfg: RunConfig, model, tokenizer, rows: torch.Tensor, warmup: i
     from datasets import Dataset
     from datasets.table import InMemoryTable
 
-    from studio.train import make_trainer
+    from studio.train.training import make_trainer
 
     result = PathResult("studio")
     ids = rows.tolist()

@@ -10,8 +10,8 @@ import pandas as pd
 
 from studio.config import RunConfig
 from studio.errors import StudioError
-from studio.preview import data_columns
-from studio.templates import GALLERY
+from studio.data.preview import data_columns
+from studio.data.templates import GALLERY
 from studio.ui.controls import control, more_settings
 from studio.ui.form import config_from_form, named
 

@@ -75,7 +75,7 @@ def wire(studio, form: dict, refs: dict, chat_refs: dict, tabs) -> None:
 
     def suggest_type(run: str):
         """Inputs: run. Outputs: the GGUF types ticked: the one that keeps this model's fine-tune."""
-        from studio.export import recommended_gguf_type
+        from studio.export.exporting import recommended_gguf_type
 
         try:
             return gr.update(value=[recommended_gguf_type(studio.find_run(run))]) if run else gr.skip()

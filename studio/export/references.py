@@ -21,11 +21,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from studio.config import DataConfig, RunConfig
-from studio.data import load_rows, to_messages
+from studio.data.formats import load_rows, to_messages
 from studio.errors import StudioError
 from studio.hardware import free_accelerator_memory
 from studio.models import load_model
-from studio.templates import Template, prompt_ids, stop_token_ids
+from studio.data.templates import Template, prompt_ids, stop_token_ids
 
 FIXED_PROMPTS = (
     "What is the capital of France?",

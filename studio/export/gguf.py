@@ -40,7 +40,7 @@ UNQUANTIZED = {"F32"}  # norms and other 1-D tensors always stay in full precisi
 
 def convert_to_gguf(model_dir: Path, out_path: Path, outtype: str, pre_tokenizer_fallback: str = "gpt-2") -> str:
     """HF folder -> GGUF with llama.cpp's converter; returns its log."""
-    command = [sys.executable, "-m", "studio.gguf_tools", "convert", str(model_dir), str(out_path), outtype, pre_tokenizer_fallback]
+    command = [sys.executable, "-m", "studio.export.gguf", "convert", str(model_dir), str(out_path), outtype, pre_tokenizer_fallback]
     return _run(command, f"converting {model_dir.name} to {outtype}")
 
 
@@ -49,13 +49,13 @@ def quantize_gguf(src: Path, dst: Path, gguf_type: str, overrides: dict[str, str
 
     `overrides` maps tensor-name patterns to ggml types ({"attn_.*": "Q8_0"}) kept apart from `gguf_type`.
     """
-    command = [sys.executable, "-m", "studio.gguf_tools", "quantize", str(src), str(dst), gguf_type,
+    command = [sys.executable, "-m", "studio.export.gguf", "quantize", str(src), str(dst), gguf_type,
                json.dumps(overrides or {})]
     return _run(command, f"quantizing to {gguf_type}")
 
 
 def _run(command: list[str], what: str) -> str:
-    package_root = str(Path(__file__).resolve().parent.parent)
+    package_root = str(Path(__file__).resolve().parents[2])  # the project root, where the studio package is
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     log = done.stdout + done.stderr

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from studio.templates import ALPACA_PREAMBLE, Template
+from studio.data.templates import ALPACA_PREAMBLE, Template
 
 ALPACA_GO = (
     '{{ if .System }}{{ .System }}{{ else }}' + ALPACA_PREAMBLE + '{{ end }}'

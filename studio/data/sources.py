@@ -8,7 +8,7 @@ Reading is lenient and bounded:
   `Skipped` that names its file and line, and reading goes on; what is wrong
   with the whole file (not UTF-8, empty, not rows at all) is a DataError;
 - so does a record over `max_row_chars` characters, nested too deeply or
-  holding NaN: it is measured and skipped without being held (studio.bounded);
+  holding NaN: it is measured and skipped without being held (studio.data.bounded);
 - `limit` stops after that many records, so a preview of a 1 GB file reads
   only its beginning.
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from studio.bounded import (TOO_DEEP, BadRecord, BoundedTextLines, LineTooLong, bounded_lines, iter_json_array,
+from studio.data.bounded import (TOO_DEEP, BadRecord, BoundedTextLines, LineTooLong, bounded_lines, iter_json_array,
                             parse_json, record_problem, refuse_constant, too_long)
 from studio.config import DataConfig
 from studio.errors import DataError

@@ -48,7 +48,7 @@ class ChatSession:
         """A run's model (unless load_hf is False) and/or a GGUF file; a run brings its template."""
         from transformers import AutoTokenizer
 
-        from studio.chat import open_gguf
+        from studio.chat.stream import open_gguf
         from studio.models import load_trained
         from studio.runs import find_run, load_run_config, read_template, weights_dir
 
@@ -72,10 +72,10 @@ class ChatSession:
     @classmethod
     def open_model(cls, name_or_path: str, generation: GenerationConfig) -> "ChatSession":
         """Any model on its own (a chat/instruct model to compare with): HF folder or GGUF file."""
-        from studio.chat import open_gguf
+        from studio.chat.stream import open_gguf
         from studio.config import ModelConfig
         from studio.models import load_model
-        from studio.templates import resolve_template
+        from studio.data.templates import resolve_template
 
         session = cls(generation=generation)
         if name_or_path.endswith(".gguf"):
@@ -96,7 +96,7 @@ class ChatSession:
     def stream(self, messages: list[dict], mode: str, stop: threading.Event | None = None,
                generation: GenerationConfig | None = None) -> Iterator[str]:
         """A reply as text pieces; `generation` replaces the session's settings for this reply."""
-        from studio.chat import stream_gguf_reply, stream_reply
+        from studio.chat.stream import stream_gguf_reply, stream_reply
 
         generation = generation or self.generation
         if mode == "gguf" or self.model is None:

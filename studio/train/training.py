@@ -9,7 +9,6 @@ Run as:  python launch.py train recipes/quickstart.yaml train.max_steps=30
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import threading
@@ -20,19 +19,21 @@ from typing import Sequence
 import torch
 from transformers import EarlyStoppingCallback, PrinterCallback
 
-from studio.callbacks import HealthCallback, ProgressCallback, RecentBatches
-from studio.checkpoints import (check_disk_for_run, keep_last_good_checkpoint, latest_checkpoint, prepare_resume,
+from studio.train.callbacks import HealthCallback, ProgressCallback, RecentBatches
+from studio.train.checkpoints import (check_disk_for_run, keep_last_good_checkpoint, latest_checkpoint, prepare_resume,
                                 remove_unfinished_checkpoints)
 from studio.config import RunConfig
-from studio.data import build_dataset, to_hf_dataset
+from studio.data.formats import build_dataset, to_hf_dataset
 from studio.errors import ConfigError, DiskSpaceError, StudioError, TrainingError
 from studio.events import Event, Sink
 from studio.hardware import MemoryProbe, free_accelerator_memory, has_cuda, resolve_dtype
-from studio.health import Divergence, TrainingHealth
-from studio.long_rows import slice_feed_forward
-from studio.models import EmbeddingsInCpuMemory, attach_lora, feed_cpu_ids, keep_input_embeddings_on_cpu, load_model
+from studio.train.health import Divergence, TrainingHealth
+from studio.models import load_model
+from studio.speed.apply import prepare_for_training
+from studio.speed.embeddings import EmbeddingsInCpuMemory, feed_cpu_ids
+from studio.speed.patches import cuda_speedups, scoring_only_trained_positions
 from studio.runs import disk_full_text, is_disk_full, load_run_config, lock_run, read_template, write_status
-from studio.templates import Template, resolve_template, template_warnings
+from studio.data.templates import Template, resolve_template, template_warnings
 
 
 @dataclass(frozen=True)
@@ -147,35 +148,7 @@ def _record_failure(run_dir: Path, exc: BaseException, trainer, sink: Sink) -> N
 def load_for_training(cfg: RunConfig, note=lambda text: None):
     """The model as training uses it: loaded as configured, embeddings placed, adapter attached."""
     model, tokenizer = load_model(cfg.model)
-    if cfg.lora.enabled:
-        if cfg.train.cpu_embeddings and keep_input_embeddings_on_cpu(model):
-            table = model.get_input_embeddings().weight
-            note(f"Input embeddings kept in CPU memory ({table.numel() * table.element_size() / 1024**3:.1f} GiB "
-                 "of GPU memory spared).")
-        torch.manual_seed(cfg.train.seed)  # the same adapter initialisation on every run of a recipe
-        model = attach_lora(model, cfg.lora)
-    slice_feed_forward(model, cfg.train.feed_forward_slice)
-    return model, tokenizer
-
-
-@contextlib.contextmanager
-def scoring_only_trained_positions():
-    """Let TRL's fused LM head score only the positions that have a label, on every device.
-
-    TRL projects just the labelled positions through the LM head on CUDA, but
-    every position elsewhere (fixed tile shapes suit compiled accelerators). On a
-    CPU that wastes most of a step: with a 262k vocabulary and masked prompts,
-    the head over prompt tokens is the bulk of the work. The loss is the same
-    (tests/test_train.py checks it); the quickstart trains twice as fast.
-    """
-    import trl.trainer.utils as trl_utils
-
-    decide = trl_utils._use_triton
-    trl_utils._use_triton = lambda device: device.type == "cpu" or decide(device)
-    try:
-        yield
-    finally:
-        trl_utils._use_triton = decide
+    return prepare_for_training(model, cfg, note), tokenizer
 
 
 def _run_template(run_dir: Path, cfg: RunConfig, tokenizer) -> Template:
@@ -251,7 +224,7 @@ def make_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_datas
         logging_nan_inf_filter=False,
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
-        # Rows arrive tokenized, masked (labels) and cut to max_length by studio.data: the
+        # Rows arrive tokenized, masked (labels) and cut to max_length by studio.data.formats: the
         # preview shows exactly what trains, and TRL has nothing left to redo.
         dataset_kwargs={"skip_prepare_dataset": True},
         **cuda_speedups(t),
@@ -269,28 +242,6 @@ def make_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_datas
     if isinstance(model.get_input_embeddings(), EmbeddingsInCpuMemory):
         trainer.data_collator = feed_cpu_ids(trainer.model, trainer.data_collator)
     return trainer
-
-
-def cuda_speedups(t) -> dict:
-    """SFTConfig options that only exist on CUDA: Liger's fused kernels and activation offload.
-
-    TRL already scores the loss through its own fused LM head (no full logits
-    tensor), so Liger's cross-entropy stays off and only its RMSNorm, RoPE and
-    SwiGLU kernels are used.
-    """
-    if not has_cuda():
-        return {}
-    options = {}
-    if t.kernels == "liger" and not liger_available():
-        raise ConfigError("train.kernels is liger, but Liger Kernel is not installed: "
-                          "pip install -r requirements-cuda.txt, or set train.kernels=auto.")
-    if t.kernels == "liger" or (t.kernels == "auto" and liger_available()):
-        options["use_liger_kernel"] = True
-        options["liger_kernel_config"] = {"rms_norm": True, "rope": True, "swiglu": True,
-                                          "cross_entropy": False, "fused_linear_cross_entropy": False}
-    if t.offload_activations:
-        options["activation_offloading"] = True
-    return options
 
 
 def early_stopping_options(cfg: RunConfig, has_eval: bool, sink: Sink) -> dict:
@@ -314,12 +265,6 @@ def early_stopping_options(cfg: RunConfig, has_eval: bool, sink: Sink) -> dict:
             options["save_steps"] = t.eval_steps
         options["load_best_model_at_end"] = True
     return options
-
-
-def liger_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("liger_kernel") is not None
 
 
 def _optimizer(name: str) -> str:

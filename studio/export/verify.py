@@ -29,9 +29,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from studio.gguf_tools import EXPECTED_TENSOR_TYPES, UNQUANTIZED, gguf_metadata, tensor_type_counts
-from studio.references import FIXED_PROMPTS, References, until_stop
-from studio.templates import Template
+from studio.export.gguf import EXPECTED_TENSOR_TYPES, UNQUANTIZED, gguf_metadata, tensor_type_counts
+from studio.export.references import FIXED_PROMPTS, References, until_stop
+from studio.data.templates import Template
 
 PARITY_STRINGS = (
     "Hello, world!",

@@ -20,10 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from studio.config import DataConfig
-from studio.data import PREFERENCE_NOTE, check_bad_rows, load_rows, preference_pair, tokenize_row, tokenize_rows
+from studio.data.formats import PREFERENCE_NOTE, check_bad_rows, load_rows, preference_pair, tokenize_row, tokenize_rows
 from studio.errors import StudioError
-from studio.sources import Skipped, read_sources
-from studio.templates import Template, TokenizedRow, template_warnings, tokenize_conversation
+from studio.data.sources import Skipped, read_sources
+from studio.data.templates import Template, TokenizedRow, template_warnings, tokenize_conversation
 
 PREVIEW_ROWS = 2000  # rows read and tokenized for the preview and its statistics
 # Tokens shown at each end of a longer row: a row of 250k tokens would take seconds to send and a

@@ -213,7 +213,7 @@ def iter_json_array(fh, start: str, label: str, chunk_size: int = CHUNK,
         Without `bad`, the item did not decode in more than max_chars: if it
         ends within them after all, that was a syntax error (`error`).
         """
-        nonlocal buffer, pos, line
+        nonlocal pos, line
         skipper = _ValueSkipper()
         while True:
             end = skipper.feed(buffer, pos)

@@ -18,7 +18,7 @@ from typing import Iterator
 
 from studio.config import GenerationConfig
 from studio.errors import ModelLoadError
-from studio.templates import Template, prompt_ids, stop_markers, stop_token_ids
+from studio.data.templates import Template, prompt_ids, stop_markers, stop_token_ids
 
 
 def with_system(messages: list[dict], gen: GenerationConfig) -> list[dict]:

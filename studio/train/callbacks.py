@@ -16,7 +16,7 @@ from transformers import TrainerCallback
 
 from studio.events import Event, Sink
 from studio.hardware import MemoryProbe
-from studio.health import Divergence, TrainingHealth
+from studio.train.health import Divergence, TrainingHealth
 
 
 class ProgressCallback(TrainerCallback):

@@ -21,14 +21,14 @@ from pathlib import Path
 from studio.config import ModelConfig, RunConfig
 from studio.errors import ExportError
 from studio.events import Event, Sink
-from studio.gguf_tools import CONVERTER_TYPES, GGUF_PRECISION, QUANTIZER_FTYPES, convert_to_gguf, quantize_gguf
+from studio.export.gguf import CONVERTER_TYPES, GGUF_PRECISION, QUANTIZER_FTYPES, convert_to_gguf, quantize_gguf
 from studio.hardware import free_accelerator_memory
 from studio.models import count_parameters, hf_folder, load_model
-from studio.ollama import write_modelfile
-from studio.references import reference_answers
+from studio.export.ollama import write_modelfile
+from studio.export.references import reference_answers
 from studio.runs import check_free_disk, load_run_config, lock_run, read_template, weights_dir
-from studio.templates import Template, stop_token_ids
-from studio.verify import GgufReport, verify_gguf
+from studio.data.templates import Template, stop_token_ids
+from studio.export.verify import GgufReport, verify_gguf
 
 # Bytes per parameter of each output, for the disk preflight (k-quants are mixes).
 BYTES_PER_PARAM = {"merged_16bit": 2.0, "merged_4bit": 0.6, "f16": 2.0, "bf16": 2.0, "q8_0": 1.07,

@@ -1,8 +1,8 @@
 """Detect a dataset's format, and turn its rows into trainable token ids.
 
-Rows come from studio.sources (files, globs, saved folders, hub datasets).
+Rows come from studio.data.sources (files, globs, saved folders, hub datasets).
 Every row becomes a conversation (a list of {"role", "content"} messages) or a
-raw text, then goes through the run's template (studio.templates).
+raw text, then goes through the run's template (studio.data.templates).
 
 A malformed row (bad JSON, a missing column, an unknown role, a row the
 template cannot render) is skipped and reported with its file and line; the
@@ -22,8 +22,8 @@ from dataclasses import dataclass, replace
 
 from studio.config import DataConfig
 from studio.errors import DataError, StudioError
-from studio.sources import Row, Skipped, read_sources
-from studio.templates import (FieldTemplate, Template, TokenizedRow, is_format_string, tokenize_conversation,
+from studio.data.sources import Row, Skipped, read_sources
+from studio.data.templates import (FieldTemplate, Template, TokenizedRow, is_format_string, tokenize_conversation,
                               tokenize_text)
 
 PREFERENCE_NOTE = ("Preference pairs: SFT trains on the prompt and the chosen response; the rejected responses are "

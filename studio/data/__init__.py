@@ -1,0 +1,8 @@
+"""Data: read sources (files, folders, hub datasets), detect formats, render templates and masks, preview.
+
+    sources.py   files, globs, saved folders, hub datasets -> rows, malformed ones skipped with file:line
+    bounded.py   bounded reading: rows over data.max_row_chars, deep nesting, NaN never held whole
+    formats.py   format detection, rows -> conversations, tokenized and masked rows for training
+    templates.py prompt templates (model's own, gallery, Jinja, format strings) and label masks
+    preview.py   what a row trains on, token by token, and the data's statistics
+"""

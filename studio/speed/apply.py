@@ -1,0 +1,27 @@
+"""The speed and memory measures applied to a model before training: one place, used by train and bench alike.
+
+    model, tokenizer = load_model(cfg.model)
+    model = prepare_for_training(model, cfg, note=print)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from studio.config import RunConfig
+from studio.models import attach_lora
+from studio.speed.embeddings import keep_input_embeddings_on_cpu
+from studio.speed.long_rows import slice_feed_forward
+
+
+def prepare_for_training(model, cfg: RunConfig, note=lambda text: None):
+    """Place the embeddings, attach the adapter, slice long feed-forward blocks: the model as training uses it."""
+    if cfg.lora.enabled:
+        if cfg.train.cpu_embeddings and keep_input_embeddings_on_cpu(model):
+            table = model.get_input_embeddings().weight
+            note(f"Input embeddings kept in CPU memory ({table.numel() * table.element_size() / 1024**3:.1f} GiB "
+                 "of GPU memory spared).")
+        torch.manual_seed(cfg.train.seed)  # the same adapter initialisation on every run of a recipe
+        model = attach_lora(model, cfg.lora)
+    slice_feed_forward(model, cfg.train.feed_forward_slice)
+    return model

@@ -1,0 +1,72 @@
+"""Patches of library internals and CUDA-only trainer options, each checked against the version it was made for.
+
+    with scoring_only_trained_positions():    # TRL's fused LM head scores labelled positions only, on CPU too
+        trainer.train()
+    cuda_speedups(cfg.train)                   # SFTConfig options: Liger's kernels, activation offload
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+from studio.errors import ConfigError
+from studio.hardware import has_cuda
+
+# The private TRL function the fused-head patch replaces was read in this version.
+TRL_CHECKED = "1.16.0"
+
+
+@contextlib.contextmanager
+def scoring_only_trained_positions():
+    """Let TRL's fused LM head score only the positions that have a label, on every device.
+
+    TRL projects just the labelled positions through the LM head on CUDA, but
+    every position elsewhere (fixed tile shapes suit compiled accelerators). On a
+    CPU that wastes most of a step: with a 262k vocabulary and masked prompts,
+    the head over prompt tokens is the bulk of the work. The loss is the same
+    (tests/test_train.py checks it); the quickstart trains twice as fast.
+    """
+    import trl
+    import trl.trainer.utils as trl_utils
+
+    if trl.__version__ != TRL_CHECKED or not hasattr(trl_utils, "_use_triton"):
+        # The function may have moved or changed meaning: train as TRL does (slower on CPU, same loss).
+        print(f"Note: TRL {trl.__version__} is not the {TRL_CHECKED} the loss-scoring shortcut was checked "
+              "against; training uses TRL's own path (slower on CPU, same results).", file=sys.stderr)
+        yield
+        return
+    decide = trl_utils._use_triton
+    trl_utils._use_triton = lambda device: device.type == "cpu" or decide(device)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = decide
+
+
+def cuda_speedups(t) -> dict:
+    """SFTConfig options that only exist on CUDA: Liger's fused kernels and activation offload.
+
+    TRL already scores the loss through its own fused LM head (no full logits
+    tensor), so Liger's cross-entropy stays off and only its RMSNorm, RoPE and
+    SwiGLU kernels are used.
+    """
+    if not has_cuda():
+        return {}
+    options = {}
+    if t.kernels == "liger" and not liger_available():
+        raise ConfigError("train.kernels is liger, but Liger Kernel is not installed: "
+                          "pip install -r requirements-cuda.txt, or set train.kernels=auto.")
+    if t.kernels == "liger" or (t.kernels == "auto" and liger_available()):
+        options["use_liger_kernel"] = True
+        options["liger_kernel_config"] = {"rms_norm": True, "rope": True, "swiglu": True,
+                                          "cross_entropy": False, "fused_linear_cross_entropy": False}
+    if t.offload_activations:
+        options["activation_offloading"] = True
+    return options
+
+
+def liger_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("liger_kernel") is not None
