@@ -182,7 +182,7 @@ def test_a_damaged_newest_checkpoint_is_named_and_resume_uses_the_previous_one(t
     warnings = [e.message for e in sink.events() if e.kind == "warning"]
     assert warnings and "checkpoint-6 is damaged: optimizer.pt is damaged (cut short: 1,000 bytes)" in warnings[0]
     assert "resuming from checkpoint-4" in warnings[0]
-    assert (run / "checkpoints" / "checkpoint-6.damaged").is_dir(), "set aside, not deleted"
+    assert (run / "damaged" / "checkpoint-6" / "trainer_state.json").is_file(), "set aside, not deleted"
     assert resumed.state == "completed" and resumed.step == 10
     assert [e.step for e in sink.events() if e.kind == "log"][0] == 5
 
@@ -285,7 +285,7 @@ def test_a_second_ctrl_c_aborts_with_a_message_not_a_traceback(tiny_llama, tmp_p
 def test_an_export_killed_at_any_stage_leaves_no_finished_looking_file(trained_run, tmp_path):
     import shutil
 
-    run = Path(shutil.copytree(trained_run, tmp_path / trained_run.name))
+    run = Path(shutil.copytree(trained_run, tmp_path / trained_run.name, ignore=shutil.ignore_patterns("exports")))
     exports = run / "exports"
     for kill_at in ("Converting to GGUF", "Verifying q8_0"):
         process = launch("export", run, "--gguf", "q8_0")
@@ -305,7 +305,7 @@ def test_stop_ends_an_export_at_the_next_stage_keeping_only_finished_files(train
 
     from studio.export.exporting import export_run
 
-    run = Path(shutil.copytree(trained_run, tmp_path / trained_run.name))
+    run = Path(shutil.copytree(trained_run, tmp_path / trained_run.name, ignore=shutil.ignore_patterns("exports")))
     stop = threading.Event()
     seen = []
 

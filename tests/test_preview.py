@@ -44,7 +44,7 @@ def test_one_count_of_rows_everywhere(tok, tmp_path, monkeypatch):
     assert p.count_line == "Kept 60 of 63 rows (3 skipped)" and p.sample_note == ""
     assert [s.where for s in p.skipped] == ["d.jsonl:11", "d.jsonl:13", "d.jsonl:12"]
 
-    from studio import preview
+    from studio.data import preview
 
     monkeypatch.setattr(preview, "PREVIEW_ROWS", 20)
     sample = preview_dataset(cfg, tok, resolve_template("alpaca", tok), 128)

@@ -2,7 +2,7 @@
 
 A checkpoint can be cut short by a crash, a kill or a full disk while it was
 written. Resume must not trip over it: the damaged one is named (file and
-reason), set aside as `checkpoint-N.damaged`, and the newest good one is used.
+reason), set aside in `<run>/damaged/`, and the newest good one is used.
 
     good, damaged = scan_checkpoints(run_dir)     # newest good checkpoint or None; [(path, reason)]
     latest_checkpoint(run_dir)                    # the newest good one
@@ -79,12 +79,16 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def set_aside(folder: Path) -> Path:
-    """Rename a damaged checkpoint out of the trainer's way (kept, never deleted)."""
-    target = folder.with_name(folder.name + ".damaged")
+    """Move a damaged checkpoint out of the trainer's way into <run>/damaged/ (kept, never deleted).
+
+    Outside checkpoints/: the trainer's rotation would count and delete anything named checkpoint-N there.
+    """
+    target = folder.parent.parent / "damaged" / folder.name
     n = 1
     while target.exists():
         n += 1
-        target = folder.with_name(f"{folder.name}.damaged-{n}")
+        target = target.with_name(f"{folder.name}-{n}")
+    target.parent.mkdir(exist_ok=True)
     folder.rename(target)
     return target
 
@@ -137,7 +141,8 @@ def prepare_resume(run_dir: Path, changes: Sequence[str], sink: Sink) -> Path | 
     for folder, reason in damaged:
         aside = set_aside(folder)
         sink(Event("warning", message=f"Checkpoint {folder.name} is damaged: {reason}. It was moved to "
-                                      f"{aside.name}; resuming from " + (good.name if good else "the start") + "."))
+                                      f"{aside.relative_to(run_dir)}; resuming from "
+                                      + (good.name if good else "the start") + "."))
     if good is None and (run_dir / "events.jsonl").exists():
         sink(Event("stage", message="No complete checkpoint in this run yet: training starts from step 0."))
     return good
