@@ -127,11 +127,15 @@ def test_evaluation_scores_flags_a_base_gguf_and_reloads(eval_run, base_gguf):
     from studio.evaluate.store import list_evals, load_eval, side_by_side
 
     tuned_gguf = next((eval_run / "exports").glob("*q8_0.gguf"))
-    spec = EvalSpec(rows="train", limit=8, models=("base", "tuned"), ggufs=(str(tuned_gguf), str(base_gguf)),
+    spec = EvalSpec(rows="train", limit=8, models=("base", "tuned", "checkpoints"), ggufs=(str(tuned_gguf), str(base_gguf)),
                     checks=("contains",), overrides=("generation.max_new_tokens=8",))
     result = run_evaluation(eval_run, spec)
     card = result.scorecard
-    assert not card.partial and [m.name for m in card.models] == ["base", "fine-tuned", tuned_gguf.name, base_gguf.name]
+    assert not card.partial and [m.name for m in card.models] == [
+        "base", "fine-tuned", "checkpoint-5", "checkpoint-10", tuned_gguf.name, base_gguf.name]
+    # Checkpoints are adapters switched on the same weights: the last one is the final adapter, the first is not.
+    assert card.model("checkpoint-10").scores == card.model("fine-tuned").scores
+    assert card.model("checkpoint-5").scores["loss"] != card.model("fine-tuned").scores["loss"]
     assert card.model("fine-tuned").scores["loss"] < card.model("base").scores["loss"]
     assert any(w.startswith(f"{base_gguf.name} lost most of the fine-tune's gain") for w in card.warnings), card.warnings
     assert not any(w.startswith(f"{tuned_gguf.name} lost") for w in card.warnings)
@@ -183,3 +187,84 @@ def test_a_run_without_eval_split_says_what_to_evaluate_on(eval_run):
 
     with pytest.raises(DataError, match="no eval split.*--rows FILE"):
         run_evaluation(eval_run, EvalSpec(models=("tuned",)))
+
+
+@pytest.fixture(scope="module")
+def overfit_run(tiny_llama, tmp_path_factory):
+    """Full fine-tuning of 6 rows at a high learning rate: the eval loss is lowest at step 3, then rises."""
+    cfg = tiny_config(tiny_llama, tmp_path_factory.mktemp("overfit-runs"), "name=overfit", "data.max_samples=8",
+                      "data.eval_fraction=0.34", "lora.enabled=false", "train.max_steps=9", "train.learning_rate=1e-2",
+                      "train.eval_steps=3", "train.save_steps=3", "train.save_total_limit=0")
+    return train_tiny(cfg).run_dir
+
+
+def test_the_best_checkpoint_of_a_run_whose_eval_loss_rises(overfit_run):
+    from studio.evaluate.evaluation import EvalSpec, run_evaluation
+    from studio.evaluate.scorecard import eval_curve
+
+    curve = dict(eval_curve(overfit_run))
+    lowest = min(curve, key=curve.get)
+    assert lowest < max(curve) and curve[max(curve)] > curve[lowest] * 1.02, f"the eval loss rises: {curve}"
+    card = run_evaluation(overfit_run, EvalSpec(models=("tuned", "checkpoints"),
+                                                overrides=("generation.max_new_tokens=2",))).scorecard
+    # The loss computed here on the eval split is the loss training logged at each checkpoint.
+    for m in card.models:
+        if m.kind == "checkpoint":
+            assert m.scores["loss"] == pytest.approx(curve[m.step], rel=1e-3), m.name
+    assert card.best == f"checkpoint-{lowest}"
+    assert any(w.startswith(f"Overfitting since step {lowest}") for w in card.warnings)
+
+
+def test_comparing_two_runs(trained_run, overfit_run):
+    from studio.evaluate.compare import compare_runs
+
+    found = compare_runs([trained_run, overfit_run])
+    assert {run for run, *_ in found.curves} == {trained_run.name, overfit_run.name}
+    assert {series for run, _, series, _ in found.curves if run == overfit_run.name} == {"loss", "eval loss"}
+    assert found.differences["train.learning_rate"] == ["0.003", "0.01"]
+    assert found.differences["data.eval_fraction"] == ["0.0", "0.34"]
+    assert "name" in found.differences and "train.runs_dir" not in found.differences
+    assert [f["state"] for f in found.finals] == ["completed", "completed"]
+    assert found.finals[0]["eval loss"] is None and found.finals[1]["lowest eval loss"] > 0
+
+
+def test_the_evaluate_tab_through_the_api(eval_run, tmp_path):
+    import time
+
+    from gradio_client import Client
+
+    from studio.services import Studio
+    from studio.ui.app import serve
+    from test_ui import free_port
+
+    twin = eval_run.parent / (eval_run.name + "-twin")
+    shutil.copytree(eval_run, twin, ignore=shutil.ignore_patterns("evals", "exports", ".lock"))
+    port = free_port()
+    app = serve(Studio(runs_dir=eval_run.parent), port=port, block=False)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        choices = client.predict(api_name="/evaluation_runs")
+        assert choices, "the tab lists the runs"
+        notice = client.predict(api_name="/start_evaluation", run=str(eval_run), rows="train", limit=4,
+                                models=["base", "tuned"], max_new=4)[0]
+        assert notice.startswith("Evaluating"), notice
+        deadline = time.time() + 240
+        while "Evaluating" in (status := client.predict(api_name="/evaluation_snapshot"))[0] and time.time() < deadline:
+            time.sleep(0.5)
+        assert status[0].startswith("✅ Done"), status[0]
+        table = status[1]
+        assert [row[0].rstrip(" ★") for row in table["data"]] == ["base", "fine-tuned"] and "rouge_l" in table["headers"]
+        assert "beats the base model" in status[2] or "does not beat" in status[2]
+
+        saved = client.predict(str(eval_run), api_name="/saved_evaluations")
+        folder = sorted(str(p) for p in (eval_run / "evals").iterdir() if p.is_dir())[-1]
+        scorecard, verdict, first, second = client.predict(folder, api_name="/show_evaluation")
+        assert scorecard["data"][1][0].startswith("fine-tuned") and first["value"] == "fine-tuned"
+        answers = client.predict(folder, "all", "fine-tuned", "base", api_name="/show_rows")
+        assert answers["headers"][:3] == ["row", "input", "reference"] and len(answers["data"]) == 4
+
+        loss, eval_loss, differences, finals = client.predict([str(eval_run), str(twin)], api_name="/compare_runs")
+        assert {row[2] for row in loss["data"]} == {eval_run.name, twin.name}
+        assert [row[0] for row in finals["data"]] == [eval_run.name, twin.name]
+    finally:
+        app.close()

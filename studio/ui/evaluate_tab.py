@@ -34,13 +34,13 @@ def build(studio, form: dict) -> dict:
             refs["limit"] = gr.Number(0, precision=0, minimum=0, label="At most this many rows (0: all)")
             refs["models"] = gr.CheckboxGroup(list(MODEL_CHOICES), value=list(MODEL_CHOICES), label="Models",
                                               info="gguf: every exported .gguf of the run")
-            refs["other"] = gr.Textbox(label="Another chat model (folder, optional)")
+            refs["other"] = gr.Textbox("", label="Another chat model (folder, optional)")
             with gr.Row():
                 refs["metric"] = gr.Dropdown(list(METRICS), value="loss", allow_custom_value=True,
                                              label="Best checkpoint by")
                 refs["batch"] = gr.Number(8, precision=0, minimum=1, label="Batch size")
                 refs["max_new"] = gr.Number(0, precision=0, minimum=0, label="Max new tokens (0: the run's)")
-            refs["checks"] = gr.Textbox(lines=2, label="Checks (one per line, kept with the run)",
+            refs["checks"] = gr.Textbox("", lines=2, label="Checks (one per line, kept with the run)",
                                         placeholder="regex:^The\njson\ncontains")
             with gr.Row():
                 refs["start"] = gr.Button("Evaluate", variant="primary", elem_id="eval-start")
