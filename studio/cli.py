@@ -67,6 +67,32 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("section", nargs="?", default=None, help="Only this section: model, data, lora, train, "
                       "generation or export.")
 
+    evaluate = sub.add_parser(
+        "eval", help="Score a run's models on held-out rows: base, fine-tuned, checkpoints, GGUF files.",
+        description="Every chosen model answers the same rows (greedy, batched); the scorecard shows loss, "
+                    "perplexity, ROUGE-L, BLEU, exact match, length ratio and stop rate per model, which checkpoint "
+                    "to ship and what each GGUF kept. Saved in <run>/evals/<time>/. Ctrl-C stops and keeps what "
+                    "was scored.")
+    evaluate.add_argument("run", help="Run folder or run name.")
+    evaluate.add_argument("--rows", default="eval", help="eval (the run's held-out split, default), train (a sample "
+                          "of the training rows: a memorisation check) or a data file of the same format.")
+    evaluate.add_argument("--limit", type=int, default=0, help="At most this many rows, a seeded sample (0: all).")
+    evaluate.add_argument("--models", nargs="*", default=None, choices=("base", "tuned", "checkpoints", "gguf"),
+                          metavar="MODEL", help="Any of base tuned checkpoints gguf (default: all of them).")
+    evaluate.add_argument("--gguf", nargs="*", default=(), metavar="FILE",
+                          help="GGUF files to score (default with --models gguf: the run's exports/*.gguf).")
+    evaluate.add_argument("--other", default="", help="Another chat model folder to compare with (its own template).")
+    evaluate.add_argument("--metric", default="loss", help="What 'best checkpoint' means: loss (default), perplexity, "
+                          "rouge_l, bleu, exact_match, stop_rate or check:NAME.")
+    evaluate.add_argument("--batch-size", type=int, default=8, help="Rows answered together on HF models (default 8).")
+    evaluate.add_argument("--check", action="append", default=[], metavar="CHECK",
+                          help="A check for every answer, saved with the run and reused: regex:PATTERN, json or "
+                               "contains (the reference appears in the answer). Repeat for several.")
+    evaluate.add_argument("overrides", nargs="*", help="Generation overrides, e.g. generation.max_new_tokens=64.")
+
+    compare = sub.add_parser("compare", help="Compare runs: loss curves, config differences, final scores.")
+    compare.add_argument("runs", nargs="+", help="Two or more run folders or names.")
+
     runs = sub.add_parser("runs", help="List runs and their state.")
     runs.add_argument("--runs-dir", default="runs")
 
@@ -111,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_libraries()
     try:
         commands = {"train": cmd_train, "resume": cmd_resume, "export": cmd_export, "chat": cmd_chat, "data": cmd_data,
-                    "runs": cmd_runs, "bench": cmd_bench, "keys": cmd_keys}
+                    "runs": cmd_runs, "bench": cmd_bench, "keys": cmd_keys, "eval": cmd_eval, "compare": cmd_compare}
         return commands[args.command](args)
     except StudioError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -435,3 +461,47 @@ def _gib(text: str) -> float:
         return float(number)
     except ValueError:
         raise StudioError(f"--max-memory: '{text}' is not an amount of memory; write e.g. 24GiB.") from None
+
+
+def cmd_eval(args) -> int:
+    from studio.evaluate.evaluation import MODEL_CHOICES, EvalSpec, run_evaluation
+    from studio.evaluate.scorecard import format_scorecard
+    from studio.runs import find_run
+
+    run_dir = find_run(args.run)
+    models = tuple(args.models) if args.models is not None else (() if args.gguf else MODEL_CHOICES)
+    spec = EvalSpec(rows=args.rows, limit=args.limit, models=models, ggufs=tuple(args.gguf), other=args.other,
+                    metric=args.metric, batch_size=args.batch_size, overrides=tuple(args.overrides),
+                    checks=tuple(args.check))
+    stop = threading.Event()
+
+    def request_stop(signum, frame):
+        print("\nStopping after this batch; what was scored is kept.", flush=True)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = run_evaluation(run_dir, spec, lambda e: print(e.message, flush=True), stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print(f"\n{result.meta['rows']}\n")
+    print(format_scorecard(result.scorecard))
+    print(f"\nSaved in {result.folder}" + (" (partial: stopped)" if result.partial else ""))
+    return 1 if result.partial else 0
+
+
+def cmd_compare(args) -> int:
+    from studio.evaluate.compare import compare_runs
+    from studio.runs import find_run
+
+    comparison = compare_runs([find_run(run) for run in args.runs])
+    print("config differences:")
+    for key, values in comparison.differences.items() or [("(none)", [])]:
+        print(f"  {key}: " + " | ".join(values))
+    print("\nhow each run ended:")
+    for final in comparison.finals:
+        print("  " + "  ".join(f"{k} {_number(v) if isinstance(v, float) else v}" for k, v in final.items() if v is not None))
+    steps = {run: len([p for p in comparison.curves if p[0] == run]) for run in comparison.runs}
+    print("\ncurve points (loss and eval loss): " + ", ".join(f"{run}: {n}" for run, n in steps.items()))
+    return 0

@@ -209,6 +209,17 @@ class Studio:
             self.gpu.release()
             raise
 
+    def start_evaluation(self, run_dir: Path, spec) -> None:
+        """Score the run's models (an `EvalSpec`) in the background; the result is the job's `result`."""
+        from studio.evaluate.evaluation import run_evaluation
+
+        self._take_gpu_for("evaluation")
+        try:
+            self._run_job("evaluate", run_dir.name, lambda sink, stop: run_evaluation(run_dir, spec, sink, stop))
+        except BaseException:
+            self.gpu.release()
+            raise
+
     def _take_gpu_for(self, what: str) -> None:
         """Claim the GPU for a job: a reply still streaming ends at its next token, then the chat models are freed."""
         self._refuse_if_busy()

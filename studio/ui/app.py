@@ -1,4 +1,4 @@
-"""The studio: five tabs over the headless core, served on 127.0.0.1.
+"""The studio: six tabs over the headless core, served on 127.0.0.1.
 
     studio = Studio(runs_dir=Path("runs"))
     app = build_app(studio)          # no server yet (tests build it this way)
@@ -16,7 +16,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from studio.safety import ServeSettings
 from studio.services import Studio
-from studio.ui import chat_tab, data_tab, export_tab, model_tab, train_tab
+from studio.ui import chat_tab, data_tab, evaluate_tab, export_tab, model_tab, train_tab
 
 ASSETS = Path(__file__).resolve().parent.parent.parent / "assets"
 
@@ -25,7 +25,7 @@ def build_app(studio: Studio) -> gr.Blocks:
     form: dict = {}
     start = studio.start_config()  # the form starts as the quickstart recipe says
     with gr.Blocks(title="Fine-tuning studio", analytics_enabled=False) as app:
-        gr.Markdown("## Fine-tuning studio\nModel → Data → Train → Chat → Export: a verified GGUF at the end.",
+        gr.Markdown("## Fine-tuning studio\nModel → Data → Train → Chat → Export → Evaluate: a verified GGUF at the end, and which model to ship.",
                     elem_id="header")
         with gr.Tabs() as tabs:
             with gr.Tab("Model", id="model"):
@@ -38,21 +38,24 @@ def build_app(studio: Studio) -> gr.Blocks:
                 chat = chat_tab.build(studio, form)
             with gr.Tab("Export", id="export") as export_page:
                 export = export_tab.build(studio, form)
+            with gr.Tab("Evaluate", id="evaluate") as evaluate_page:
+                evaluate = evaluate_tab.build(studio, form)
         # Wired once every tab exists: handlers read the whole run form across tabs.
         model_tab.wire(studio, form, model)
         data_tab.wire(studio, form, data)
         train_tab.wire(studio, form, train)
         chat_tab.wire(studio, form, chat)
         export_tab.wire(studio, form, export, chat, tabs)
+        evaluate_tab.wire(studio, form, evaluate)
         app.load(model["fit_event"], list(form.values()), model["fit"], api_visibility="private")
         # Run lists are refreshed when a tab is opened, not by the timers: an open dropdown stays still.
         for page, refs, name in ((train_page, train, "train_runs"), (chat_page, chat, "chat_sources"),
-                                 (export_page, export, "export_runs")):
+                                 (export_page, export, "export_runs"), (evaluate_page, evaluate, "evaluation_runs")):
             handler, outputs = refs["refresh"]
             page.select(handler, None, outputs, api_name=name)
         app.load(chat["refresh"][0], None, chat["refresh"][1], api_visibility="private")
         # A reload re-attaches: one poll draws the current (or last) job and restarts polling if it runs.
-        for tab in (train, export):
+        for tab in (train, export, evaluate):
             app.load(*tab["poll"], api_visibility="private")
         app.load(*train["restore"], api_visibility="private")
     app.form_keys = list(form)  # the config keys the page can set (tests check that none is missing)

@@ -1,0 +1,308 @@
+"""The evaluation job: every chosen model of a run answers the same rows, then the scorecard.
+
+    result = run_evaluation(run_dir, EvalSpec(rows="eval", models=("base", "tuned", "checkpoints", "gguf")),
+                            sink, stop)
+
+The run is locked ("evaluation") for the whole job, so it never overlaps
+training or exporting the same run. The run's HF weights load once: the base
+model is the adapter switched off, each checkpoint an adapter loaded beside the
+final one. Results go to <run>/evals/<time>.part/ while the job runs and are
+renamed to <run>/evals/<time>/ at the end; a stopped job keeps every row scored
+so far and its scores.json says "partial": true.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Iterator
+
+from studio.config import ModelConfig, RunConfig, apply_overrides
+from studio.errors import ConfigError, StudioError
+from studio.evaluate import generate as gen_lib
+from studio.evaluate.rows import EvalRow, select_rows
+from studio.evaluate.scorecard import ModelRow, Scorecard, build_scorecard, eval_curve
+from studio.evaluate.scores import METRICS, load_checks, model_scores, parse_check, row_scores, save_checks
+from studio.evaluate.store import EvalResult, new_eval_folder
+from studio.events import Event, Sink
+
+MODEL_CHOICES = ("base", "tuned", "checkpoints", "gguf")
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """What to evaluate; the defaults are what `launch.py eval RUN` does."""
+
+    rows: str = "eval"  # "eval" (the run's held-out split), "train" (memorisation check) or a data file
+    limit: int = 0  # at most this many rows (a seeded sample); 0: all
+    models: tuple[str, ...] = ("base", "tuned", "checkpoints", "gguf")
+    ggufs: tuple[str, ...] = ()  # GGUF files; empty: every <run>/exports/*.gguf when "gguf" is chosen
+    other: str = ""  # another HF chat model folder to compare with (its own chat template)
+    metric: str = "loss"  # what "best checkpoint" means
+    batch_size: int = 8
+    overrides: tuple[str, ...] = ()  # generation.* settings, e.g. generation.max_new_tokens=64
+    checks: tuple[str, ...] = ()  # regex:PATTERN, json, contains; saved with the run and reused
+    seed: int = 0  # of the row sample
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One model to score: base, tuned (the run's final weights), checkpoint, gguf or other."""
+
+    name: str
+    kind: str
+    path: str = ""
+    step: int | None = None
+
+
+def run_evaluation(run_dir: Path, spec: EvalSpec, sink: Sink = lambda e: None,
+                   stop: threading.Event | None = None) -> EvalResult:
+    """Score every chosen model on the chosen rows; the saved result (partial when stopped)."""
+    from studio.runs import lock_run
+
+    _check_spec(spec)
+    with lock_run(run_dir, "evaluation"):
+        return _evaluate(run_dir, spec, sink, stop or threading.Event())
+
+
+def _check_spec(spec: EvalSpec) -> None:
+    unknown = [m for m in spec.models if m not in MODEL_CHOICES]
+    if unknown:
+        raise ConfigError(f"Unknown model choice {unknown[0]!r}: choose from {', '.join(MODEL_CHOICES)}.")
+    if spec.metric not in METRICS and not spec.metric.startswith("check:"):
+        raise ConfigError(f"Unknown metric {spec.metric!r}: choose from {', '.join(METRICS)} or check:NAME.")
+    if spec.batch_size < 1:
+        raise ConfigError("The batch size must be 1 or more.")
+    if not (spec.models or spec.other or spec.ggufs):
+        raise ConfigError("Choose at least one model to evaluate.")
+
+
+def _evaluate(run_dir: Path, spec: EvalSpec, sink: Sink, stop: threading.Event) -> EvalResult:
+    from studio.runs import load_run_config, read_template
+
+    cfg = apply_overrides(load_run_config(run_dir), list(spec.overrides))
+    template, tokenizer = read_template(run_dir), run_tokenizer(run_dir, cfg)
+    checks = _checks(run_dir, spec)
+    rowset = select_rows(run_dir, cfg, tokenizer, template, spec.rows, spec.limit, spec.seed)
+    candidates = plan(run_dir, spec)
+    folder = new_eval_folder(run_dir)
+    _write_rows(folder, rowset.rows)
+    sink(Event("stage", message=f"Evaluating {len(candidates)} models on {rowset.description}",
+               extra={"folder": str(folder), "metric": spec.metric}))
+    scored: list[ModelRow] = []
+    with (folder / "generations.jsonl").open("a", encoding="utf-8") as out:
+        for name, answers in _all_answers(run_dir, cfg, tokenizer, template, rowset.rows, candidates, spec, sink, stop):
+            scored.append(_score(name, candidates, answers, rowset.rows, checks, out))
+            sink(Event("stage", message=f"{name}: scored {scored[-1].rows} rows",
+                       extra={"model": asdict(scored[-1])}))
+            if stop.is_set():
+                break
+    partial = stop.is_set() or len(scored) < len(candidates) or any(m.rows < len(rowset.rows) for m in scored)
+    card = build_scorecard(scored, spec.metric, eval_curve(run_dir), partial)
+    meta = {"run": str(run_dir), "rows": rowset.description, "source": rowset.source, "spec": asdict(spec),
+            "generation": asdict(cfg.generation), "checks": [c.name for c in checks], "created": time.time()}
+    result = EvalResult.finish(folder, meta, card)
+    sink(Event("stage", message=("Stopped: partial results kept in " if partial else "Saved ") + str(result.folder),
+               extra={"folder": str(result.folder)}))
+    return result
+
+
+def run_tokenizer(run_dir: Path, cfg: RunConfig):
+    """The tokenizer saved with the run's weights (the one training used, pad token set)."""
+    from transformers import AutoTokenizer
+
+    from studio.runs import weights_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(weights_dir(run_dir), trust_remote_code=cfg.model.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _checks(run_dir: Path, spec: EvalSpec):
+    """Checks given now replace the run's saved ones (defined once, reused by every later evaluation)."""
+    path = run_dir / "evals" / "checks.json"
+    if spec.checks:
+        checks = [parse_check(text) for text in spec.checks]
+        save_checks(path, checks)
+        return checks
+    return load_checks(path)
+
+
+def plan(run_dir: Path, spec: EvalSpec) -> list[Candidate]:
+    """The models to score, in scorecard order: base, fine-tuned, checkpoints (oldest first), GGUFs, other."""
+    from studio.train.checkpoints import checkpoint_problem, checkpoint_step
+
+    found: list[Candidate] = []
+    if "base" in spec.models:
+        found.append(Candidate("base", "base"))
+    if "tuned" in spec.models:
+        found.append(Candidate("fine-tuned", "tuned"))
+    if "checkpoints" in spec.models:
+        folders = [p for p in (run_dir / "checkpoints").glob("checkpoint-*") if p.name.split("-")[1].isdigit()]
+        for folder in sorted(folders, key=checkpoint_step):
+            if checkpoint_problem(folder) is None:
+                found.append(Candidate(folder.name, "checkpoint", str(folder), checkpoint_step(folder)))
+    ggufs = spec.ggufs or (sorted(str(p) for p in (run_dir / "exports").glob("*.gguf")) if "gguf" in spec.models else ())
+    found += [Candidate(Path(g).name, "gguf", str(g)) for g in ggufs]
+    if spec.other:
+        found.append(Candidate(f"other: {Path(spec.other).name}", "other", spec.other))
+    if not found:
+        raise StudioError(f"{run_dir.name}: none of the chosen models exist (no checkpoints or GGUF files yet?).")
+    return found
+
+
+# ---------------------------------------------------------------- answering
+
+
+@dataclass
+class Answers:
+    """What one model produced for the rows it reached (all of them unless stopped)."""
+
+    outputs: list = field(default_factory=list)
+    losses: list = field(default_factory=list)
+    seconds: float = 0.0  # generation time alone, for rows/s
+
+
+def _all_answers(run_dir, cfg, tokenizer, template, rows, candidates, spec, sink, stop) -> Iterator[tuple[str, Answers]]:
+    hf = [c for c in candidates if c.kind in ("base", "tuned", "checkpoint")]
+    if hf:
+        with _run_model(run_dir, cfg) as model:
+            for candidate in hf:
+                with _variant(model, cfg, candidate) as (variant, own_tokenizer):
+                    yield candidate.name, _answer_hf(variant, own_tokenizer or tokenizer, template, rows, cfg,
+                                                     spec.batch_size, candidate.name, sink, stop)
+                if stop.is_set():
+                    return
+    for candidate in (c for c in candidates if c.kind == "gguf"):
+        yield candidate.name, _answer_gguf(Path(candidate.path), tokenizer, template, rows, cfg, candidate.name, sink, stop)
+        if stop.is_set():
+            return
+    for candidate in (c for c in candidates if c.kind == "other"):
+        yield candidate.name, _answer_other(candidate.path, rows, cfg, spec.batch_size, candidate.name, sink, stop)
+
+
+@contextlib.contextmanager
+def _run_model(run_dir: Path, cfg: RunConfig):
+    from studio.hardware import free_accelerator_memory
+    from studio.models import load_trained
+
+    model, _ = load_trained(run_dir, cfg.model)
+    try:
+        yield model.eval()
+    finally:
+        del model
+        free_accelerator_memory()
+
+
+@contextlib.contextmanager
+def _variant(model, cfg: RunConfig, candidate: Candidate):
+    """The run's model as `candidate`: adapter off, the final adapter, or a checkpoint's adapter beside it."""
+    if not hasattr(model, "disable_adapter"):  # a full fine-tune: other weights mean another model
+        if candidate.kind == "tuned":
+            yield model, None
+            return
+        from studio.models import load_model
+
+        other, tokenizer = load_model(cfg.model if candidate.kind == "base" else replace(cfg.model, name_or_path=candidate.path))
+        yield other.eval(), (tokenizer if candidate.kind == "base" else None)
+        return
+    if candidate.kind == "base":
+        with model.disable_adapter():
+            yield model, None
+        return
+    if candidate.kind == "checkpoint":
+        model.load_adapter(candidate.path, adapter_name=candidate.name)
+        model.set_adapter(candidate.name)
+    try:
+        yield model, None
+    finally:
+        if candidate.kind == "checkpoint":
+            model.set_adapter("default")
+            model.delete_adapter(candidate.name)
+
+
+def _answer_hf(model, tokenizer, template, rows: list[EvalRow], cfg: RunConfig, batch_size: int, name: str,
+               sink: Sink, stop: threading.Event) -> Answers:
+    answers = Answers()
+    started = time.perf_counter()
+    for batch in gen_lib.generate_hf(model, tokenizer, template, rows, cfg.generation, batch_size):
+        answers.outputs += batch
+        _progress(sink, name, len(answers.outputs), len(rows), "answering")
+        if stop.is_set():
+            break
+    answers.seconds = time.perf_counter() - started
+    for losses in gen_lib.reference_losses_hf(model, tokenizer, template, rows[: len(answers.outputs)],
+                                              cfg.train.max_length, batch_size):
+        answers.losses += losses
+    return answers
+
+
+def _answer_gguf(path: Path, tokenizer, template, rows: list[EvalRow], cfg: RunConfig, name: str, sink: Sink,
+                 stop: threading.Event) -> Answers:
+    n_ctx = gen_lib.gguf_context(tokenizer, template, rows, cfg.generation, cfg.train.max_length)
+    llm = gen_lib.open_gguf_for_scoring(path, n_ctx)
+    answers = Answers()
+    try:
+        started = time.perf_counter()
+        for row in rows:
+            output, loss = gen_lib.score_row_gguf(llm, tokenizer, template, row, cfg.generation, cfg.train.max_length)
+            answers.outputs.append(output)
+            answers.losses.append(loss)
+            _progress(sink, name, len(answers.outputs), len(rows), "answering")
+            if stop.is_set():
+                break
+        answers.seconds = time.perf_counter() - started
+    finally:
+        llm.close()
+    return answers
+
+
+def _answer_other(folder: str, rows: list[EvalRow], cfg: RunConfig, batch_size: int, name: str, sink: Sink,
+                  stop: threading.Event) -> Answers:
+    """Another chat model answers through its own chat template (its loss is on its own tokenization)."""
+    from studio.hardware import free_accelerator_memory
+    from studio.models import load_model
+    from studio.data.templates import resolve_template
+
+    model, tokenizer = load_model(ModelConfig(name_or_path=folder))
+    try:
+        return _answer_hf(model.eval(), tokenizer, resolve_template("auto", tokenizer), rows, cfg, batch_size, name,
+                          sink, stop)
+    finally:
+        del model
+        free_accelerator_memory()
+
+
+def _progress(sink: Sink, name: str, done: int, total: int, what: str) -> None:
+    sink(Event("log", message=f"{name}: {what} {done}/{total} rows", step=done, max_steps=total,
+               extra={"model": name}))
+
+
+# ---------------------------------------------------------------- scoring and saving
+
+
+def _score(name: str, candidates: list[Candidate], answers: Answers, rows: list[EvalRow], checks, out) -> ModelRow:
+    candidate = next(c for c in candidates if c.name == name)
+    done = len(answers.outputs)
+    losses = answers.losses + [None] * (done - len(answers.losses))
+    for index, (output, loss) in enumerate(zip(answers.outputs, losses)):
+        line = {"model": name, "row": index, "output": output.text, "stopped": output.stopped,
+                "tokens": len(output.token_ids), **row_scores(output, rows[index].reference, loss, checks)}
+        out.write(json.dumps(line, ensure_ascii=False) + "\n")
+    out.flush()
+    os.fsync(out.fileno())
+    scores = model_scores(answers.outputs, [r.reference for r in rows[:done]], losses, checks)
+    speed = done / answers.seconds if answers.seconds else None
+    return ModelRow(name, candidate.kind, candidate.step, done, scores, speed, candidate.path)
+
+
+def _write_rows(folder: Path, rows: list[EvalRow]) -> None:
+    with (folder / "rows.jsonl").open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row.to_json(), ensure_ascii=False) + "\n")

@@ -1,0 +1,199 @@
+"""Evaluate tab: the scorecard of a run's models, their answers side by side, and runs compared.
+
+Every action has an API name, so the tab is driven by gradio_client as by a person:
+/evaluation_runs, /start_evaluation, /stop_evaluation, /evaluation_snapshot, /saved_evaluations,
+/show_evaluation, /show_rows, /compare_runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from studio.errors import StudioError
+from studio.evaluate.evaluation import MODEL_CHOICES, EvalSpec
+from studio.evaluate.scorecard import ModelRow, Scorecard, build_scorecard, table_rows
+from studio.evaluate.scores import METRICS
+from studio.evaluate.store import ROW_FILTERS, list_evals, load_eval, side_by_side
+from studio.ui.live import IDLE_POLL_S, poll_outputs
+
+EMPTY = pd.DataFrame()
+EMPTY_CURVE = pd.DataFrame({"step": [], "value": [], "run": []})
+
+
+def build(studio, form: dict) -> dict:
+    refs = {"timer": gr.Timer(IDLE_POLL_S)}
+    with gr.Row():
+        with gr.Column(scale=2):
+            refs["run"] = gr.Dropdown([], label="Run", allow_custom_value=True, elem_id="eval-run")
+            refs["rows"] = gr.Dropdown(["eval", "train"], value="eval", allow_custom_value=True, label="Rows",
+                                       info="eval: the run's held-out split · train: a sample of the training rows "
+                                            "(memorisation check) · or type the path of a data file")
+            refs["limit"] = gr.Number(0, precision=0, minimum=0, label="At most this many rows (0: all)")
+            refs["models"] = gr.CheckboxGroup(list(MODEL_CHOICES), value=list(MODEL_CHOICES), label="Models",
+                                              info="gguf: every exported .gguf of the run")
+            refs["other"] = gr.Textbox("", label="Another chat model (folder, optional)")
+            with gr.Row():
+                refs["metric"] = gr.Dropdown(list(METRICS), value="loss", allow_custom_value=True,
+                                             label="Best checkpoint by")
+                refs["batch"] = gr.Number(8, precision=0, minimum=1, label="Batch size")
+                refs["max_new"] = gr.Number(0, precision=0, minimum=0, label="Max new tokens (0: the run's)")
+            refs["checks"] = gr.Textbox("", lines=2, label="Checks (one per line, kept with the run)",
+                                        placeholder="regex:^The\njson\ncontains")
+            with gr.Row():
+                refs["start"] = gr.Button("Evaluate", variant="primary", elem_id="eval-start")
+                refs["stop"] = gr.Button("Stop", elem_id="eval-stop")
+            refs["notice"] = gr.Markdown(elem_id="eval-notice")
+        with gr.Column(scale=3):
+            refs["status"] = gr.Markdown("No evaluation yet.", elem_id="eval-status")
+            refs["table"] = gr.Dataframe(EMPTY, label="Scorecard", interactive=False, elem_id="eval-scorecard")
+            refs["verdict"] = gr.Markdown(elem_id="eval-verdict")
+    with gr.Accordion("Answers side by side", open=False):
+        with gr.Row():
+            refs["saved"] = gr.Dropdown([], label="Saved evaluation", elem_id="eval-saved")
+            refs["filter"] = gr.Radio(list(ROW_FILTERS), value="all", label="Rows",
+                                      info="differ: the answers are not all the same · dropped: the second model "
+                                           "scores a lower ROUGE-L than the first")
+            refs["first"] = gr.Dropdown([], label="First model")
+            refs["second"] = gr.Dropdown([], label="Second model")
+        refs["answers"] = gr.Dataframe(EMPTY, interactive=False, wrap=True, elem_id="eval-answers")
+    with gr.Accordion("Compare runs", open=False):
+        with gr.Row():
+            refs["compare_runs"] = gr.Dropdown([], multiselect=True, label="Runs", scale=4)
+            refs["compare"] = gr.Button("Compare", scale=1)
+        with gr.Row():
+            refs["loss_plot"] = gr.LinePlot(EMPTY_CURVE, x="step", y="value", color="run", title="Training loss")
+            refs["eval_plot"] = gr.LinePlot(EMPTY_CURVE, x="step", y="value", color="run", title="Eval loss")
+        refs["differences"] = gr.Dataframe(EMPTY, label="Config differences", interactive=False)
+        refs["finals"] = gr.Dataframe(EMPTY, label="How each run ended", interactive=False)
+    return refs
+
+
+def wire(studio, form: dict, refs: dict) -> None:
+    def start(run: str, rows: str, limit: float, models: list[str], other: str, metric: str, batch: float,
+              max_new: float, checks: str):
+        """Inputs: the form above. Outputs: notice, the polling timer switched on."""
+        overrides = (f"generation.max_new_tokens={int(max_new)}",) if max_new else ()
+        spec = EvalSpec(rows=rows or "eval", limit=int(limit or 0), models=tuple(models), other=(other or "").strip(),
+                        metric=metric, batch_size=int(batch or 8), overrides=overrides,
+                        checks=tuple(line.strip() for line in (checks or "").splitlines() if line.strip()))
+        try:
+            studio.start_evaluation(studio.find_run(run or ""), spec)
+        except StudioError as exc:
+            return f"⚠️ {exc}", gr.skip()
+        return f"Evaluating **{Path(run).name}**…", gr.Timer(1.0)
+
+    def stop():
+        """Inputs: none. Outputs: notice."""
+        studio.jobs.stop()
+        return "Stopping after the current batch; what was scored is kept."
+
+    def poll(shown: tuple):
+        """Inputs: what the page shows. Outputs: status, scorecard, verdict, saved list, shown, timer."""
+        return poll_outputs(studio.jobs.snapshot(), shown, evaluation_view, 4, fast_s=1.0)
+
+    def runs():
+        """Inputs: none. Outputs: the run choices of the form and of the comparison."""
+        choices = [(f"{s.run_dir.name} · {s.state}", str(s.run_dir)) for s in studio.run_states()]
+        return gr.update(choices=choices), gr.update(choices=choices)
+
+    def saved(run: str):
+        """Inputs: run. Outputs: its saved evaluations, the newest selected."""
+        folders = [str(p) for p in list_evals(Path(run))] if run else []
+        return gr.update(choices=[(Path(f).name, f) for f in folders], value=folders[-1] if folders else None)
+
+    def show(folder: str):
+        """Inputs: a saved evaluation. Outputs: scorecard, verdict, first and second model choices."""
+        if not folder:
+            return EMPTY, "", gr.update(choices=[]), gr.update(choices=[])
+        result = load_eval(Path(folder))
+        names = [m.name for m in result.scorecard.models]
+        first = next((n for n in names if n == "fine-tuned"), names[0] if names else None)
+        return (scorecard_frame(result.scorecard), verdict_text(result.scorecard),
+                gr.update(choices=names, value=first), gr.update(choices=names, value=names[-1] if names else None))
+
+    def rows_view(folder: str, show_rows: str, first: str, second: str):
+        """Inputs: saved evaluation, filter, first and second model. Outputs: the answers table."""
+        if not folder:
+            return EMPTY
+        header, table = side_by_side(load_eval(Path(folder)), show_rows, first, second)
+        return pd.DataFrame(table, columns=header)
+
+    def compare(run_dirs: list[str]):
+        """Inputs: runs. Outputs: loss plot, eval loss plot, config differences, finals (or a notice)."""
+        from studio.evaluate.compare import compare_runs
+
+        try:
+            found = compare_runs([studio.find_run(r) for r in run_dirs or []])
+        except StudioError as exc:
+            raise gr.Error(str(exc)) from None
+        return comparison_frames(found)
+
+    form_inputs = [refs[k] for k in ("run", "rows", "limit", "models", "other", "metric", "batch", "max_new", "checks")]
+    refs["start"].click(start, form_inputs, [refs["notice"], refs["timer"]], api_name="start_evaluation")
+    refs["stop"].click(stop, None, refs["notice"], api_name="stop_evaluation")
+    shown = gr.State(())
+    outputs = [refs["status"], refs["table"], refs["verdict"], refs["saved"], shown, refs["timer"]]
+    refs["timer"].tick(poll, shown, outputs, api_name="evaluation_snapshot", show_progress="hidden")
+    refs["poll"] = (poll, shown, outputs)
+    refs["refresh"] = (runs, [refs["run"], refs["compare_runs"]])
+    refs["run"].change(saved, refs["run"], refs["saved"], api_name="saved_evaluations")
+    refs["saved"].change(show, refs["saved"], [refs["table"], refs["verdict"], refs["first"], refs["second"]],
+                         api_name="show_evaluation")
+    viewer = [refs["saved"], refs["filter"], refs["first"], refs["second"]]
+    refs["filter"].change(rows_view, viewer, refs["answers"], api_name="show_rows")
+    for control in (refs["first"], refs["second"]):
+        control.change(rows_view, viewer, refs["answers"], api_visibility="private")
+    refs["compare"].click(compare, refs["compare_runs"],
+                          [refs["loss_plot"], refs["eval_plot"], refs["differences"], refs["finals"]],
+                          api_name="compare_runs")
+
+
+# ---------------------------------------------------------------- views
+
+
+def evaluation_view(snap) -> tuple:
+    """(status, scorecard frame, verdict, saved-evaluations update) for a job snapshot."""
+    if snap.kind != "evaluate":
+        return "No evaluation yet.", EMPTY, "", gr.skip()
+    result = snap.result
+    card = result.scorecard if result is not None else _card_so_far(snap.events)
+    head = {"running": "⏳ Evaluating", "completed": "✅ Done", "stopped": "⏸️ Stopped (partial results kept)",
+            "failed": "⛔ Failed"}.get(snap.state, snap.state)
+    status = f"{head} **{snap.name}**"
+    progress = [e for e in snap.events if e.kind in ("log", "stage")]
+    if snap.state == "running" and progress:
+        status += f" · {progress[-1].message}"
+    if snap.error:
+        status += f"\n\n⚠️ {snap.error}"
+    saved = gr.skip()
+    if result is not None:
+        folders = [str(p) for p in list_evals(result.folder.parent.parent)]
+        saved = gr.update(choices=[(Path(f).name, f) for f in folders], value=str(result.folder))
+    return status, scorecard_frame(card), verdict_text(card), saved
+
+
+def _card_so_far(events) -> Scorecard:
+    stages = [e for e in events if e.kind == "stage"]
+    metric = next((e.extra["metric"] for e in stages if "metric" in e.extra), "loss")
+    models = [ModelRow(**e.extra["model"]) for e in stages if "model" in e.extra]
+    return build_scorecard(models, metric, partial=True) if models else Scorecard(metric, [])
+
+
+def scorecard_frame(card: Scorecard) -> pd.DataFrame:
+    header, rows = table_rows(card)
+    return pd.DataFrame(rows, columns=header) if rows else EMPTY
+
+
+def verdict_text(card: Scorecard) -> str:
+    lines = [f"- ✅ {v}" for v in card.verdict] + [f"- ⚠️ {w}" for w in card.warnings]
+    return "\n".join(lines)
+
+
+def comparison_frames(found) -> tuple:
+    curves = pd.DataFrame(found.curves, columns=["run", "step", "series", "value"])
+    loss, evals = (curves[curves.series == s][["step", "value", "run"]] for s in ("loss", "eval loss"))
+    differences = pd.DataFrame([[k, *v] for k, v in found.differences.items()], columns=["setting", *found.runs])
+    return loss, (evals if len(evals) else EMPTY_CURVE), differences, pd.DataFrame(found.finals)
