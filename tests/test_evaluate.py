@@ -258,6 +258,7 @@ def test_the_evaluate_tab_through_the_api(eval_run, tmp_path):
 
         saved = client.predict(str(eval_run), api_name="/saved_evaluations")
         folder = sorted(str(p) for p in (eval_run / "evals").iterdir() if p.is_dir())[-1]
+        assert folder in str(saved), "the new evaluation is listed among the saved ones"
         scorecard, verdict, first, second = client.predict(folder, api_name="/show_evaluation")
         assert scorecard["data"][1][0].startswith("fine-tuned") and first["value"] == "fine-tuned"
         answers = client.predict(folder, "all", "fine-tuned", "base", api_name="/show_rows")

@@ -26,7 +26,7 @@ from studio.config import ModelConfig, RunConfig, apply_overrides
 from studio.errors import ConfigError, StudioError
 from studio.evaluate import generate as gen_lib
 from studio.evaluate.rows import EvalRow, select_rows
-from studio.evaluate.scorecard import ModelRow, Scorecard, build_scorecard, eval_curve
+from studio.evaluate.scorecard import ModelRow, build_scorecard, eval_curve
 from studio.evaluate.scores import METRICS, load_checks, model_scores, parse_check, row_scores, save_checks
 from studio.evaluate.store import EvalResult, new_eval_folder
 from studio.events import Event, Sink
