@@ -181,14 +181,18 @@ class GenerationConfig:
     seed: int = _f(0, "Sampling seed.")
 
 
+# GGUF types, least to most precise: the k-quants are made by llama.cpp's quantizer, the rest by its converter.
+GGUF_TYPES = ("q4_k_m", "q5_k_m", "q6_k", "q8_0", "bf16", "f16")
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     formats: tuple[Literal["adapter", "merged_16bit", "merged_4bit"], ...] = _f(
         (), "Non-GGUF exports: adapter, merged_16bit, merged_4bit."
     )
-    gguf: tuple[Literal["auto", "f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k"], ...] = _f(
+    gguf: tuple[Literal[("auto", *GGUF_TYPES)], ...] = _f(
         ("auto",),
-        "GGUF types: f16, bf16, q8_0, q4_k_m, q5_k_m, q6_k, or auto: q8_0 for models under 1B parameters (4-bit "
+        f"GGUF types: {', '.join(GGUF_TYPES)}, or auto: q8_0 for models under 1B parameters (4-bit "
         "loses a small model's fine-tune), q4_k_m from 1B. Each file's report card says whether the fine-tune "
         "survived.",
     )

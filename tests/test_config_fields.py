@@ -59,3 +59,13 @@ def test_a_field_added_in_one_line_shows_up_in_keys_the_ui_and_a_saved_recipe(tm
     )
     done = subprocess.run([sys.executable, "-c", check], cwd=copy, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_each_gguf_type_has_its_facts():
+    from studio.config import GGUF_TYPES, field_info
+    from studio.export.exporting import BYTES_PER_PARAM
+    from studio.export.gguf import CONVERTER_TYPES, EXPECTED_TENSOR_TYPES, QUANTIZER_FTYPES
+
+    assert field_info("export.gguf").choices == ("auto", *GGUF_TYPES)
+    assert set(CONVERTER_TYPES) | set(QUANTIZER_FTYPES) == set(GGUF_TYPES) == set(EXPECTED_TENSOR_TYPES)
+    assert set(GGUF_TYPES) <= set(BYTES_PER_PARAM)

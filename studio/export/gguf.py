@@ -19,11 +19,13 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from studio.config import GGUF_TYPES
 from studio.errors import ExportError
 
-CONVERTER_TYPES = ("f16", "bf16", "q8_0")
+# What llama.cpp calls each type its quantizer makes; the converter makes the others.
 QUANTIZER_FTYPES = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M", "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K"}
-GGUF_PRECISION = ("q4_k_m", "q5_k_m", "q6_k", "q8_0", "bf16", "f16")  # least to most precise
+CONVERTER_TYPES = tuple(t for t in GGUF_TYPES if t not in QUANTIZER_FTYPES)
+GGUF_PRECISION = GGUF_TYPES  # least to most precise
 
 # Tensor types each GGUF type is made of. Anything else quantized is a fallback
 # that llama.cpp chose silently (rows too short for the block size).

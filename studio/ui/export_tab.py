@@ -8,11 +8,11 @@ from pathlib import Path
 
 import gradio as gr
 
+from studio.config import GGUF_TYPES, field_info
 from studio.errors import StudioError
 from studio.hardware import GIB
 from studio.ui.live import IDLE_POLL_S, poll_outputs
 
-GGUF_TYPES = ["f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k"]
 STATUS_ICON = {"pass": "✅", "warn": "🟡", "fail": "⛔"}
 STATE_ICON = {"passed": "✅", "warnings": "🟡", "failed": "⛔"}
 HEADLINE_STYLE = {
@@ -26,8 +26,8 @@ def build(studio, form: dict) -> dict:
     with gr.Row():
         with gr.Column(scale=2):
             run = gr.Dropdown([], label="Run", allow_custom_value=True, elem_id="export-run")
-            formats = gr.CheckboxGroup(["adapter", "merged_16bit", "merged_4bit"], value=[], label="Weights")
-            gguf = gr.CheckboxGroup(GGUF_TYPES, value=["q8_0"], label="GGUF types", elem_id="export-gguf",
+            formats = gr.CheckboxGroup(list(field_info("export.formats").choices), value=[], label="Weights")
+            gguf = gr.CheckboxGroup(list(reversed(GGUF_TYPES)), value=["q8_0"], label="GGUF types", elem_id="export-gguf",
                                     info="Ticked when a run is picked: the type whose report card passes for a model "
                                          "of its size (q8_0 under 1B parameters, q4_k_m from 1B).")
             disk = gr.Markdown(_disk_text(studio.runs_dir))
