@@ -188,7 +188,8 @@ def _train(run_dir: Path, resume: bool, changes: list[str] = ()) -> int:
     except KeyboardInterrupt:
         print(f"\n{read_status(run_dir).get('error') or 'Aborted.'}\n  python launch.py resume {run_dir}", file=sys.stderr)
         return 130
-    print(f"\n{result.state} at step {result.step}. {result.health}\nNext:")
+    summary = result.health if result.state == "diverged" else f"{result.state} at step {result.step}. {result.health}"
+    print(f"\n{summary}\nNext:")
     if result.state == "stopped":
         print(f"  python launch.py resume {run_dir}")
     if result.state == "diverged":

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from studio.errors import ModelLoadError
-
 
 @dataclass(frozen=True)
 class ModelDescription:
@@ -32,12 +30,7 @@ def describe_model(name_or_path: str) -> ModelDescription:
         with hub_access(source):
             config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError) as exc:
-        if isinstance(source, str) and "trust_remote_code" not in str(exc):  # a hub id that cannot be read
-            raise ModelLoadError(
-                f"Cannot read {name_or_path} from the model hub: the hub is not reachable from here, or the id "
-                "is wrong, and the model is not in the local cache. Pick builtin:gemma-3-270m, a local folder "
-                "or a .gguf file, or download the model where there is a network and give its folder.") from None
-        raise load_error(name_or_path, exc) from None
+        raise load_error(name_or_path, exc, source) from None
     tokenizer = load_tokenizer(name_or_path)
     shape = shape_of(str(source)) or shape_of(name_or_path)
     return ModelDescription(

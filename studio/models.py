@@ -168,13 +168,18 @@ def _custom_code(folder: Path) -> str:
     return ""
 
 
-def load_error(what: str, exc: Exception, hint: str = "") -> ModelLoadError:
-    """transformers' refusal to run a hub repo's code, in the studio's terms; other errors as they are."""
+def load_error(what: str, exc: Exception, source: Path | str | None = None) -> ModelLoadError:
+    """A load failure in the studio's terms: a hub repo's own code, a hub that cannot be reached, or as it is."""
     if "trust_remote_code" in str(exc):
         return ModelLoadError(
             f"Cannot load {what}: it ships its own Python code, and loading it would run that code. Set "
             "model.trust_remote_code=true only if you trust it.")
-    return ModelLoadError(f"Cannot load {what}: {exc}.{hint}")
+    if isinstance(source, str) and isinstance(exc, OSError):  # a hub id: not reachable, not cached, or wrong
+        return ModelLoadError(
+            f"Cannot read {what} from the model hub: the hub is not reachable from here, or the id is wrong, and "
+            "the model is not in the local cache. Pick builtin:gemma-3-270m, a local folder or a .gguf file, or "
+            "download the model where there is a network and give its folder.")
+    return ModelLoadError(f"Cannot load {what}: {str(exc).rstrip('.')}.")
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
@@ -186,7 +191,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
         with hub_access(source):
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise load_error(f"the tokenizer of {name_or_path}", exc) from None
+        raise load_error(name_or_path, exc, source) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -225,8 +230,7 @@ def load_model(cfg: ModelConfig):
         with hub_access(source):
             model = AutoModelForCausalLM.from_pretrained(source, **options)
     except (OSError, ValueError) as exc:
-        hint = " The model hub is not reachable from here: use a local folder or .gguf file." if isinstance(source, str) else ""
-        raise load_error(cfg.name_or_path, exc, hint) from None
+        raise load_error(cfg.name_or_path, exc, source) from None
     return model, load_tokenizer(cfg.name_or_path, cfg.trust_remote_code)
 
 

@@ -53,8 +53,8 @@ class Divergence:
     def message(self, last_good: str | None) -> str:
         what = " and ".join(f"{name} {value}" for name, value in (("loss", self.loss), ("grad norm", self.grad_norm))
                             if value is not None and not math.isfinite(value))
-        kept = (f"The last good checkpoint ({last_good}) is kept as the run's weights." if last_good
-                else "No checkpoint was saved before this step, so no weights are kept.")
+        kept = (f"The newest checkpoint with finite weights ({last_good}) is kept as the run's weights (check it in "
+                "Chat before using it)." if last_good else "No checkpoint was saved before this step, so no weights are kept.")
         usual = (" (far above the usual 1e-5 to 5e-4)" if self.learning_rate > USUAL_MAX_LEARNING_RATE else "")
         text = (f"Training diverged at step {self.step}: {what or 'the weights became non-finite'}. {kept} "
                 f"It used learning rate {self.learning_rate:g}{usual}; start a new run with a lower one, "
