@@ -32,6 +32,7 @@ from studio.health import Divergence, TrainingHealth
 from studio.long_rows import slice_feed_forward
 from studio.models import EmbeddingsInCpuMemory, attach_lora, feed_cpu_ids, keep_input_embeddings_on_cpu, load_model
 from studio.runs import disk_full_text, is_disk_full, load_run_config, lock_run, read_template, write_status
+from studio.speed import setup_fused_lora
 from studio.templates import Template, resolve_template, template_warnings
 
 
@@ -155,6 +156,7 @@ def load_for_training(cfg: RunConfig, note=lambda text: None):
                  "of GPU memory spared).")
         torch.manual_seed(cfg.train.seed)  # the same adapter initialisation on every run of a recipe
         model = attach_lora(model, cfg.lora)
+        setup_fused_lora(model, cfg, note)
     slice_feed_forward(model, cfg.train.feed_forward_slice)
     return model, tokenizer
 
