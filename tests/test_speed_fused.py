@@ -194,3 +194,52 @@ def test_training_with_fused_layers_gives_the_same_losses(tiny_llama, tmp_path, 
     assert len(plain) == len(fused) == tiny_config(tiny_llama, tmp_path, *overrides).train.max_steps
     assert plain[-1] < plain[0] - 0.05, plain  # the adapter learned: the comparison has power
     assert max(abs(a - b) for a, b in zip(plain, fused)) < 1e-4, (plain, fused)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+@pytest.mark.parametrize("nested", [True, False])
+@pytest.mark.parametrize("shape", [(4096, 4096), (14336, 4096), (1024, 14336), (96, 64), (3, 192)])
+def test_one_launch_nf4_unpacking_is_bitsandbytes_bit_for_bit(shape, nested):
+    import bitsandbytes.functional as bnb_functional
+
+    from studio.speed.nf4_triton import dequantize_nf4, supports
+
+    weight = torch.randn(shape, device="cuda", dtype=torch.bfloat16) * 0.02
+    packed, state = bnb_functional.quantize_4bit(weight, quant_type="nf4", compress_statistics=nested)
+    assert supports(packed, state)
+    want = bnb_functional.dequantize_4bit(packed, state)
+    got = dequantize_nf4(packed, state)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert torch.equal(got, want)
+
+
+@cuda
+@pytest.mark.parametrize("kind", ["16bit", "4bit"])
+def test_fused_layer_matches_peft_on_cuda_under_bf16_autocast(kind):
+    import bitsandbytes as bnb
+
+    from studio.speed import use_fused_lora
+
+    generator = torch.Generator().manual_seed(3)
+    if kind == "16bit":
+        base = _linear_16bit(512, 1536, False, generator).to("cuda", torch.bfloat16)
+    else:
+        base = bnb.nn.Linear4bit(512, 1536, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4",
+                                 compress_statistics=True)
+        base.weight = bnb.nn.Params4bit(torch.randn(1536, 512, generator=generator).to(torch.bfloat16) * 0.05,
+                                        requires_grad=False, quant_type="nf4", compress_statistics=True)
+        base = base.to("cuda")
+    model, layer = _lora_model(base, 16, 16, 3)
+    model.to("cuda")
+    x = torch.randn(4, 1000, 512, generator=generator).to("cuda", torch.bfloat16)
+    weights = torch.randn(4, 1000, 1536, generator=generator).to("cuda", torch.bfloat16)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        reference = _forward_and_gradients(model, layer, x, weights)
+        use_fused_lora(model)
+        fused = _forward_and_gradients(model, layer, x, weights)
+    for name, want in reference.items():
+        assert fused[name].dtype == want.dtype, name
+        assert _relative_error(fused[name].float(), want.float()) < 1e-2, name

@@ -40,6 +40,12 @@ def base_product(rows: torch.Tensor, weight: torch.Tensor, quant_state, bias: to
     return rows @ w.t() if bias is None else torch.addmm(bias, rows, w.t())
 
 
+def scaled_product(left: torch.Tensor, right: torch.Tensor, scale: float) -> torch.Tensor:
+    """scale * left @ right in one matrix multiply (the scale rides on the product, no extra pass)."""
+    out = left.new_empty(left.shape[0], right.shape[1])
+    return torch.addmm(out, left, right, beta=0, alpha=scale)  # beta=0: out's contents are ignored
+
+
 class LoraLinearFunction(torch.autograd.Function):
     """Base product plus LoRA term, with gradients for the input and the two LoRA factors only.
 
@@ -68,9 +74,9 @@ class LoraLinearFunction(torch.autograd.Function):
         need_x, _, _, _, need_a, need_b = ctx.needs_input_grad[:6]
         grad = grad_out.reshape(-1, grad_out.shape[-1]).to(ctx.dtype)
 
-        grad_xa = (grad @ b).mul_(ctx.scale)  # (tokens, r): small
+        grad_xa = scaled_product(grad, b, ctx.scale)  # (tokens, r): small
         grad_a = grad_xa.t() @ rows if need_a else None
-        grad_b = (grad.t() @ xa).mul_(ctx.scale) if need_b else None
+        grad_b = scaled_product(grad.t(), xa, ctx.scale) if need_b else None
         grad_x = None
         if need_x:
             w = dequantize(ctx.weight, ctx.quant_state, ctx.dtype)
