@@ -6,6 +6,7 @@ and for a bitsandbytes 4-bit base (nf4 with nested absmax, as the studio
 loads it), in float32 on the CPU.
 """
 
+import importlib.metadata
 import json
 
 import pytest
@@ -169,9 +170,35 @@ def test_fused_lora_setting_is_decided_with_clear_refusals(tiny_llama, tmp_path)
         fused_lora_wanted(cfg("train.fused_lora=true", "lora.use_dora=true"))
 
 
+def test_other_library_versions_turn_auto_off_with_a_note_and_true_warns(tiny_llama, tmp_path, monkeypatch):
+    import studio.speed
+    from studio.speed import apply
+
+    monkeypatch.setitem(apply.CHECKED_VERSIONS, "peft", "0.0.1")
+    monkeypatch.setattr(studio.speed, "has_cuda", lambda: True)
+    notes = []
+    assert studio.speed.fused_lora_wanted(tiny_config(tiny_llama, tmp_path), notes.append) is False
+    assert "Fused LoRA layers off" in notes[0] and "(checked: 0.0.1)" in notes[0]
+    assert "train.fused_lora=true" in notes[0]
+    notes.clear()
+    assert studio.speed.fused_lora_wanted(tiny_config(tiny_llama, tmp_path, "train.fused_lora=on"), notes.append)
+    assert "untested versions" in notes[0] and "train.fused_lora=false" in notes[0]
+    notes.clear()
+    monkeypatch.setitem(apply.CHECKED_VERSIONS, "peft", importlib.metadata.version("peft"))
+    assert studio.speed.fused_lora_wanted(tiny_config(tiny_llama, tmp_path), notes.append) is True  # auto on CUDA
+    assert notes == []
+
+
+def _events(run_dir):
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+
+
 def _step_losses(run_dir):
-    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    return [e["loss"] for e in events if e["kind"] == "log" and e.get("loss") is not None]
+    return [e["loss"] for e in _events(run_dir) if e["kind"] == "log" and e.get("loss") is not None]
+
+
+def _fused_notes(run_dir):
+    return [e["message"] for e in _events(run_dir) if e["kind"] == "stage" and "Fused LoRA" in e["message"]]
 
 
 @pytest.mark.parametrize("overrides", [
@@ -190,6 +217,9 @@ def test_training_with_fused_layers_gives_the_same_losses(tiny_llama, tmp_path, 
         result = train_tiny(cfg)
         assert result.state == "completed"
         runs[setting] = _step_losses(result.run_dir)
+        # The run said whether its layers were fused: all 14 adapted layers of the tiny Llama, or none.
+        assert _fused_notes(result.run_dir) == (["Fused LoRA layers: 14 (the LoRA term accumulated into the base "
+                                                 "matrix multiply)."] if setting == "true" else [])
     plain, fused = runs["false"], runs["true"]
     assert len(plain) == len(fused) == tiny_config(tiny_llama, tmp_path, *overrides).train.max_steps
     assert plain[-1] < plain[0] - 0.05, plain  # the adapter learned: the comparison has power
