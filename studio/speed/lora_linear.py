@@ -20,21 +20,19 @@ from __future__ import annotations
 
 import torch
 
+from studio.speed.nf4 import dequantize_4bit, linear_4bit
+
 
 def dequantize(weight: torch.Tensor, quant_state, dtype: torch.dtype) -> torch.Tensor:
     """The base weight as a (out, in) matrix of `dtype`: itself, or a bitsandbytes 4-bit weight unpacked."""
     if quant_state is None:
         return weight if weight.dtype == dtype else weight.to(dtype)
-    from studio.speed.nf4 import dequantize_4bit
-
     return dequantize_4bit(weight, quant_state, dtype)
 
 
 def base_product(rows: torch.Tensor, weight: torch.Tensor, quant_state, bias: torch.Tensor | None) -> torch.Tensor:
-    """rows @ W^T + bias, a fresh tensor in rows' dtype; a 4-bit weight goes through bitsandbytes' own product."""
+    """rows @ W^T + bias, a fresh tensor in rows' dtype (a 4-bit weight: see studio.speed.nf4)."""
     if quant_state is not None:
-        from studio.speed.nf4 import linear_4bit
-
         return linear_4bit(rows, weight, quant_state, bias)
     w = dequantize(weight, None, rows.dtype)
     return rows @ w.t() if bias is None else torch.addmm(bias, rows, w.t())

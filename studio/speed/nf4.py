@@ -21,10 +21,16 @@ def _triton_kernel():
     return nf4_triton
 
 
+def _one_launch(packed: torch.Tensor, quant_state):
+    """studio.speed.nf4_triton where it unpacks this weight, else None."""
+    kernel = _triton_kernel() if packed.is_cuda else None
+    return kernel if kernel is not None and kernel.supports(packed, quant_state) else None
+
+
 def dequantize_4bit(packed: torch.Tensor, quant_state, dtype: torch.dtype) -> torch.Tensor:
     """The (out, in) weight in `dtype`."""
-    kernel = _triton_kernel() if packed.is_cuda else None
-    if kernel is not None and kernel.supports(packed, quant_state):
+    kernel = _one_launch(packed, quant_state)
+    if kernel is not None:
         weight = kernel.dequantize_nf4(packed, quant_state)
     else:
         import bitsandbytes.functional as bnb_functional
@@ -35,11 +41,12 @@ def dequantize_4bit(packed: torch.Tensor, quant_state, dtype: torch.dtype) -> to
 
 def linear_4bit(rows: torch.Tensor, packed: torch.Tensor, quant_state, bias: torch.Tensor | None) -> torch.Tensor:
     """rows @ W^T + bias without a gradient: unpacked by one launch on CUDA, else bitsandbytes' own product."""
-    kernel = _triton_kernel() if packed.is_cuda else None
-    if kernel is not None and kernel.supports(packed, quant_state):
-        w = dequantize_4bit(packed, quant_state, rows.dtype)
-        return rows @ w.t() if bias is None else torch.addmm(bias, rows, w.t())
-    import bitsandbytes as bnb
+    kernel = _one_launch(packed, quant_state)
+    if kernel is None:
+        import bitsandbytes as bnb
 
-    with torch.no_grad():
-        return bnb.matmul_4bit(rows, packed, quant_state=quant_state, bias=bias)
+        with torch.no_grad():
+            return bnb.matmul_4bit(rows, packed, quant_state=quant_state, bias=bias)
+    w = kernel.dequantize_nf4(packed, quant_state)
+    w = w if w.dtype == rows.dtype else w.to(rows.dtype)
+    return rows @ w.t() if bias is None else torch.addmm(bias, rows, w.t())
