@@ -160,6 +160,11 @@ class TrainConfig:
         False, "LoRA on CUDA: keep the input embedding table in CPU memory when the model has a separate output "
         "head: ~1 GiB less GPU memory on 8B models, same results, but each step waits for the lookup (up to 30% slower)."
     )
+    fused_lora: Literal["auto", True, False] = _f(
+        "auto", "Fused LoRA layers: the adapter's term accumulated into the base matrix multiply, with a hand-written "
+        "backward (same results, fewer GPU kernels). auto: on with CUDA when lora.dropout is 0 and DoRA is off; "
+        "true/on, false/off."
+    )
     logging_steps: int = _f(1, "Log loss, LR and memory every this many steps.", min=1)
     eval_steps: int = _f(20, "Evaluate every this many steps (with data.eval_fraction > 0 or data.eval_path).", min=1)
     save_steps: int = _f(20, "Save a checkpoint every this many steps.", min=1)

@@ -208,7 +208,7 @@ class _StepTimer(TrainerCallback):
 # Kernel name fragments -> what the time was spent on (first match wins; Triton kernels,
 # Liger's and TRL's loss, have no common prefix and fall to the last kind).
 KERNEL_KINDS = (
-    ("4-bit dequantize (bitsandbytes)", ("dequantize",)),
+    ("4-bit dequantize", ("dequantize",)),  # bitsandbytes' kernels or studio.speed's
     ("attention", ("flash", "fmha", "sdpa")),
     ("matrix multiply", ("gemm", "cutlass", "xmma", "nvjet", "cublas")),
     ("copies between CPU and GPU", ("memcpy htod", "memcpy dtoh")),

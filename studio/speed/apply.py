@@ -11,11 +11,12 @@ import torch
 from studio.config import RunConfig
 from studio.models import attach_lora
 from studio.speed.embeddings import keep_input_embeddings_on_cpu
+from studio.speed.fused import setup_fused_lora
 from studio.speed.long_rows import slice_feed_forward
 
 
 def prepare_for_training(model, cfg: RunConfig, note=lambda text: None):
-    """Place the embeddings, attach the adapter, slice long feed-forward blocks: the model as training uses it."""
+    """Place the embeddings, attach the adapter (fused where it can be), slice long feed-forward blocks."""
     if cfg.lora.enabled:
         if cfg.train.cpu_embeddings and keep_input_embeddings_on_cpu(model):
             table = model.get_input_embeddings().weight
@@ -23,5 +24,6 @@ def prepare_for_training(model, cfg: RunConfig, note=lambda text: None):
                  "of GPU memory spared).")
         torch.manual_seed(cfg.train.seed)  # the same adapter initialisation on every run of a recipe
         model = attach_lora(model, cfg.lora)
+        setup_fused_lora(model, cfg, note)
     slice_feed_forward(model, cfg.train.feed_forward_slice)
     return model

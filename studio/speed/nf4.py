@@ -1,0 +1,52 @@
+"""Products with a frozen bitsandbytes 4-bit weight (nf4 or fp4, with or without nested absmax).
+
+On CUDA an nf4 weight is unpacked by one Triton launch (studio.speed.nf4_triton,
+bit for bit bitsandbytes' result); anything else goes through bitsandbytes.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+@functools.cache
+def _triton_kernel():
+    """studio.speed.nf4_triton, or None where Triton is missing (CPU-only installs)."""
+    try:
+        from studio.speed import nf4_triton
+    except ImportError:
+        return None
+    return nf4_triton
+
+
+def _one_launch(packed: torch.Tensor, quant_state):
+    """studio.speed.nf4_triton where it unpacks this weight, else None."""
+    kernel = _triton_kernel() if packed.is_cuda else None
+    return kernel if kernel is not None and kernel.supports(packed, quant_state) else None
+
+
+def dequantize_4bit(packed: torch.Tensor, quant_state, dtype: torch.dtype) -> torch.Tensor:
+    """The (out, in) weight in `dtype`."""
+    kernel = _one_launch(packed, quant_state)
+    if kernel is not None:
+        weight = kernel.dequantize_nf4(packed, quant_state)
+    else:
+        import bitsandbytes.functional as bnb_functional
+
+        weight = bnb_functional.dequantize_4bit(packed, quant_state)
+    return weight if weight.dtype == dtype else weight.to(dtype)
+
+
+def linear_4bit(rows: torch.Tensor, packed: torch.Tensor, quant_state, bias: torch.Tensor | None) -> torch.Tensor:
+    """rows @ W^T + bias without a gradient: unpacked by one launch on CUDA, else bitsandbytes' own product."""
+    kernel = _one_launch(packed, quant_state)
+    if kernel is None:
+        import bitsandbytes as bnb
+
+        with torch.no_grad():
+            return bnb.matmul_4bit(rows, packed, quant_state=quant_state, bias=bias)
+    w = kernel.dequantize_nf4(packed, quant_state)
+    w = w if w.dtype == rows.dtype else w.to(rows.dtype)
+    return rows @ w.t() if bias is None else torch.addmm(bias, rows, w.t())
