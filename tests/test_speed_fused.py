@@ -183,7 +183,7 @@ def test_other_library_versions_turn_auto_off_with_a_note_and_true_warns(tiny_ll
     assert fused.fused_lora_wanted(tiny_config(tiny_llama, tmp_path, "train.fused_lora=on"), notes.append)
     assert "untested versions" in notes[0] and "train.fused_lora=false" in notes[0]
     notes.clear()
-    monkeypatch.setitem(apply.CHECKED_VERSIONS, "peft", importlib.metadata.version("peft"))
+    monkeypatch.setitem(fused.CHECKED_VERSIONS, "peft", importlib.metadata.version("peft"))
     assert fused.fused_lora_wanted(tiny_config(tiny_llama, tmp_path), notes.append) is True  # auto on CUDA
     assert notes == []
 
