@@ -67,7 +67,7 @@ def test_nan_training_stops_as_diverged_and_keeps_the_last_good_checkpoint(tiny_
     assert events[-1].kind == "end" and events[-1].extra["state"] == "diverged"
     good = latest_checkpoint(run)
     assert good is not None and int(good.name.split("-")[1]) < result.step, "no checkpoint of the bad weights"
-    assert f"The last good checkpoint ({good.name}) is kept" in status["health"]
+    assert f"The newest checkpoint with finite weights ({good.name}) is kept" in status["health"]
     from safetensors.torch import load_file
 
     kept = load_file(run / "adapter" / "adapter_model.safetensors")
@@ -320,3 +320,15 @@ def test_stop_ends_an_export_at_the_next_stage_keeping_only_finished_files(train
     assert names == sorted(["tiny-q8_0.gguf", "tiny-q8_0.report.json", "tiny-q8_0.Modelfile"]), names
     assert not any(m.startswith("Quantizing") for m in seen), "nothing after the stage where Stop was pressed"
     assert seen[-1].startswith("Export stopped")
+
+
+def test_the_export_of_a_diverged_run_says_its_weights_are_a_fallback(tiny_llama, tmp_path):
+    from studio.export.exporting import export_run
+
+    result = train_tiny(tiny_config(tiny_llama, tmp_path, "train.learning_rate=1e4", "train.max_grad_norm=0",
+                                    "train.max_steps=12", "train.save_steps=2"))
+    assert result.state == "diverged"
+    report = export_run(result.run_dir, ("f16",)).reports[0]
+    run_check = next(c for c in report.checks if c.name == "run")
+    assert run_check.status == "warn" and f"diverged at step {result.step}" in run_check.detail
+    assert report.state != "passed", "a diverged run's file is never a plain pass"

@@ -26,9 +26,9 @@ from studio.hardware import free_accelerator_memory
 from studio.models import count_parameters, hf_folder, load_model
 from studio.export.ollama import write_modelfile
 from studio.export.references import reference_answers
-from studio.runs import check_free_disk, load_run_config, lock_run, read_template, weights_dir
+from studio.runs import check_free_disk, load_run_config, lock_run, read_status, read_template, weights_dir
 from studio.data.templates import Template, stop_token_ids
-from studio.export.verify import GgufReport, verify_gguf
+from studio.export.verify import Check, GgufReport, verify_gguf
 
 # Bytes per parameter of each output, for the disk preflight (k-quants are mixes).
 BYTES_PER_PARAM = {"merged_16bit": 2.0, "merged_4bit": 0.6, "f16": 2.0, "bf16": 2.0, "q8_0": 1.07,
@@ -221,6 +221,7 @@ def _export_ggufs(merged, cfg, template, gguf_types, out_dir, work, prefix, veri
             quantize_gguf(f16, tmp, gguf_type)
         stage(f"Verifying {gguf_type} in llama.cpp", result)
         report = verify_gguf(tmp, gguf_type, references, tokenizer, template)
+        report.checks += _run_checks(out_dir.parent)
         if report.fine_tune_lost:
             report.use_instead = closest_type_that_kept(gguf_type, result.reports)
         final = out_dir / tmp.name
@@ -235,6 +236,15 @@ def _export_ggufs(merged, cfg, template, gguf_types, out_dir, work, prefix, veri
         result.files.append(final)
         if cfg.export.ollama_modelfile:
             result.files.append(write_modelfile(final, template, tokenizer))
+
+
+def _run_checks(run_dir: Path) -> list[Check]:
+    """What the card must say about the run itself: a diverged run's weights are a fallback, not its result."""
+    status = read_status(run_dir)
+    if status.get("state") != "diverged":
+        return []
+    return [Check("run", "warn", f"the run diverged at step {status.get('step')}: these are the weights of its "
+                                 "newest checkpoint with finite weights, not a finished fine-tune")]
 
 
 def closest_type_that_kept(gguf_type: str, reports: list[GgufReport]) -> str:
