@@ -12,9 +12,9 @@ from __future__ import annotations
 from studio.config import RunConfig
 from studio.errors import ConfigError
 from studio.hardware import has_cuda
-from studio.speed.apply import CHECKED_VERSIONS, fused_layer_count, use_fused_lora, version_mismatches
+from studio.speed.apply import CHECKED_VERSIONS, use_fused_lora, version_mismatches
 
-__all__ = ["CHECKED_VERSIONS", "fused_layer_count", "fused_lora_wanted", "setup_fused_lora", "use_fused_lora"]
+__all__ = ["CHECKED_VERSIONS", "fused_lora_wanted", "setup_fused_lora", "use_fused_lora"]
 
 
 def fused_lora_wanted(cfg: RunConfig, note=lambda text: None) -> bool:
