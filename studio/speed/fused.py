@@ -48,14 +48,10 @@ def use_fused_lora(model: torch.nn.Module) -> int:
     count = 0
     for module in model.modules():
         fused = _fused_class(type(module))
-        if fused is not None and _base_kind(module) is not None and not getattr(module, "fan_in_fan_out", False):
+        if fused is not None and _has_supported_base(module) and not getattr(module, "fan_in_fan_out", False):
             module.__class__ = fused
             count += 1
     return count
-
-
-def fused_layer_count(model: torch.nn.Module) -> int:
-    return sum(isinstance(m, FusedLoraForward) for m in model.modules())
 
 
 class FusedLoraForward:
@@ -97,16 +93,16 @@ def _is_lora_linear_class(cls: type) -> bool:
     return cls is getattr(bnb, "Linear4bit", None)
 
 
-def _base_kind(module) -> str | None:
-    """'4bit' for a bitsandbytes Linear4bit base, '16bit' for a plain nn.Linear, None for any other."""
+def _has_supported_base(module) -> bool:
+    """Whether the layer's base is a plain nn.Linear or a bitsandbytes Linear4bit (8-bit and others keep PEFT's)."""
     base = module.get_base_layer()
     if type(base) is torch.nn.Linear:
-        return "16bit"
+        return True
     try:
         import bitsandbytes as bnb
     except ImportError:
-        return None
-    return "4bit" if isinstance(base, bnb.nn.Linear4bit) else None
+        return False
+    return isinstance(base, bnb.nn.Linear4bit)
 
 
 def _fused_call(layer, x: torch.Tensor):
