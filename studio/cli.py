@@ -1,4 +1,4 @@
-"""The headless twin of the studio: train, resume, export, chat, runs.
+"""The headless twin of the studio: train, resume, export, chat, runs, keys, bench (data: cli_data; eval: cli_eval).
 
     python launch.py train recipes/quickstart.yaml lora.r=32 train.max_steps=60
     python launch.py resume runs/20261122-101500_quickstart
@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command not in ("runs", "keys"):
         _quiet_libraries()
     try:
+        from studio.cli_data import cmd_data
+        from studio.cli_eval import cmd_compare, cmd_eval
+
         commands = {"train": cmd_train, "resume": cmd_resume, "export": cmd_export, "chat": cmd_chat, "data": cmd_data,
                     "runs": cmd_runs, "bench": cmd_bench, "keys": cmd_keys, "eval": cmd_eval, "compare": cmd_compare}
         return commands[args.command](args)
@@ -308,98 +311,6 @@ def _repl(session, modes: list[str]) -> int:
     return 0
 
 
-def cmd_data(args) -> int:
-    from studio.services import Studio
-
-    cfg, is_data_file = _data_config(args)
-    p = Studio().preview_data(cfg, args.row)
-    st = p.stats
-    if is_data_file:
-        print(_data_file_note(cfg, p.template))
-    print(f"{cfg.data.path}: {p.count_line} · format {p.format} · template {p.template} · columns {', '.join(p.columns)}")
-    if p.sample_note:
-        print(p.sample_note)
-    if p.format == "fields":
-        print("format fields: each row is read through the format-string template's fields")
-    elif p.detected:
-        print(f"format {p.format} detected from the columns (set data.format to override)")
-    for skipped in p.skipped[:20]:
-        print(f"  skipped {skipped}")
-    if len(p.skipped) > 20:
-        print(f"  ... and {len(p.skipped) - 20:,} more skipped")
-    scope = " (of the sample)" if st.sampled else ""
-    print(f"tokens{scope}: {st.tokens:,} in all, {st.trained_tokens:,} trained ({100 * st.trained_tokens / max(st.tokens, 1):.0f}%)")
-    print(f"max_length {p.max_length}: {st.rows_cut} rows cut, {st.responses_cut} of them lose response tokens")
-    print(f"rows with nothing to learn: {st.fully_masked} · duplicate rows: {st.duplicates}")
-    if p.format == "preference":
-        print(f"pairs whose chosen and rejected responses are the same: {st.identical_pairs}")
-    for warning in p.warnings:
-        print(f"warning: {warning}")
-    print("token length per row:")
-    for low, count in _histogram(p.lengths):
-        marker = "  <- cut at max_length" if low > p.max_length else ""
-        print(f"  {low:>6}+ {'█' * max(1, round(40 * count / len(p.lengths)))} {count}{marker}")
-    if p.row_error:
-        print(f"\nrow {p.row} is skipped: {p.row_error}")
-        return 0
-    print(f"\nrow {p.row} ({p.row_tokens:,} tokens, {p.trained_tokens:,} trained; trained tokens in [brackets]):")
-    print(_bracket_trained(p.tokens))
-    if p.rejected:
-        print(f"\nrow {p.row}, rejected response (shown for comparison, not trained by SFT):")
-        print(_bracket_trained(p.rejected))
-    return 0
-
-
-QUICKSTART = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.yaml"
-
-
-def _data_config(args):
-    """(config, whether a data file was given): a data file instead of a recipe previews with the quickstart's model."""
-    from studio.config import apply_overrides, from_dict, load_recipe
-    from studio.data.sources import SUFFIXES
-
-    given = Path(args.recipe)
-    if not (given.suffix.lower() in SUFFIXES or given.is_dir()):
-        return load_recipe(given, args.overrides), False
-    model = load_recipe(QUICKSTART).model.name_or_path
-    raw = {"model": {"name_or_path": model}, "data": {"path": str(given)}}
-    return apply_overrides(from_dict(raw), args.overrides), True
-
-
-def _data_file_note(cfg, template: str) -> str:
-    path = shlex.quote(cfg.data.path)
-    return (f"{cfg.data.path} is a data file, not a recipe: previewed with model {cfg.model.name_or_path} and template "
-            f"{template} (the quickstart's model; choose others with model.name_or_path=... data.template=...).\n"
-            f"To train on it: python launch.py train {_relative(QUICKSTART)} data.path={path}, or write a recipe "
-            "(recipes/*.yaml) with data.path set to it.\n")
-
-
-def _relative(path: Path) -> str:
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
-def _histogram(lengths: list[int], bins: int = 10) -> list[tuple[int, int]]:
-    width = max(1, -(-(max(lengths) - min(lengths) + 1) // bins))
-    counts: dict[int, int] = {}
-    for n in lengths:
-        low = min(lengths) + (n - min(lengths)) // width * width
-        counts[low] = counts.get(low, 0) + 1
-    return sorted(counts.items())
-
-
-def _bracket_trained(tokens: list[tuple[str, bool, bool]]) -> str:
-    out, inside = [], False
-    for piece, trained, _ in tokens:
-        if trained != inside:
-            out.append("[" if trained else "]")
-            inside = trained
-        out.append(piece)
-    return "".join(out) + ("]" if inside else "")
-
-
 def cmd_keys(args) -> int:
     import textwrap
 
@@ -420,7 +331,7 @@ def cmd_runs(args) -> int:
     for run_dir in list_runs(args.runs_dir):
         run = run_state(run_dir)
         status = run.status
-        line = f"{run_dir}  {run.state:11}  step {status.get('step', '-')}  loss {_number(status.get('loss'))}"
+        line = f"{run_dir}  {run.state:11}  step {status.get('step', '-')}  loss {number_text(status.get('loss'))}"
         if run.state == "unreadable":
             line += f"  ({run.problem})"
         elif run.state == "running":
@@ -431,7 +342,7 @@ def cmd_runs(args) -> int:
     return 0
 
 
-def _number(value) -> str:
+def number_text(value) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
 
 
@@ -462,47 +373,3 @@ def _gib(text: str) -> float:
         return float(number)
     except ValueError:
         raise StudioError(f"--max-memory: '{text}' is not an amount of memory; write e.g. 24GiB.") from None
-
-
-def cmd_eval(args) -> int:
-    from studio.evaluate.evaluation import MODEL_CHOICES, EvalSpec, run_evaluation
-    from studio.evaluate.scorecard import format_scorecard
-    from studio.runs import find_run
-
-    run_dir = find_run(args.run)
-    models = tuple(args.models) if args.models is not None else (() if args.gguf else MODEL_CHOICES)
-    spec = EvalSpec(rows=args.rows, limit=args.limit, models=models, ggufs=tuple(args.gguf), other=args.other,
-                    metric=args.metric, batch_size=args.batch_size, overrides=tuple(args.overrides),
-                    checks=tuple(args.check))
-    stop = threading.Event()
-
-    def request_stop(signum, frame):
-        print("\nStopping after this batch; what was scored is kept.", flush=True)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        result = run_evaluation(run_dir, spec, lambda e: print(e.message, flush=True), stop)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    print(f"\n{result.meta['rows']}\n")
-    print(format_scorecard(result.scorecard))
-    print(f"\nSaved in {result.folder}" + (" (partial: stopped)" if result.partial else ""))
-    return 1 if result.partial else 0
-
-
-def cmd_compare(args) -> int:
-    from studio.evaluate.compare import compare_runs
-    from studio.runs import find_run
-
-    comparison = compare_runs([find_run(run) for run in args.runs])
-    print("config differences:")
-    for key, values in comparison.differences.items() or [("(none)", [])]:
-        print(f"  {key}: " + " | ".join(values))
-    print("\nhow each run ended:")
-    for final in comparison.finals:
-        print("  " + "  ".join(f"{k} {_number(v) if isinstance(v, float) else v}" for k, v in final.items() if v is not None))
-    steps = {run: len([p for p in comparison.curves if p[0] == run]) for run in comparison.runs}
-    print("\ncurve points (loss and eval loss): " + ", ".join(f"{run}: {n}" for run, n in steps.items()))
-    return 0
