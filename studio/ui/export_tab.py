@@ -122,12 +122,11 @@ def export_view(snap) -> tuple[str, str, str, str]:
 
 def report_card(report: dict) -> str:
     """Markdown: the headline first, coloured by state, then the checks and the answers side by side."""
-    state = report.get("state") or ("passed" if report["passed"] else "failed")  # reports written before states
-    headline = report.get("headline") or state.upper()
+    state, headline = report["state"], report["headline"]
     kept = "" if report["passed"] else " · file not kept"
     rows = "\n".join(f"| {STATUS_ICON[c['status']]} {c['name']} | {_cell(c['detail'])} |" for c in report["checks"])
-    samples = "\n".join(f"| {_cell(s['prompt'][:80])} | {_cell(repr(s['hf']))} | {_cell(repr(s.get('base', '')))} | "
-                        f"{_cell(repr(s['gguf']))} | {s['matching_tokens']}/{s['of']} |" for s in report.get("samples", []))
+    samples = "\n".join(f"| {_cell(s['prompt'][:80])} | {_cell(repr(s['hf']))} | {_cell(repr(s['base']))} | "
+                        f"{_cell(repr(s['gguf']))} | {s['matching_tokens']}/{s['of']} |" for s in report["samples"])
     return (f'<div class="report-headline report-{state}" style="{HEADLINE_STYLE[state]}">'
             f"{STATE_ICON[state]} {html.escape(headline)}</div>\n\n"
             f"**{Path(report['path']).name}** · {report['size_bytes'] / 2**20:.1f} MiB{kept}\n\n"
