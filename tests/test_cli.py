@@ -15,7 +15,7 @@ def launch(*args, cwd=ROOT, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("command", ["train", "resume", "export", "chat", "runs"])
+@pytest.mark.parametrize("command", ["train", "resume", "export", "chat", "runs", "eval"])
 def test_every_command_has_help(command):
     done = launch(command, "--help")
     assert done.returncode == 0 and "usage: launch.py " + command in done.stdout
@@ -106,3 +106,21 @@ def test_data_command_previews_a_data_file_with_the_quickstart_model(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "previewed with model builtin:gemma-3-270m and template alpaca" in done.stdout
     assert "sample_instructions.jsonl: 370 rows · format alpaca" in done.stdout
+
+
+def test_overrides_work_after_a_list_option():
+    """`eval RUN --models base tuned generation.max_new_tokens=8`: the override is no model name."""
+    from studio.cli import parse_args
+
+    args = parse_args(["eval", "RUN", "--models", "base", "tuned", "generation.max_new_tokens=8", "--limit", "4",
+                       "generation.seed=2"])
+    assert args.models == ["base", "tuned"] and args.limit == 4
+    assert args.overrides == ["generation.max_new_tokens=8", "generation.seed=2"], "in the order typed"
+    args = parse_args(["eval", "RUN", "generation.max_new_tokens=8", "--gguf", "runs/a=b/x.gguf", "generation.seed=2"])
+    assert args.gguf == ["runs/a=b/x.gguf"] and args.overrides == ["generation.max_new_tokens=8", "generation.seed=2"]
+    assert parse_args(["chat", "RUN", "--prompt", "x.y=1"]).prompt == "x.y=1", "an option's one value stays its own"
+
+
+def test_a_misplaced_override_is_a_clear_error():
+    done = launch("export", "RUN", "--gguf", "q8_0", "generation.max_new_tokens=8")
+    assert done.returncode == 2 and "unrecognized arguments: generation.max_new_tokens=8" in done.stderr
