@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from conftest import SAMPLE_DATA, tiny_config, train_tiny
+from conftest import ROOT, SAMPLE_DATA, tiny_config, train_tiny
 
 
 @pytest.fixture(scope="module")
@@ -269,3 +269,59 @@ def test_the_evaluate_tab_through_the_api(eval_run, tmp_path):
         assert [row[0] for row in finals["data"]] == [eval_run.name, twin.name]
     finally:
         app.close()
+
+
+KILLED_EVALUATION = """
+import sys, time
+from pathlib import Path
+from studio.evaluate.evaluation import EvalSpec, run_evaluation
+
+def sink(event):
+    if event.kind == "log":  # the first batch is answered: the .part folder exists and holds rows
+        print("ANSWERING", flush=True)
+        time.sleep(600)
+
+run_evaluation(Path(sys.argv[1]), EvalSpec(rows="train", limit=4, models=("tuned",), batch_size=1,
+                                           overrides=("generation.max_new_tokens=2",)), sink)
+"""
+
+
+def test_an_evaluation_killed_outright_leaves_a_part_folder_that_is_cleaned(eval_run):
+    import signal
+    import subprocess
+    import sys
+
+    from studio.events import MemorySink
+    from studio.evaluate.evaluation import EvalSpec, run_evaluation
+    from studio.evaluate.store import list_evals
+    from studio.runs import lock_holder, lock_run
+
+    before = list_evals(eval_run)
+    child = subprocess.Popen([sys.executable, "-c", KILLED_EVALUATION, str(eval_run)], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        seen = []
+        for line in child.stdout:
+            if "ANSWERING" in line:
+                break
+            seen.append(line)
+        assert child.poll() is None, "the evaluation ended before it was killed:\n" + "".join(seen)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    parts = list((eval_run / "evals").glob("*.part"))
+    assert len(parts) == 1 and (parts[0] / "rows.jsonl").is_file(), "kill -9 leaves the folder half-written"
+    assert lock_holder(eval_run) is None, "the system released the dead process's lock"
+
+    sink = MemorySink()
+    result = run_evaluation(eval_run, EvalSpec(rows="train", limit=2, models=("tuned",),
+                                               overrides=("generation.max_new_tokens=2",)), sink)
+    assert not parts[0].exists(), "the next evaluation removed it"
+    assert any(e.message == f"Removed {parts[0].name}: what an evaluation that was killed had left" for e in sink.events())
+    assert list_evals(eval_run) == [*before, result.folder]
+
+    stale = eval_run / "evals" / "20200101-000000.part"
+    stale.mkdir()
+    with lock_run(eval_run, "evaluation"):  # a live evaluation's folder is left alone
+        assert list_evals(eval_run) == [*before, result.folder] and stale.is_dir()
+    assert list_evals(eval_run) == [*before, result.folder] and not stale.exists(), "a listing cleans it too"

@@ -28,7 +28,7 @@ from studio.evaluate import generate as gen_lib
 from studio.evaluate.rows import EvalRow, select_rows
 from studio.evaluate.scorecard import ModelRow, build_scorecard, eval_curve
 from studio.evaluate.scores import METRICS, load_checks, model_scores, parse_check, row_scores, save_checks
-from studio.evaluate.store import EvalResult, new_eval_folder
+from studio.evaluate.store import EvalResult, new_eval_folder, remove_stale_parts
 from studio.events import Event, Sink
 
 MODEL_CHOICES = ("base", "tuned", "checkpoints", "gguf")
@@ -67,6 +67,8 @@ def run_evaluation(run_dir: Path, spec: EvalSpec, sink: Sink = lambda e: None,
 
     _check_spec(spec)
     with lock_run(run_dir, "evaluation"):
+        for folder in remove_stale_parts(run_dir):
+            sink(Event("stage", message=f"Removed {folder.name}: what an evaluation that was killed had left"))
         return _evaluate(run_dir, spec, sink, stop or threading.Event())
 
 

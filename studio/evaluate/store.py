@@ -2,7 +2,9 @@
 
 A folder is written as <time>.part and renamed when the job ends (completed or
 stopped: a stopped one says "partial": true), so a folder without .part is
-whole. A job that was killed leaves only a .part folder, which is never listed.
+whole. A job that was killed outright (kill -9, a power cut) leaves only a .part
+folder: it is never listed, and it is removed by the next evaluation or listing
+of the run that finds nobody holding the run's lock.
 
     result = load_eval(list_evals(run_dir)[-1])
     result.scorecard, result.rows, result.outputs["fine-tuned"][3]
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,9 +61,27 @@ def new_eval_folder(run_dir: Path) -> Path:
 
 
 def list_evals(run_dir: Path) -> list[Path]:
-    """The run's finished (or stopped) evaluations, oldest first."""
+    """The run's finished (or stopped) evaluations, oldest first (stale .part folders of killed jobs removed)."""
+    from studio.errors import RunBusyError
+    from studio.runs import lock_run
+
     root = run_dir / "evals"
+    if any(root.glob("*.part")):
+        try:
+            with lock_run(run_dir, "cleaning evaluations"):
+                remove_stale_parts(run_dir)
+        except (RunBusyError, OSError):
+            pass  # a job holds the run (its .part is live), or the folder is read-only: list without cleaning
     return sorted(p.parent for p in root.glob("*/scores.json") if not p.parent.name.endswith(".part"))
+
+
+def remove_stale_parts(run_dir: Path) -> list[Path]:
+    """Remove the .part folders of evaluations whose process died. Call it holding the run's lock: then no
+    evaluation of the run is alive, and every .part folder is a killed one's."""
+    stale = sorted(p for p in (run_dir / "evals").glob("*.part") if p.is_dir())
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return stale
 
 
 def load_eval(folder: Path) -> EvalResult:
