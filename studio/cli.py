@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"GGUF types to write and verify: {', '.join(gguf_choices)} (default: the run's export.gguf).")
     export.add_argument("--formats", nargs="*", default=None, choices=format_choices, metavar="FORMAT",
                         help=f"Other exports: {', '.join(format_choices)} (default: the run's export.formats).")
+    export.add_argument("--checkpoint", default=None, metavar="checkpoint-N",
+                        help=field_info("export.checkpoint").help + " Default: the run's export.checkpoint.")
 
     chat = sub.add_parser("chat", help="Chat with a run's model (streaming), or with a GGUF file.")
     chat.add_argument("run", nargs="?", help="Run folder or run name (omit with --gguf FILE alone).")
@@ -281,10 +283,11 @@ def cmd_export(args) -> int:
     cfg = load_run_config(run_dir)
     gguf = tuple(args.gguf) if args.gguf is not None else cfg.export.gguf
     formats = tuple(args.formats) if args.formats is not None else cfg.export.formats
+    checkpoint = args.checkpoint if args.checkpoint is not None else cfg.export.checkpoint
     started, stop = time.time(), threading.Event()
     try:
         with stop_on_ctrl_c(stop, "Stopping after this stage (finished files are kept)"):
-            result = export_run(run_dir, gguf, formats, ConsoleSink(), cfg.export.verify_tokens, stop)
+            result = export_run(run_dir, gguf, formats, ConsoleSink(), cfg.export.verify_tokens, stop, checkpoint)
     except KeyboardInterrupt:
         print("\nAborted: nothing half-made was kept (unfinished files stay in exports/.work until the next export).",
               file=sys.stderr)

@@ -24,7 +24,7 @@ def cmd_eval(args) -> int:
     with stop_on_ctrl_c(stop, "Stopping after this batch; what was scored is kept"):
         result = run_evaluation(run_dir, spec, lambda e: print(e.message, flush=True), stop)
     print(f"\n{result.meta['rows']}\n")
-    print(format_scorecard(result.scorecard))
+    print(format_scorecard(result.scorecard, run_dir))
     print(f"\nSaved in {result.folder}" + (" (partial: stopped)" if result.partial else ""))
     return 1 if result.partial else 0
 

@@ -202,6 +202,12 @@ class ExportConfig:
         "survived.",
     )
     verify_tokens: int = _f(16, "Greedy tokens compared between llama.cpp and the HF model per prompt.")
+    checkpoint: str = _f(
+        "",
+        "Export a checkpoint of the run (checkpoint-N, from its checkpoints/ folder) instead of its final weights: "
+        "the one `launch.py eval` ranks best. Its files are named after it, e.g. <name>-checkpoint-40-q8_0.gguf "
+        "(empty: the final weights).",
+    )
     ollama_modelfile: bool = _f(True, "Write an Ollama Modelfile beside each GGUF.")
 
 

@@ -196,7 +196,8 @@ class Studio:
             self.gpu.release()
             raise
 
-    def start_export(self, run_dir: Path, gguf_types: tuple, formats: tuple) -> None:
+    def start_export(self, run_dir: Path, gguf_types: tuple, formats: tuple, checkpoint: str = "") -> None:
+        """Export the run's final weights, or `checkpoint` (checkpoint-N), in the background."""
         from studio.export.exporting import export_run
         from studio.runs import load_run_config
 
@@ -204,7 +205,7 @@ class Studio:
         self._take_gpu_for("export")
         try:
             self._run_job("export", run_dir.name,
-                          lambda sink, stop: export_run(run_dir, gguf_types, formats, sink, tokens, stop))
+                          lambda sink, stop: export_run(run_dir, gguf_types, formats, sink, tokens, stop, checkpoint))
         except BaseException:
             self.gpu.release()
             raise

@@ -119,6 +119,7 @@ def test_overrides_work_after_a_list_option():
     args = parse_args(["eval", "RUN", "generation.max_new_tokens=8", "--gguf", "runs/a=b/x.gguf", "generation.seed=2"])
     assert args.gguf == ["runs/a=b/x.gguf"] and args.overrides == ["generation.max_new_tokens=8", "generation.seed=2"]
     assert parse_args(["chat", "RUN", "--prompt", "x.y=1"]).prompt == "x.y=1", "an option's one value stays its own"
+    assert parse_args(["export", "RUN", "--checkpoint", "checkpoint-40"]).checkpoint == "checkpoint-40"
 
 
 def test_a_misplaced_override_is_a_clear_error():

@@ -261,6 +261,10 @@ def test_the_evaluate_tab_through_the_api(eval_run, tmp_path):
         assert folder in str(saved), "the new evaluation is listed among the saved ones"
         scorecard, verdict, first, second = client.predict(folder, api_name="/show_evaluation")
         assert scorecard["data"][1][0].startswith("fine-tuned") and first["value"] == "fine-tuned"
+        run_choice, checkpoint = client.predict(folder, api_name="/export_best")[:2]
+        assert run_choice["value"] == str(eval_run) and checkpoint["value"] == "", "the final weights won"
+        assert "checkpoint-5" in str(checkpoint["choices"])
+        assert client.predict(str(eval_run), "checkpoint-10", api_name="/export_checkpoints")["value"] == "checkpoint-10"
         answers = client.predict(folder, "all", "fine-tuned", "base", api_name="/show_rows")
         assert answers["headers"][:3] == ["row", "input", "reference"] and len(answers["data"]) == 4
 
@@ -269,6 +273,47 @@ def test_the_evaluate_tab_through_the_api(eval_run, tmp_path):
         assert [row[0] for row in finals["data"]] == [eval_run.name, twin.name]
     finally:
         app.close()
+
+
+def test_a_gguf_of_a_checkpoint_is_judged_against_that_checkpoint_and_the_verdict_names_the_export():
+    from pathlib import Path
+
+    from studio.evaluate.scorecard import ModelRow, build_scorecard, format_scorecard
+
+    models = [ModelRow("base", "base", None, 8, {"loss": 3.0}), ModelRow("fine-tuned", "tuned", None, 8, {"loss": 2.0}),
+              ModelRow("checkpoint-5", "checkpoint", 5, 8, {"loss": 1.0}),
+              ModelRow("run-checkpoint-5-q8_0.gguf", "gguf", None, 8, {"loss": 1.1})]
+    card = build_scorecard(models, "loss")
+    assert "run-checkpoint-5-q8_0.gguf: loss 1.1000 (+0.1 against checkpoint-5), keeps 95% of" in " ".join(card.verdict)
+    text = format_scorecard(card, Path("runs/20261127_my run"))
+    assert ("verdict: Ship checkpoint-5: best loss among the fine-tuned weights (1.0000). Export it: "
+            "python launch.py export 'runs/20261127_my run' --checkpoint checkpoint-5") in text
+    final = build_scorecard(models[:2], "loss")
+    assert format_scorecard(final, Path("runs/x")).count("Export it: python launch.py export runs/x\n") == 1
+
+
+def test_exporting_a_checkpoint_names_it_and_scores_against_it(eval_run):
+    from studio.errors import ExportError
+    from studio.evaluate.evaluation import EvalSpec, run_evaluation
+    from studio.export.exporting import export_run, run_checkpoints
+
+    assert run_checkpoints(eval_run) == ["checkpoint-5", "checkpoint-10"]
+    result = export_run(eval_run, ("q8_0",), ("adapter",), checkpoint="checkpoint-5")
+    out = eval_run / "exports"
+    assert result.passed and out / "tiny-checkpoint-5-q8_0.gguf" in result.files
+    adapter = out / "tiny-checkpoint-5-adapter"
+    assert (adapter / "adapter_model.safetensors").read_bytes() == \
+        (eval_run / "checkpoints" / "checkpoint-5" / "adapter_model.safetensors").read_bytes()
+    assert not (adapter / "optimizer.pt").exists() and not (adapter / "training_args.bin").exists()
+    assert (out / "tiny-checkpoint-5-q8_0.report.json").is_file() and (out / "tiny-q8_0.gguf").is_file()
+    with pytest.raises(ExportError, match="has no 'checkpoint-7'. Its checkpoints: checkpoint-5, checkpoint-10"):
+        export_run(eval_run, ("q8_0",), (), checkpoint="checkpoint-7")
+
+    spec = EvalSpec(rows="train", limit=4, models=("base", "checkpoints"), ggufs=(str(out / "tiny-checkpoint-5-q8_0.gguf"),),
+                    overrides=("generation.max_new_tokens=4",))
+    card = run_evaluation(eval_run, spec).scorecard
+    line = next(v for v in card.verdict if v.startswith("tiny-checkpoint-5-q8_0.gguf"))
+    assert "against checkpoint-5" in line, line
 
 
 KILLED_EVALUATION = """

@@ -4,7 +4,7 @@
     card.best            # "checkpoint-40": the fine-tuned weights to ship, by the chosen metric
     card.verdict         # plain sentences: best, fine-tuned vs base, each GGUF vs the fine-tuned model
     card.warnings        # overfitting since step N, answers that no longer stop, a GGUF that lost the gain
-    print(format_scorecard(card))
+    print(format_scorecard(card, run_dir))   # the verdict names the command that exports the best weights
 """
 
 from __future__ import annotations
@@ -92,15 +92,17 @@ def _against_base(models: list[ModelRow], metric: str, best: ModelRow, warnings:
 
 
 def _ggufs(models: list[ModelRow], metric: str, warnings: list[str]) -> list[str]:
-    """Each GGUF against the fine-tuned model: the difference, and how much of the gain over the base it kept."""
-    base, tuned = _find(models, "base"), _find(models, "tuned")
-    if tuned is None or metric not in tuned.scores:
-        return []
+    """Each GGUF against the weights it was exported from: the difference, and how much of the gain over the base it kept."""
+    base = _find(models, "base")
     lines = []
     for gguf in (m for m in models if m.kind == "gguf" and metric in m.scores):
-        diff = gguf.scores[metric] - tuned.scores[metric]
-        text = f"{gguf.name}: {metric} {_fmt(metric, gguf.scores[metric])} ({diff:+.4g} against the fine-tuned model)"
-        kept = kept_gain(metric, base, tuned, gguf)
+        source = exported_from(gguf, models)
+        if source is None or metric not in source.scores:
+            continue
+        diff = gguf.scores[metric] - source.scores[metric]
+        against = "the fine-tuned model" if source.kind == "tuned" else source.name
+        text = f"{gguf.name}: {metric} {_fmt(metric, gguf.scores[metric])} ({diff:+.4g} against {against})"
+        kept = kept_gain(metric, base, source, gguf)
         if kept is not None:
             text += f", keeps {kept:.0%} of the fine-tune's gain over the base"
             if kept < KEPT_GAIN_WARNING:
@@ -109,6 +111,24 @@ def _ggufs(models: list[ModelRow], metric: str, warnings: list[str]) -> list[str
                                 "try a higher-precision type (q8_0, f16).")
         lines.append(text + ".")
     return lines
+
+
+def exported_from(gguf: ModelRow, models: list[ModelRow]) -> ModelRow | None:
+    """The scored weights a GGUF was made from: the checkpoint its name carries (<name>-checkpoint-40-q8_0.gguf),
+    else the final fine-tuned weights."""
+    named = [m for m in models if m.kind == "checkpoint" and f"-{m.name}-" in gguf.name]
+    return named[0] if named else _find(models, "tuned")
+
+
+def export_command(card: Scorecard, run_dir: Path) -> str | None:
+    """The command that exports the weights the verdict ships: the best checkpoint's, or the final ones."""
+    import shlex
+
+    best = card.model(card.best) if card.best else None
+    if best is None:
+        return None
+    command = f"python launch.py export {shlex.quote(str(run_dir))}"
+    return command + (f" --checkpoint {best.name}" if best.kind == "checkpoint" else "")
 
 
 def kept_gain(metric: str, base: ModelRow | None, tuned: ModelRow, other: ModelRow) -> float | None:
@@ -184,12 +204,19 @@ def table_rows(card: Scorecard) -> tuple[list[str], list[list]]:
     return header, rows
 
 
-def format_scorecard(card: Scorecard) -> str:
-    """The scorecard as a plain text table with the verdict and warnings under it (for the terminal)."""
+def format_scorecard(card: Scorecard, run_dir: Path | None = None) -> str:
+    """The scorecard as a plain text table with the verdict and warnings under it (for the terminal).
+
+    With `run_dir`, the verdict that names the weights to ship also names the command that exports them.
+    """
     header, rows = table_rows(card)
     cells = [header] + [["" if v is None else str(v) for v in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    lines += [""] + [f"verdict: {v}" for v in card.verdict] + [f"warning: {w}" for w in card.warnings]
+    verdict = list(card.verdict)
+    command = export_command(card, run_dir) if run_dir is not None else None
+    if command and verdict:
+        verdict[0] += f" Export it: {command}"
+    lines += [""] + [f"verdict: {v}" for v in verdict] + [f"warning: {w}" for w in card.warnings]
     return "\n".join(lines)

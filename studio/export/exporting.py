@@ -5,8 +5,9 @@ for GGUF, verified), so a failure never leaves a file that looks finished.
 Free disk is checked before anything is written.
 
     result = export_run(run_dir, gguf_types=("q4_k_m",), formats=(), sink=ConsoleSink())
+    export_run(run_dir, ("q8_0",), checkpoint="checkpoint-40")   # a checkpoint's weights: <name>-checkpoint-40-q8_0.gguf
 
-Run as:  python launch.py export runs/<run> --gguf q4_k_m f16
+Run as:  python launch.py export runs/<run> --gguf q4_k_m f16 [--checkpoint checkpoint-40]
 """
 
 from __future__ import annotations
@@ -49,16 +50,17 @@ class ExportResult:
 
 
 def export_run(run_dir: Path, gguf_types=(), formats=(), sink: Sink = lambda e: None, verify_tokens: int = 16,
-               stop: threading.Event | None = None) -> ExportResult:
+               stop: threading.Event | None = None, checkpoint: str = "") -> ExportResult:
     """Produce the requested exports of a trained run in `run_dir/exports/` (the run is locked meanwhile).
 
+    `checkpoint` ("checkpoint-N") exports that checkpoint's weights instead of the final ones.
     `stop` ends the export at the next stage: what was finished and verified
     stays, nothing half-made is left, and the result's state is "stopped".
     """
     stage = _stages(sink, stop or threading.Event())
     with lock_run(run_dir, "export"):
         try:
-            return _export(run_dir, gguf_types, formats, stage, verify_tokens)
+            return _export(run_dir, gguf_types, formats, stage, verify_tokens, checkpoint)
         except ExportStopped as stopped:
             sink(Event("stage", message="Export stopped: what was finished and verified is kept."))
             return replace(stopped.result, state="stopped")
@@ -78,8 +80,9 @@ def _stages(sink: Sink, stop: threading.Event):
     return stage
 
 
-def _export(run_dir: Path, gguf_types, formats, stage, verify_tokens: int) -> ExportResult:
+def _export(run_dir: Path, gguf_types, formats, stage, verify_tokens: int, checkpoint: str) -> ExportResult:
     cfg = load_run_config(run_dir)
+    weights = export_weights(run_dir, checkpoint)
     gguf_types = tuple(recommended_gguf_type(run_dir) if t == "auto" else t for t in gguf_types)
     unknown = [t for t in gguf_types if t not in CONVERTER_TYPES + tuple(QUANTIZER_FTYPES)]
     if unknown:
@@ -90,17 +93,19 @@ def _export(run_dir: Path, gguf_types, formats, stage, verify_tokens: int) -> Ex
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     result = ExportResult(out_dir)
-    prefix = cfg.name
+    prefix = f"{cfg.name}-{checkpoint}" if checkpoint else cfg.name
     try:
+        if checkpoint:
+            stage(f"Exporting {checkpoint} (not the final weights)", result)
         if "adapter" in formats:
             stage("Copying the adapter", result)
-            result.files.append(_export_adapter(run_dir, out_dir / f"{prefix}-adapter"))
+            result.files.append(_export_adapter(run_dir, weights, out_dir / f"{prefix}-adapter"))
         needs_merge = bool(gguf_types) or "merged_16bit" in formats or "merged_4bit" in formats
         if not needs_merge:
             return result
         _check_disk(out_dir, _base_parameters(run_dir, cfg), gguf_types, formats)
         stage("Merging the adapter into 16-bit weights", result)
-        merged = _merge(run_dir, cfg, template, work / "merged-16bit")
+        merged = _merge(run_dir, weights, cfg, template, work / "merged-16bit")
         if "merged_4bit" in formats:
             stage("Writing merged 4-bit (bitsandbytes nf4) weights", result)
             result.files.append(_export_4bit(merged, out_dir / f"{prefix}-merged-4bit", cfg.model))
@@ -112,6 +117,36 @@ def _export(run_dir: Path, gguf_types, formats, stage, verify_tokens: int) -> Ex
     finally:
         shutil.rmtree(work, ignore_errors=True)
         free_accelerator_memory()
+
+
+def export_weights(run_dir: Path, checkpoint: str = "") -> Path:
+    """The weights to export: the run's final adapter/ or model/, or the folder of `checkpoint` (checkpoint-N)."""
+    from studio.train.checkpoints import checkpoint_problem
+
+    if not checkpoint:
+        return weights_dir(run_dir)
+    folder = run_dir / "checkpoints" / checkpoint
+    if checkpoint not in run_checkpoints(run_dir, whole=False):
+        raise ExportError(f"{run_dir.name} has no {checkpoint!r}. Its checkpoints: "
+                          f"{', '.join(run_checkpoints(run_dir, whole=False)) or 'none'} (older ones are removed as "
+                          "train.save_total_limit says).")
+    problem = checkpoint_problem(folder)
+    if problem is not None:
+        raise ExportError(f"{checkpoint} of {run_dir.name} cannot be exported: {problem}.")
+    return folder
+
+
+def run_checkpoints(run_dir: Path, whole: bool = True) -> list[str]:
+    """Names of the run's checkpoints (checkpoint-N), oldest first; with `whole`, only those that can be exported."""
+    from studio.train.checkpoints import checkpoint_problem, checkpoint_step
+
+    folders = [p for p in (run_dir / "checkpoints").glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()]
+    return [p.name for p in sorted(folders, key=checkpoint_step) if not whole or checkpoint_problem(p) is None]
+
+
+def is_adapter(weights: Path) -> bool:
+    """A LoRA adapter (merged into its base on export), not whole weights."""
+    return (weights / "adapter_config.json").is_file()
 
 
 def recommended_gguf_type(run_dir: Path) -> str:
@@ -138,24 +173,31 @@ def _check_disk(out_dir: Path, n_params: int, gguf_types, formats) -> None:
     check_free_disk(out_dir, needed, "these exports (fewer types need less)")
 
 
-def _export_adapter(run_dir: Path, target: Path) -> Path:
+# What a checkpoint holds beside the weights: the trainer's state, needed to resume, not to use the model.
+TRAINER_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth", "trainer_state.json", "training_args.bin")
+
+
+def _export_adapter(run_dir: Path, weights: Path, target: Path) -> Path:
+    if not is_adapter(weights):
+        raise ExportError(f"{run_dir.name} was fully fine-tuned: it has no adapter to export. Export merged_16bit "
+                          "or GGUF instead.")
     tmp = target.with_name(target.name + ".part")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(weights_dir(run_dir), tmp)
+    shutil.copytree(weights, tmp, ignore=shutil.ignore_patterns(*TRAINER_FILES))
     shutil.copy(run_dir / "template.jinja", tmp / "template.jinja")
     return _publish(tmp, target)
 
 
-def _merge(run_dir: Path, cfg: RunConfig, template: Template, target: Path) -> Path:
-    """Base weights + adapter, merged, saved as 16-bit safetensors with tokenizer and template."""
+def _merge(run_dir: Path, weights: Path, cfg: RunConfig, template: Template, target: Path) -> Path:
+    """Base weights + adapter (or a full fine-tune's weights), saved as 16-bit safetensors with tokenizer and template."""
     import torch
     from peft import PeftModel
 
-    weights = weights_dir(run_dir)
+    adapter = is_adapter(weights)
     # Always merge into unquantized weights: a bitsandbytes model cannot become a GGUF.
-    model, tokenizer = load_model(replace(cfg.model, name_or_path=cfg.model.name_or_path if weights.name == "adapter" else str(weights),
+    model, tokenizer = load_model(replace(cfg.model, name_or_path=cfg.model.name_or_path if adapter else str(weights),
                                           load_in="16bit", dtype="auto"))
-    if weights.name == "adapter":
+    if adapter:
         model = PeftModel.from_pretrained(model, weights).merge_and_unload()
     model = model.to(torch.bfloat16)
     refuse_non_finite(model, run_dir)

@@ -46,7 +46,7 @@ def build_app(studio: Studio) -> gr.Blocks:
         train_tab.wire(studio, form, train)
         chat_tab.wire(studio, form, chat)
         export_tab.wire(studio, form, export, chat, tabs)
-        evaluate_tab.wire(studio, form, evaluate)
+        evaluate_tab.wire(studio, form, evaluate, export, tabs)
         app.load(model["fit_event"], list(form.values()), model["fit"], api_visibility="private")
         # Run lists are refreshed when a tab is opened, not by the timers: an open dropdown stays still.
         for page, refs, name in ((train_page, train, "train_runs"), (chat_page, chat, "chat_sources"),

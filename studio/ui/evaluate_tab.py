@@ -2,7 +2,7 @@
 
 Every action has an API name, so the tab is driven by gradio_client as by a person:
 /evaluation_runs, /start_evaluation, /stop_evaluation, /evaluation_snapshot, /saved_evaluations,
-/show_evaluation, /show_rows, /compare_runs.
+/show_evaluation, /export_best, /show_rows, /compare_runs.
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ def build(studio, form: dict) -> dict:
             refs["status"] = gr.Markdown("No evaluation yet.", elem_id="eval-status")
             refs["table"] = gr.Dataframe(EMPTY, label="Scorecard", interactive=False, elem_id="eval-scorecard")
             refs["verdict"] = gr.Markdown(elem_id="eval-verdict")
+            # The weights the verdict ships (a checkpoint, or the final ones), set in the Export tab.
+            refs["export_best"] = gr.Button("Export this checkpoint", elem_id="eval-export-best")
     with gr.Accordion("Answers side by side", open=False):
         with gr.Row():
             refs["saved"] = gr.Dropdown([], label="Saved evaluation", elem_id="eval-saved")
@@ -71,7 +73,7 @@ def build(studio, form: dict) -> dict:
     return refs
 
 
-def wire(studio, form: dict, refs: dict) -> None:
+def wire(studio, form: dict, refs: dict, export_refs: dict, tabs) -> None:
     def start(run: str, rows: str, limit: float, models: list[str], other: str, metric: str, batch: float,
               max_new: float, checks: str):
         """Inputs: the form above. Outputs: notice, the polling timer switched on."""
@@ -114,6 +116,20 @@ def wire(studio, form: dict, refs: dict) -> None:
         return (scorecard_frame(result.scorecard), verdict_text(result.scorecard),
                 gr.update(choices=names, value=first), gr.update(choices=names, value=names[-1] if names else None))
 
+    def export_best(folder: str):
+        """Inputs: the saved evaluation shown. Outputs: the Export tab's run and checkpoint set to what its verdict
+        ships, the Export tab selected."""
+        from studio.export.exporting import run_checkpoints
+
+        card = load_eval(Path(folder)).scorecard if folder else None
+        best = card.model(card.best) if card is not None and card.best else None
+        if best is None:
+            raise gr.Error("No verdict to export yet: evaluate the run's fine-tuned model or checkpoints first.")
+        run_dir = Path(folder).parent.parent
+        checkpoint = best.name if best.kind == "checkpoint" else ""
+        choices = [("final weights", ""), *((n, n) for n in run_checkpoints(run_dir))]
+        return gr.update(value=str(run_dir)), gr.update(choices=choices, value=checkpoint), gr.Tabs(selected="export")
+
     def rows_view(folder: str, show_rows: str, first: str, second: str):
         """Inputs: saved evaluation, filter, first and second model. Outputs: the answers table."""
         if not folder:
@@ -142,6 +158,8 @@ def wire(studio, form: dict, refs: dict) -> None:
     refs["run"].change(saved, refs["run"], refs["saved"], api_name="saved_evaluations")
     refs["saved"].change(show, refs["saved"], [refs["table"], refs["verdict"], refs["first"], refs["second"]],
                          api_name="show_evaluation")
+    refs["export_best"].click(export_best, refs["saved"], [export_refs["run"], export_refs["checkpoint"], tabs],
+                              api_name="export_best")
     viewer = [refs["saved"], refs["filter"], refs["first"], refs["second"]]
     refs["filter"].change(rows_view, viewer, refs["answers"], api_name="show_rows")
     for control in (refs["first"], refs["second"]):

@@ -26,6 +26,8 @@ def build(studio, form: dict) -> dict:
     with gr.Row():
         with gr.Column(scale=2):
             run = gr.Dropdown([], label="Run", allow_custom_value=True, elem_id="export-run")
+            checkpoint = gr.Dropdown([("final weights", "")], value="", label="Weights of",
+                                     info=field_info("export.checkpoint").help, elem_id="export-checkpoint")
             formats = gr.CheckboxGroup(list(field_info("export.formats").choices), value=[], label="Weights")
             gguf = gr.CheckboxGroup(list(reversed(GGUF_TYPES)), value=["q8_0"], label="GGUF types", elem_id="export-gguf",
                                     info="Ticked when a run is picked: the type whose report card passes for a model "
@@ -41,19 +43,30 @@ def build(studio, form: dict) -> dict:
             files = gr.Markdown(elem_id="export-files")
             modelfile = gr.Code(label="Ollama Modelfile", language=None, elem_id="modelfile")
             open_chat = gr.Button("Open the GGUF in Chat", elem_id="open-in-chat")
-    return {"run": run, "formats": formats, "gguf": gguf, "disk": disk, "start": start, "stop": stop, "notice": notice,
-            "status": status, "cards": cards, "files": files, "modelfile": modelfile, "open_chat": open_chat,
-            "timer": gr.Timer(IDLE_POLL_S)}
+    return {"run": run, "checkpoint": checkpoint, "formats": formats, "gguf": gguf, "disk": disk, "start": start,
+            "stop": stop, "notice": notice, "status": status, "cards": cards, "files": files, "modelfile": modelfile,
+            "open_chat": open_chat, "timer": gr.Timer(IDLE_POLL_S)}
 
 
 def wire(studio, form: dict, refs: dict, chat_refs: dict, tabs) -> None:
-    def start(run: str, formats: list[str], gguf: list[str]):
-        """Inputs: run, weight formats, GGUF types. Outputs: notice, the polling timer switched on."""
+    def start(run: str, checkpoint: str, formats: list[str], gguf: list[str]):
+        """Inputs: run, checkpoint ("" for the final weights), weight formats, GGUF types. Outputs: notice, timer on."""
         try:
-            studio.start_export(studio.find_run(run), tuple(gguf), tuple(formats))
+            studio.start_export(studio.find_run(run), tuple(gguf), tuple(formats), checkpoint or "")
         except StudioError as exc:
             return f"⚠️ {exc}", gr.skip()
-        return f"Exporting **{run}**…", gr.Timer(1.0)
+        return f"Exporting **{run}**{f' ({checkpoint})' if checkpoint else ''}…", gr.Timer(1.0)
+
+    def checkpoints(run: str, current: str):
+        """Inputs: run, the checkpoint shown. Outputs: the run's checkpoints to export, the shown one kept if it has it."""
+        from studio.export.exporting import run_checkpoints
+
+        try:
+            names = run_checkpoints(studio.find_run(run)) if run else []
+        except StudioError:
+            names = []
+        return gr.update(choices=[("final weights", ""), *((n, n) for n in names)],
+                         value=current if current in names else "")
 
     def stop():
         """Inputs: none. Outputs: notice. The export ends at its next stage; finished files stay."""
@@ -89,14 +102,16 @@ def wire(studio, form: dict, refs: dict, chat_refs: dict, tabs) -> None:
         return gr.update(value=run), gr.update(choices=studio.list_ggufs(), value=choice), gr.Tabs(selected="chat")
 
     refs["stop"].click(stop, None, refs["notice"], api_name="stop_export")
-    refs["start"].click(start, [refs["run"], refs["formats"], refs["gguf"]], [refs["notice"], refs["timer"]],
-                        api_name="export")
+    refs["start"].click(start, [refs["run"], refs["checkpoint"], refs["formats"], refs["gguf"]],
+                        [refs["notice"], refs["timer"]], api_name="export")
     shown = gr.State(())
     outputs = [refs["status"], refs["cards"], refs["files"], refs["modelfile"], shown, refs["timer"]]
     refs["timer"].tick(poll, shown, outputs, api_name="export_snapshot", show_progress="hidden")
     refs["poll"] = (poll, shown, outputs)
     refs["refresh"] = (runs, [refs["run"]])
     refs["run"].change(suggest_type, refs["run"], refs["gguf"], show_progress="hidden")
+    refs["run"].change(checkpoints, [refs["run"], refs["checkpoint"]], refs["checkpoint"], show_progress="hidden",
+                       api_name="export_checkpoints")
     refs["open_chat"].click(open_in_chat, refs["run"], [chat_refs["run"], chat_refs["gguf"], tabs],
                             api_name="open_in_chat")
 
