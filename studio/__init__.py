@@ -9,6 +9,8 @@ The layers, each importing only from the ones above it:
     train/     training, callbacks, health, checkpoints   a run from config to weights, and its health
     export/    exporting, gguf, references, verify        merged weights and verified GGUF files
     chat/      stream, session                            streaming replies from HF models and GGUF files
+    evaluate/  rows, generate, scores, scorecard, store   scoring a run's models on held-out rows; the verdict
+    share                                                 a run's weights on the hub, with its model card
     bench/                                                `launch.py bench` (its special cases stay there)
     jobs, services                                        one background job and one owner of the GPU
     cli                                                   the headless commands

@@ -1,4 +1,5 @@
-"""The headless twin of the studio: train, resume, export, chat, runs, keys, bench (data: cli_data; eval: cli_eval).
+"""The headless twin of the studio: train, resume, export, chat, runs, keys, bench (data: cli_data; eval: cli_eval;
+share: cli_share).
 
     python launch.py train recipes/quickstart.yaml lora.r=32 train.max_steps=60
     python launch.py resume runs/20261122-101500_quickstart
@@ -94,6 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
                                "contains (the reference appears in the answer). Repeat for several.")
     evaluate.add_argument("overrides", nargs="*", help="Generation overrides, e.g. generation.max_new_tokens=64.")
 
+    share = sub.add_parser(
+        "share", help="Push a run's adapter, merged weights or GGUF files to the Hugging Face hub, with a model card.",
+        description="Uploads to a private hub repo (created when missing) what --what names, with a model card "
+                    "(README.md): the recipe, a data summary, the latest scorecard and the GGUF report cards. Goes "
+                    "online for the upload alone; needs a token that can write: HF_TOKEN or `hf auth login` "
+                    "(the studio never stores it). --card-only writes the card to <run>/model-card.md, offline.")
+    share.add_argument("run", help="Run folder or run name.")
+    share.add_argument("--repo", default="", metavar="USER/NAME", help="The hub repo, e.g. alice/quickstart-gguf.")
+    share.add_argument("--what", choices=("adapter", "merged", "gguf"), default="adapter",
+                       help="adapter (default), merged (exports/<name>-merged-16bit) or gguf (every exports/*.gguf "
+                            "with its Modelfile).")
+    share.add_argument("--public", action="store_true", help="Make a new repo public (default: private).")
+    share.add_argument("--card-only", action="store_true", help="Only write the model card to <run>/model-card.md.")
+
     compare = sub.add_parser("compare", help="Compare runs: loss curves, config differences, final scores.")
     compare.add_argument("runs", nargs="+", help="Two or more run folders or names.")
 
@@ -182,14 +197,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     args.argv = argv
-    if args.command not in ("runs", "keys"):
+    if args.command not in ("runs", "keys", "share"):
         _quiet_libraries()
     try:
         from studio.cli_data import cmd_data
         from studio.cli_eval import cmd_compare, cmd_eval
+        from studio.cli_share import cmd_share
 
         commands = {"train": cmd_train, "resume": cmd_resume, "export": cmd_export, "chat": cmd_chat, "data": cmd_data,
-                    "runs": cmd_runs, "bench": cmd_bench, "keys": cmd_keys, "eval": cmd_eval, "compare": cmd_compare}
+                    "runs": cmd_runs, "bench": cmd_bench, "keys": cmd_keys, "eval": cmd_eval, "compare": cmd_compare,
+                    "share": cmd_share}
         return commands[args.command](args)
     except StudioError as exc:
         print(f"error: {exc}", file=sys.stderr)

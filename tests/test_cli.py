@@ -15,7 +15,7 @@ def launch(*args, cwd=ROOT, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("command", ["train", "resume", "export", "chat", "runs", "eval"])
+@pytest.mark.parametrize("command", ["train", "resume", "export", "chat", "runs", "eval", "share"])
 def test_every_command_has_help(command):
     done = launch(command, "--help")
     assert done.returncode == 0 and "usage: launch.py " + command in done.stdout

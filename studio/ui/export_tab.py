@@ -1,4 +1,4 @@
-"""Export tab: adapter, merged weights and GGUF files, each GGUF with its report card."""
+"""Export tab: adapter, merged weights and GGUF files, each GGUF with its report card; sharing them on the hub."""
 
 from __future__ import annotations
 
@@ -43,9 +43,19 @@ def build(studio, form: dict) -> dict:
             files = gr.Markdown(elem_id="export-files")
             modelfile = gr.Code(label="Ollama Modelfile", language=None, elem_id="modelfile")
             open_chat = gr.Button("Open the GGUF in Chat", elem_id="open-in-chat")
+    with gr.Accordion("Share on the Hugging Face hub", open=False):
+        gr.Markdown("Uploads with a model card (recipe, data, latest scorecard, report cards). Goes online for the "
+                    "upload alone and needs a token that can write: `HF_TOKEN` or `hf auth login` (never stored).")
+        with gr.Row():
+            repo = gr.Textbox("", label="Hub repo", placeholder="user/name", elem_id="share-repo")
+            what = gr.Radio(["adapter", "merged", "gguf"], value="gguf", label="Share", elem_id="share-what")
+            private = gr.Checkbox(True, label="Private repo", elem_id="share-private")
+            share = gr.Button("Share", elem_id="share-start")
+        shared = gr.Markdown(elem_id="share-result")
     return {"run": run, "checkpoint": checkpoint, "formats": formats, "gguf": gguf, "disk": disk, "start": start,
             "stop": stop, "notice": notice, "status": status, "cards": cards, "files": files, "modelfile": modelfile,
-            "open_chat": open_chat, "timer": gr.Timer(IDLE_POLL_S)}
+            "open_chat": open_chat, "repo": repo, "what": what, "private": private, "share": share, "shared": shared,
+            "timer": gr.Timer(IDLE_POLL_S)}
 
 
 def wire(studio, form: dict, refs: dict, chat_refs: dict, tabs) -> None:
@@ -67,6 +77,16 @@ def wire(studio, form: dict, refs: dict, chat_refs: dict, tabs) -> None:
             names = []
         return gr.update(choices=[("final weights", ""), *((n, n) for n in names)],
                          value=current if current in names else "")
+
+    def share(run: str, repo: str, what: str, private: bool):
+        """Inputs: run, hub repo, what to share, private. Outputs: the result (a link, or what to do first)."""
+        from studio.share import share_run
+
+        try:
+            result = share_run(studio.find_run(run or ""), (repo or "").strip(), what, private)
+        except StudioError as exc:
+            return f"⚠️ {exc}"
+        return f"✅ Shared {len(result.files)} files to [{result.repo}]({result.url}) ({'private' if private else 'public'})."
 
     def stop():
         """Inputs: none. Outputs: notice. The export ends at its next stage; finished files stay."""
@@ -104,6 +124,8 @@ def wire(studio, form: dict, refs: dict, chat_refs: dict, tabs) -> None:
     refs["stop"].click(stop, None, refs["notice"], api_name="stop_export")
     refs["start"].click(start, [refs["run"], refs["checkpoint"], refs["formats"], refs["gguf"]],
                         [refs["notice"], refs["timer"]], api_name="export")
+    refs["share"].click(share, [refs["run"], refs["repo"], refs["what"], refs["private"]], refs["shared"],
+                        api_name="share")
     shown = gr.State(())
     outputs = [refs["status"], refs["cards"], refs["files"], refs["modelfile"], shown, refs["timer"]]
     refs["timer"].tick(poll, shown, outputs, api_name="export_snapshot", show_progress="hidden")
