@@ -82,7 +82,9 @@ def test_the_whole_flow_through_the_api(client, tiny_llama):
     live = [s for s in snapshots if "Training" in s[0] and "step " in s[0]]
     assert live, "numbers arrive while the run is going"
     final = snapshots[-1]
-    assert len(final[2]["data"]) == 12 and "RAM" in final[4] and final[5]["data"]
+    series = [point[2] for point in final[2]["data"]]
+    assert series.count("loss") == 12 and "RAM" in final[4] and final[5]["data"]
+    assert "eval loss" in series, "the quickstart's form holds rows out: the eval loss is drawn"
 
     run = str(sorted(runs_dir.iterdir())[-1])
     base, _, tuned, _, _ = client.predict(api_name="/chat", prompt="What is the capital of Peru?", run=run, gguf="",
