@@ -26,6 +26,8 @@ from studio.errors import StudioError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from studio.cli_eval import add_eval_parsers
+    from studio.cli_share import add_share_parser
     from studio.config import field_info
 
     gguf_choices, format_choices = field_info("export.gguf").choices, field_info("export.formats").choices
@@ -72,45 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("section", nargs="?", default=None, help="Only this section: model, data, lora, train, "
                       "generation or export.")
 
-    evaluate = sub.add_parser(
-        "eval", help="Score a run's models on held-out rows: base, fine-tuned, checkpoints, GGUF files.",
-        description="Every chosen model answers the same rows (greedy, batched); the scorecard shows loss, "
-                    "perplexity, ROUGE-L, BLEU, exact match, length ratio and stop rate per model, which checkpoint "
-                    "to ship and what each GGUF kept. Saved in <run>/evals/<time>/. Ctrl-C stops and keeps what "
-                    "was scored.")
-    evaluate.add_argument("run", help="Run folder or run name.")
-    evaluate.add_argument("--rows", default="eval", help="eval (the run's held-out split, default), train (a sample "
-                          "of the training rows: a memorisation check) or a data file of the same format.")
-    evaluate.add_argument("--limit", type=int, default=0, help="At most this many rows, a seeded sample (0: all).")
-    evaluate.add_argument("--models", nargs="*", default=None, choices=("base", "tuned", "checkpoints", "gguf"),
-                          metavar="MODEL", help="Any of base tuned checkpoints gguf (default: all of them).")
-    evaluate.add_argument("--gguf", nargs="*", default=(), metavar="FILE",
-                          help="GGUF files to score (default with --models gguf: the run's exports/*.gguf).")
-    evaluate.add_argument("--other", default="", help="Another chat model folder to compare with (its own template).")
-    evaluate.add_argument("--metric", default="loss", help="What 'best checkpoint' means: loss (default), perplexity, "
-                          "rouge_l, bleu, exact_match, stop_rate or check:NAME.")
-    evaluate.add_argument("--batch-size", type=int, default=8, help="Rows answered together on HF models (default 8).")
-    evaluate.add_argument("--check", action="append", default=[], metavar="CHECK",
-                          help="A check for every answer, saved with the run and reused: regex:PATTERN, json or "
-                               "contains (the reference appears in the answer). Repeat for several.")
-    evaluate.add_argument("overrides", nargs="*", help="Generation overrides, e.g. generation.max_new_tokens=64.")
-
-    share = sub.add_parser(
-        "share", help="Push a run's adapter, merged weights or GGUF files to the Hugging Face hub, with a model card.",
-        description="Uploads to a private hub repo (created when missing) what --what names, with a model card "
-                    "(README.md): the recipe, a data summary, the latest scorecard and the GGUF report cards. Goes "
-                    "online for the upload alone; needs a token that can write: HF_TOKEN or `hf auth login` "
-                    "(the studio never stores it). --card-only writes the card to <run>/model-card.md, offline.")
-    share.add_argument("run", help="Run folder or run name.")
-    share.add_argument("--repo", default="", metavar="USER/NAME", help="The hub repo, e.g. alice/quickstart-gguf.")
-    share.add_argument("--what", choices=("adapter", "merged", "gguf"), default="adapter",
-                       help="adapter (default), merged (exports/<name>-merged-16bit) or gguf (every exports/*.gguf "
-                            "with its Modelfile).")
-    share.add_argument("--public", action="store_true", help="Make a new repo public (default: private).")
-    share.add_argument("--card-only", action="store_true", help="Only write the model card to <run>/model-card.md.")
-
-    compare = sub.add_parser("compare", help="Compare runs: loss curves, config differences, final scores.")
-    compare.add_argument("runs", nargs="+", help="Two or more run folders or names.")
+    add_eval_parsers(sub)
+    add_share_parser(sub)
 
     runs = sub.add_parser("runs", help="List runs and their state.")
     runs.add_argument("--runs-dir", default="runs")

@@ -10,6 +10,36 @@ import threading
 
 from studio.cli import number_text, stop_on_ctrl_c
 
+
+def add_eval_parsers(sub) -> None:
+    """The `eval` and `compare` subcommands of launch.py's parser."""
+    evaluate = sub.add_parser(
+        "eval", help="Score a run's models on held-out rows: base, fine-tuned, checkpoints, GGUF files.",
+        description="Every chosen model answers the same rows (greedy, batched); the scorecard shows loss, "
+                    "perplexity, ROUGE-L, BLEU, exact match, length ratio and stop rate per model, which checkpoint "
+                    "to ship and what each GGUF kept. Saved in <run>/evals/<time>/. Ctrl-C stops and keeps what "
+                    "was scored.")
+    evaluate.add_argument("run", help="Run folder or run name.")
+    evaluate.add_argument("--rows", default="eval", help="eval (the run's held-out split, default), train (a sample "
+                          "of the training rows: a memorisation check) or a data file of the same format.")
+    evaluate.add_argument("--limit", type=int, default=0, help="At most this many rows, a seeded sample (0: all).")
+    evaluate.add_argument("--models", nargs="*", default=None, choices=("base", "tuned", "checkpoints", "gguf"),
+                          metavar="MODEL", help="Any of base tuned checkpoints gguf (default: all of them).")
+    evaluate.add_argument("--gguf", nargs="*", default=(), metavar="FILE",
+                          help="GGUF files to score (default with --models gguf: the run's exports/*.gguf).")
+    evaluate.add_argument("--other", default="", help="Another chat model folder to compare with (its own template).")
+    evaluate.add_argument("--metric", default="loss", help="What 'best checkpoint' means: loss (default), perplexity, "
+                          "rouge_l, bleu, exact_match, stop_rate or check:NAME.")
+    evaluate.add_argument("--batch-size", type=int, default=8, help="Rows answered together on HF models (default 8).")
+    evaluate.add_argument("--check", action="append", default=[], metavar="CHECK",
+                          help="A check for every answer, saved with the run and reused: regex:PATTERN, json or "
+                               "contains (the reference appears in the answer). Repeat for several.")
+    evaluate.add_argument("overrides", nargs="*", help="Generation overrides, e.g. generation.max_new_tokens=64.")
+
+    compare = sub.add_parser("compare", help="Compare runs: loss curves, config differences, final scores.")
+    compare.add_argument("runs", nargs="+", help="Two or more run folders or names.")
+
+
 def cmd_eval(args) -> int:
     from studio.evaluate.evaluation import MODEL_CHOICES, EvalSpec, run_evaluation
     from studio.evaluate.scorecard import format_scorecard

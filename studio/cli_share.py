@@ -6,6 +6,25 @@
 
 from __future__ import annotations
 
+from studio.share import WHAT
+
+
+def add_share_parser(sub) -> None:
+    """The `share` subcommand of launch.py's parser."""
+    share = sub.add_parser(
+        "share", help="Push a run's adapter, merged weights or GGUF files to the Hugging Face hub, with a model card.",
+        description="Uploads to a private hub repo (created when missing) what --what names, with a model card "
+                    "(README.md): the recipe, a data summary, the latest scorecard and the GGUF report cards. Goes "
+                    "online for the upload alone; needs a token that can write: HF_TOKEN or `hf auth login` "
+                    "(the studio never stores it). --card-only writes the card to <run>/model-card.md, offline.")
+    share.add_argument("run", help="Run folder or run name.")
+    share.add_argument("--repo", default="", metavar="USER/NAME", help="The hub repo, e.g. alice/quickstart-gguf.")
+    share.add_argument("--what", choices=WHAT, default="adapter",
+                       help="adapter (default), merged (exports/<name>-merged-16bit) or gguf (every exports/*.gguf "
+                            "with its Modelfile).")
+    share.add_argument("--public", action="store_true", help="Make a new repo public (default: private).")
+    share.add_argument("--card-only", action="store_true", help="Only write the model card to <run>/model-card.md.")
+
 
 def cmd_share(args) -> int:
     from studio.errors import ConfigError

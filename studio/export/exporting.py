@@ -125,11 +125,11 @@ def export_weights(run_dir: Path, checkpoint: str = "") -> Path:
 
     if not checkpoint:
         return weights_dir(run_dir)
+    kept = run_checkpoints(run_dir, whole=False)
+    if checkpoint not in kept:
+        raise ExportError(f"{run_dir.name} has no {checkpoint!r}. Its checkpoints: {', '.join(kept) or 'none'} "
+                          "(older ones are removed as train.save_total_limit says).")
     folder = run_dir / "checkpoints" / checkpoint
-    if checkpoint not in run_checkpoints(run_dir, whole=False):
-        raise ExportError(f"{run_dir.name} has no {checkpoint!r}. Its checkpoints: "
-                          f"{', '.join(run_checkpoints(run_dir, whole=False)) or 'none'} (older ones are removed as "
-                          "train.save_total_limit says).")
     problem = checkpoint_problem(folder)
     if problem is not None:
         raise ExportError(f"{checkpoint} of {run_dir.name} cannot be exported: {problem}.")
