@@ -1,7 +1,9 @@
 """A person's click-through in a real browser: Debian's Chromium driven by Playwright, headless.
 
 Quickstart on a tiny model: pick the model, preview the data, train (reloading
-the page mid-run), chat in two panes, export a GGUF and read its report card.
+the page mid-run), chat in two panes, export a GGUF and read its report card,
+evaluate base, fine-tuned, checkpoints and the GGUF on held-out rows and send the
+verdict's weights to the Export tab.
 Screenshots of every tab go to $SCREENSHOTS_DIR (default: a temporary folder).
 The README's screenshots are this test on the built-in model:
 
@@ -91,7 +93,7 @@ def test_quickstart_by_clicking(page, shots, tiny_llama):
     open_tab(page, "Data")
     set_field(page, "data-row", "2")
     page.get_by_role("button", name="Preview").click()
-    expect(page.locator("#data-summary")).to_contain_text("370 rows")
+    expect(page.locator("#data-summary")).to_contain_text("370 rows", timeout=10_000 * slow)
     expect(page.locator("#token-preview")).to_contain_text(re.compile(r"</s>|<eos>"))  # EOS ends the response
     expect(page.locator("#token-preview")).to_contain_text("↵")  # new lines are visible as tokens
     page.screenshot(path=shots / "2-data.png", full_page=True)
@@ -133,6 +135,21 @@ def test_quickstart_by_clicking(page, shots, tiny_llama):
     page.screenshot(path=shots / "5-export.png", full_page=True)
     page.locator("#open-in-chat").click()
     expect(page.locator("#chat-gguf input")).to_have_value(re.compile(r"browser-q8_0\.gguf$"))
+
+    # Evaluate: every model of the run on held-out rows (the quickstart holds 10% out), the scorecard, its verdict.
+    open_tab(page, "Evaluate")
+    page.locator("#eval-run input").click()
+    page.locator("#eval-run").get_by_role("option", name=re.compile("browser")).click()
+    set_field(page, "eval-limit", "12")
+    set_field(page, "eval-max-new", "32")
+    page.locator("#eval-start").click()
+    expect(page.locator("#eval-status")).to_contain_text("Done", timeout=180_000 * slow)
+    expect(page.locator("#eval-scorecard")).to_contain_text("browser-q8_0.gguf")
+    expect(page.locator("#eval-verdict")).to_contain_text("Ship ")
+    page.screenshot(path=shots / "6-evaluate.png", full_page=True)
+    page.locator("#eval-export-best").click()
+    expect(page.locator("#export-checkpoint input")).to_have_value(re.compile(r"^(final weights|checkpoint-\d+)$"))
+    expect(page.locator("#export-start")).to_be_visible()
 
 
 def test_the_mapping_dropdowns_offer_the_files_columns(page, tiny_llama, tmp_path):

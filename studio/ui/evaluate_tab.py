@@ -31,7 +31,8 @@ def build(studio, form: dict) -> dict:
             refs["rows"] = gr.Dropdown(["eval", "train"], value="eval", allow_custom_value=True, label="Rows",
                                        info="eval: the run's held-out split · train: a sample of the training rows "
                                             "(memorisation check) · or type the path of a data file")
-            refs["limit"] = gr.Number(0, precision=0, minimum=0, label="At most this many rows (0: all)")
+            refs["limit"] = gr.Number(0, precision=0, minimum=0, label="At most this many rows (0: all)",
+                                      elem_id="eval-limit")
             refs["models"] = gr.CheckboxGroup(list(MODEL_CHOICES), value=list(MODEL_CHOICES), label="Models",
                                               info="gguf: every exported .gguf of the run")
             refs["other"] = gr.Textbox("", label="Another chat model (folder, optional)")
@@ -39,7 +40,8 @@ def build(studio, form: dict) -> dict:
                 refs["metric"] = gr.Dropdown(list(METRICS), value="loss", allow_custom_value=True,
                                              label="Best checkpoint by")
                 refs["batch"] = gr.Number(8, precision=0, minimum=1, label="Batch size")
-                refs["max_new"] = gr.Number(0, precision=0, minimum=0, label="Max new tokens (0: the run's)")
+                refs["max_new"] = gr.Number(0, precision=0, minimum=0, label="Max new tokens (0: the run's)",
+                                            elem_id="eval-max-new")
             refs["checks"] = gr.Textbox("", lines=2, label="Checks (one per line, kept with the run)",
                                         placeholder="regex:^The\njson\ncontains")
             with gr.Row():
