@@ -63,11 +63,13 @@ class DataConfig:
         "Dataset: a file (jsonl, json, csv, tsv, parquet, txt), a folder saved by datasets' save_to_disk, a glob "
         "(data/*.jsonl), a hub dataset id (needs a network), or several of these separated by commas.",
     )
-    format: Literal["auto", "alpaca", "messages", "sharegpt", "prompt_completion", "preference", "text", "fields"] = _f(
+    format: Literal["auto", "alpaca", "messages", "sharegpt", "prompt_completion", "preference", "labelled", "text",
+                    "fields"] = _f(
         "auto",
         "Row format; auto detects it from the columns. preference: prompt/chosen/rejected pairs (texts or message "
-        "lists); SFT trains on the prompt and the chosen response and does not use the rejected one. fields: each "
-        "row through a format-string template (auto picks it when data.template is one).",
+        "lists) for dpo, orpo and kto; sft trains on the prompt and the chosen response. labelled: "
+        "prompt/completion/label rows, the label true for a good response and false for a bad one (kto). fields: "
+        "each row through a format-string template (auto picks it when data.template is one).",
     )
     template: str = _f(
         "auto",
@@ -126,7 +128,12 @@ class LoraConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    method: Literal["sft"] = _f("sft", "Training method.")
+    method: Literal["sft", "dpo", "orpo", "kto"] = _f(
+        "sft", "Training method. sft: learn the responses of instruction or chat rows. dpo: prefer the chosen over "
+        "the rejected response of preference pairs, measured against the model before training (the adapter "
+        "switched off: no second copy in memory). orpo: the same pairs, SFT on the chosen side plus an odds-ratio "
+        "penalty on the rejected side, no reference pass. kto: unpaired responses labelled good or bad."
+    )
     batch_size: int = _f(2, "Rows per device per step.", min=1)
     grad_accum: int = _f(4, "Gradient accumulation steps (effective batch = batch_size * grad_accum).", min=1)
     max_steps: int = _f(60, "Optimizer steps to run; 0 runs `epochs` full passes instead.", min=0)
@@ -176,6 +183,27 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class PreferenceConfig:
+    beta: float = _f(
+        0.1, "dpo and kto: how far training may move from the reference model (higher: closer to it; 0.1 typical). "
+        "orpo: the weight (lambda) of the odds-ratio term beside the SFT loss (0.1 typical).", above=0)
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "sppo_hard", "apo_zero", "apo_down"] = _f(
+        "sigmoid", "dpo's loss: sigmoid (the DPO paper), ipo (less prone to overfitting on pairs the model "
+        "already separates), hinge (SLiC), robust (noisy labels: with label_smoothing), sppo_hard, apo_zero / "
+        "apo_down (anchored: apo_zero when the chosen answers are better than the model's, apo_down when not).")
+    label_smoothing: float = _f(
+        0.0, "dpo with loss_type robust: the share of pairs whose labels are believed flipped (0.1 typical).",
+        min=0, max=0.49)
+    precompute_reference: bool = _f(
+        False, "dpo and kto: score the training pairs with the reference model once before training, instead of "
+        "at every step: each step is a bit faster, at the cost of one pass over the data at the start.")
+    desirable_weight: float = _f(
+        1.0, "kto: weight of the loss on good responses; raise it when bad ones far outnumber them.", above=0)
+    undesirable_weight: float = _f(
+        1.0, "kto: weight of the loss on bad responses; raise it when good ones far outnumber them.", above=0)
+
+
+@dataclass(frozen=True)
 class GenerationConfig:
     max_new_tokens: int = _f(128, "Longest reply in tokens.", min=1)
     temperature: float = _f(0.0, "Sampling temperature; 0 is greedy (reproducible comparisons).", min=0)
@@ -212,6 +240,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "The training data."})
     lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": "Adapter settings."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Training hyper-parameters."})
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig,
+                                         metadata={"help": "Settings of the preference methods: dpo, orpo, kto."})
     generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"help": "Chat settings."})
     export: ExportConfig = field(default_factory=ExportConfig, metadata={"help": "Export settings."})
 
@@ -473,6 +503,10 @@ def _check_rules(cfg: RunConfig, source: str) -> RunConfig:
     if cfg.train.early_stopping and not (cfg.data.eval_fraction or cfg.data.eval_path):
         raise ConfigError(f"{source}: train.early_stopping needs eval data: set data.eval_fraction (e.g. 0.1) or "
                           "data.eval_path, or set train.early_stopping=0.")
+    if cfg.train.method != "sft" and (cfg.train.packing or cfg.train.cpu_embeddings):
+        setting = "train.packing" if cfg.train.packing else "train.cpu_embeddings"
+        raise ConfigError(f"{source}: {setting} works with train.method=sft only; {cfg.train.method} trains on "
+                          f"whole answers side by side. Set {setting}=false.")
     return cfg
 
 

@@ -272,6 +272,21 @@ class TokenizedRow:
     trained: list[int]
     where: str = ""  # the row's source ("data.jsonl:12"), to name it when training goes wrong
 
+    @property
+    def sequences(self) -> tuple[list[int], ...]:
+        """The token sequences the model reads for this row (to name it when training goes wrong)."""
+        return (self.input_ids,)
+
+    @property
+    def length(self) -> int:
+        return len(self.input_ids)
+
+    def cut(self, max_length: int) -> "TokenizedRow | None":
+        """The row cut to max_length tokens; None when nothing is left to learn (no trained token but the first)."""
+        cut = self if len(self.input_ids) <= max_length else TokenizedRow(
+            self.text, self.input_ids[:max_length], self.trained[:max_length], self.where)
+        return cut if any(cut.trained[1:]) else None
+
 
 def tokenize_conversation(tokenizer, template: Template, messages: list[dict], train_on: str) -> TokenizedRow:
     """Render a conversation and mark the tokens of every assistant turn as trained, each ending in a stop token."""

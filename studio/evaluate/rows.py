@@ -16,7 +16,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from studio.config import DataConfig, RunConfig
-from studio.data.formats import build_dataset, load_rows, to_messages
+from studio.data.building import build_dataset
+from studio.data.formats import load_rows, to_messages
 from studio.errors import DataError, StudioError
 from studio.data.sources import Row
 from studio.data.templates import Template

@@ -22,8 +22,9 @@ from studio.train.health import Divergence, TrainingHealth
 class ProgressCallback(TrainerCallback):
     """Turns trainer logs into events, and checks the stop event after every step."""
 
-    def __init__(self, sink: Sink, stop: threading.Event, probe: MemoryProbe) -> None:
+    def __init__(self, sink: Sink, stop: threading.Event, probe: MemoryProbe, curves: tuple[str, ...] = ()) -> None:
         self.sink, self.stop, self.probe = sink, stop, probe
+        self.curves = curves  # the method's own logged values, passed on with each log
         self.started_at = time.time()
         self.first_step = 0
         self.last_time = self.started_at
@@ -50,9 +51,12 @@ class ProgressCallback(TrainerCallback):
         logs = logs or {}
         now = time.time()
         if "eval_loss" in logs:
-            self.sink(Event("eval", step=state.global_step, max_steps=state.max_steps, eval_loss=logs["eval_loss"]))
+            evals = method_metrics(logs, self.curves, prefix="eval_")
+            self.sink(Event("eval", step=state.global_step, max_steps=state.max_steps, eval_loss=logs["eval_loss"],
+                            extra={"metrics": evals} if evals else {}))
         if "loss" not in logs:
             return
+        metrics = method_metrics(logs, self.curves)
         tokens = state.num_input_tokens_seen - self.last_tokens
         tokens_per_second = tokens / max(now - self.last_time, 1e-9)
         self.last_time, self.last_tokens = now, state.num_input_tokens_seen
@@ -71,12 +75,18 @@ class ProgressCallback(TrainerCallback):
             elapsed_s=elapsed,
             eta_s=eta,
             memory=self.probe.snapshot().to_dict(),
+            extra={"metrics": metrics} if metrics else {},
         ))
         # A stop asked for while this step's numbers were shown still stops at this step.
         return self._stop_if_asked(control)
 
     def on_save(self, args, state, control, **kwargs):
         self.sink(Event("checkpoint", message=f"Checkpoint saved at step {state.global_step}", step=state.global_step))
+
+
+def method_metrics(logs: dict, names: tuple[str, ...], prefix: str = "") -> dict[str, float]:
+    """The method's own values in one trainer log (rewards, margins, KL ...), under their names without `prefix`."""
+    return {name: float(logs[prefix + name]) for name in names if isinstance(logs.get(prefix + name), (int, float))}
 
 
 class RecentBatches:
@@ -87,7 +97,7 @@ class RecentBatches:
     """
 
     def __init__(self, model, train_rows) -> None:
-        self.train_rows = train_rows  # TokenizedRow with .input_ids and .where
+        self.train_rows = train_rows  # training rows of any shape: .sequences (token ids) and .where
         self.batches: list[tuple[torch.Tensor, torch.Tensor | None]] = []
         self.hook = model.register_forward_pre_hook(self._record, with_kwargs=True)
 
@@ -101,7 +111,7 @@ class RecentBatches:
 
     def rows(self) -> tuple[str, ...]:
         """file:line of each row in the recorded batches that is found among the training rows."""
-        known = {hash(tuple(r.input_ids)): r.where for r in self.train_rows if getattr(r, "where", "")}
+        known = {hash(tuple(ids)): r.where for r in self.train_rows if r.where for ids in r.sequences}
         found: list[str] = []
         for ids, mask in self.batches:
             lengths = mask.sum(dim=1).tolist() if mask is not None else [ids.shape[1]] * ids.shape[0]
