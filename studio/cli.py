@@ -104,8 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "longest sequence that trains at batch 1 under that cap.")
     bench.add_argument("model", help="A shape (llama-3.2-1b, llama-3.2-3b, llama-3.1-8b, qwen2.5-1.5b, qwen2.5-7b, "
                                      "qwen3-8b, gemma-3-270m, gemma-3-1b) or a model folder.")
-    bench.add_argument("--method", choices=("qlora", "lora"), default="qlora",
-                       help="qlora: 4-bit base + LoRA; lora: 16-bit base + LoRA (default qlora).")
+    bench.add_argument("--method", choices=("qlora", "lora", "full"), default="qlora",
+                       help="qlora: 4-bit base + LoRA; lora: 16-bit base + LoRA; full: every weight, 16-bit "
+                            "(default qlora).")
+    bench.add_argument("--train-method", default="sft", choices=field_info("train.method").choices,
+                       help="train.method of the studio path (default sft); a preference method reads --batch pairs "
+                            "per step, each side --length tokens. The textbook path is LoRA SFT only.")
     bench.add_argument("--batch", type=int, default=2)
     bench.add_argument("--length", type=int, default=2048, help="Tokens per row (default 2048).")
     bench.add_argument("--steps", type=int, default=10, help="Measured steps (default 10).")
@@ -351,7 +355,8 @@ def cmd_bench(args) -> int:
 
     spec = BenchSpec(model=args.model, method=args.method, batch=args.batch, length=args.length, steps=args.steps,
                      warmup=args.warmup,
-                     rank=args.rank, profile=args.profile, overrides=tuple(args.overrides))
+                     rank=args.rank, profile=args.profile, overrides=tuple(args.overrides),
+                     train_method=args.train_method)
     if args.max_memory:
         report = longest_sequence(spec, cap_gib=_gib(args.max_memory))
     else:
@@ -359,7 +364,7 @@ def cmd_bench(args) -> int:
     report["command"] = "python launch.py " + shlex.join(args.argv)
     name = Path(args.model).name
     what = f"longest-{args.max_memory}" if args.max_memory else f"b{args.batch}-l{args.length}"
-    out = Path(args.out) if args.out else Path("bench") / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{args.method}-{what}.json"
+    out = Path(args.out) if args.out else Path("bench") / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{args.method}-{args.train_method}-{what}.json"
     save_report(report, out)
     print(describe(report))
     print(f"\nSaved {out} and {out.with_suffix('.md')}")

@@ -36,17 +36,24 @@ def cmd_data(args) -> int:
         print(f"pairs whose chosen and rejected responses are the same: {st.identical_pairs}")
     for warning in p.warnings:
         print(f"warning: {warning}")
-    print("token length per row:")
-    for low, count in _histogram(p.lengths):
-        marker = "  <- cut at max_length" if low > p.max_length else ""
-        print(f"  {low:>6}+ {'█' * max(1, round(40 * count / len(p.lengths)))} {count}{marker}")
+    sides = [("", p.lengths)] if not p.rejected_lengths else [(" (chosen side)", p.lengths),
+                                                               (" (rejected side)", p.rejected_lengths)]
+    for side, lengths in sides:
+        print(f"token length per row{side}:")
+        for low, count in _histogram(lengths):
+            marker = "  <- cut at max_length" if low > p.max_length else ""
+            print(f"  {low:>6}+ {'█' * max(1, round(40 * count / len(lengths)))} {count}{marker}")
     if p.row_error:
         print(f"\nrow {p.row} is skipped: {p.row_error}")
         return 0
-    print(f"\nrow {p.row} ({p.row_tokens:,} tokens, {p.trained_tokens:,} trained; trained tokens in [brackets]):")
+    label = {True: ", labelled good", False: ", labelled bad"}.get(p.label, "")
+    side = ", chosen side" if p.rejected_lengths else ""
+    print(f"\nrow {p.row}{side}{label} ({p.row_tokens:,} tokens, {p.trained_tokens:,} trained; trained tokens in "
+          "[brackets]):")
     print(_bracket_trained(p.tokens))
     if p.rejected:
-        print(f"\nrow {p.row}, rejected response (shown for comparison, not trained by SFT):")
+        how = "trained" if p.rejected_lengths else "shown for comparison, not trained by sft"
+        print(f"\nrow {p.row}, rejected side ({how}):")
         print(_bracket_trained(p.rejected))
     return 0
 

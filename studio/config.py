@@ -126,13 +126,24 @@ class LoraConfig:
     use_dora: bool = _f(False, "DoRA: weight-decomposed LoRA (slower, sometimes better).")
 
 
+# Methods that read a preference pair's two answers side by side: two sequences per row.
+PAIRED_METHODS = ("dpo", "orpo")
+# Methods whose adapter is a learned prompt, not a change of the weights: it cannot be merged (no GGUF).
+PROMPT_METHODS = ("prefix", "ptuning")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    method: Literal["sft", "dpo", "orpo", "kto"] = _f(
+    method: Literal["sft", "dpo", "orpo", "kto", "galore", "prefix", "ptuning"] = _f(
         "sft", "Training method. sft: learn the responses of instruction or chat rows. dpo: prefer the chosen over "
         "the rejected response of preference pairs, measured against the model before training (the adapter "
         "switched off: no second copy in memory). orpo: the same pairs, SFT on the chosen side plus an odds-ratio "
-        "penalty on the rejected side, no reference pass. kto: unpaired responses labelled good or bad."
+        "penalty on the rejected side, no reference pass. kto: unpaired responses labelled good or bad. galore: "
+        "sft of every weight (lora.enabled=false) with GaLore's low-rank optimizer states: full fine-tuning in "
+        "about the memory of LoRA's optimizer. prefix: sft of learned key/value vectors put before every layer's "
+        "attention (P-Tuning v2; the model's weights stay as they are). ptuning: sft of learned input embeddings "
+        "made by a small prompt encoder (P-Tuning). Neither can be merged into the weights, so their export is the "
+        "adapter only (no GGUF)."
     )
     batch_size: int = _f(2, "Rows per device per step.", min=1)
     grad_accum: int = _f(4, "Gradient accumulation steps (effective batch = batch_size * grad_accum).", min=1)
@@ -204,6 +215,36 @@ class PreferenceConfig:
 
 
 @dataclass(frozen=True)
+class GaloreConfig:
+    rank: int = _f(128, "galore: rank of the projected gradients (higher: closer to full AdamW, more memory).", min=1)
+    update_interval: int = _f(
+        200, "galore: steps between recomputing the projection (an SVD per weight matrix).", min=1)
+    scale: float = _f(0.25, "galore: scale of the projected update (like LoRA's alpha / r).", above=0)
+    target_modules: tuple[str, ...] = _f(
+        ("attn", "mlp"), "galore: linear layers whose module names contain one of these get low-rank states; "
+        "the rest (embeddings, norms, output head) train with plain AdamW.")
+    optimizer: Literal["adamw", "adamw_8bit", "adafactor"] = _f(
+        "adamw", "galore: the optimizer run in the low-rank space; adamw_8bit also stores its states in 8 bits "
+        "(CUDA).")
+    layerwise: bool = _f(
+        False, "galore: update each layer during the backward pass, so no layer's gradient is kept after it: "
+        "the least memory, but no gradient accumulation (train.grad_accum=1) and no gradient clipping.")
+
+
+@dataclass(frozen=True)
+class PromptTuningConfig:
+    virtual_tokens: int = _f(
+        20, "prefix and ptuning: learned vectors put before every input (more: more capacity, longer context).",
+        min=1)
+    projection: bool = _f(
+        True, "prefix: learn the prefix through a two-layer network (reparameterization, as in P-Tuning v2: "
+        "steadier training); the adapter is saved without it.")
+    encoder: Literal["mlp", "lstm"] = _f("mlp", "ptuning: the network that makes the virtual tokens' embeddings.")
+    encoder_hidden_size: int = _f(
+        512, "prefix with projection, and ptuning: width of that network's hidden layer.", min=1)
+
+
+@dataclass(frozen=True)
 class GenerationConfig:
     max_new_tokens: int = _f(128, "Longest reply in tokens.", min=1)
     temperature: float = _f(0.0, "Sampling temperature; 0 is greedy (reproducible comparisons).", min=0)
@@ -242,6 +283,9 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Training hyper-parameters."})
     preference: PreferenceConfig = field(default_factory=PreferenceConfig,
                                          metadata={"help": "Settings of the preference methods: dpo, orpo, kto."})
+    galore: GaloreConfig = field(default_factory=GaloreConfig, metadata={"help": "Settings of train.method=galore."})
+    prompt_tuning: PromptTuningConfig = field(default_factory=PromptTuningConfig,
+                                              metadata={"help": "Settings of train.method=prefix and ptuning."})
     generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"help": "Chat settings."})
     export: ExportConfig = field(default_factory=ExportConfig, metadata={"help": "Export settings."})
 
@@ -503,10 +547,25 @@ def _check_rules(cfg: RunConfig, source: str) -> RunConfig:
     if cfg.train.early_stopping and not (cfg.data.eval_fraction or cfg.data.eval_path):
         raise ConfigError(f"{source}: train.early_stopping needs eval data: set data.eval_fraction (e.g. 0.1) or "
                           "data.eval_path, or set train.early_stopping=0.")
-    if cfg.train.method != "sft" and (cfg.train.packing or cfg.train.cpu_embeddings):
-        setting = "train.packing" if cfg.train.packing else "train.cpu_embeddings"
-        raise ConfigError(f"{source}: {setting} works with train.method=sft only; {cfg.train.method} trains on "
-                          f"whole answers side by side. Set {setting}=false.")
+    if cfg.train.method == "galore" and cfg.lora.enabled:
+        raise ConfigError(f"{source}: train.method=galore trains every weight: set lora.enabled=false (and "
+                          "model.load_in=16bit).")
+    if cfg.train.method == "galore" and cfg.galore.layerwise and cfg.train.grad_accum != 1:
+        raise ConfigError(f"{source}: galore.layerwise updates each layer in the backward pass, so it cannot "
+                          "accumulate gradients: set train.grad_accum=1 (raise train.batch_size instead), or "
+                          "galore.layerwise=false.")
+    if cfg.train.method in PROMPT_METHODS and not cfg.lora.enabled:
+        raise ConfigError(f"{source}: train.method={cfg.train.method} trains a small adapter in front of the "
+                          "model, not its weights: set lora.enabled=true (the run keeps an adapter).")
+    if cfg.train.method in PROMPT_METHODS and cfg.train.packing:
+        raise ConfigError(f"{source}: train.method={cfg.train.method} puts its learned vectors before each row, so "
+                          "rows cannot be packed together: set train.packing=false.")
+    if cfg.train.method != "sft" and cfg.train.cpu_embeddings:
+        raise ConfigError(f"{source}: train.cpu_embeddings works with train.method=sft only: set "
+                          "train.cpu_embeddings=false.")
+    if cfg.train.method not in ("sft", "galore") and cfg.train.packing:
+        raise ConfigError(f"{source}: train.packing packs sft rows; {cfg.train.method} trains on whole answers "
+                          "side by side. Set train.packing=false.")
     return cfg
 
 

@@ -2,7 +2,9 @@
 
 Counts weights (at the chosen precision), the trainable part with its
 gradients and optimizer state, activations for the batch and length (with or
-without checkpointing), the loss over the vocabulary, and runtime overhead.
+without checkpointing; both answers of a preference pair), the loss over the
+vocabulary, and runtime overhead. The reference pass of dpo and kto runs
+without gradients, after the step's own activations are freed, so it adds no peak.
 
     est = estimate_fit(shape, cfg, available_gib=11.6, on_gpu=True)
     est.verdict, est.advice    # "tight", "needs ≈10.9 GiB of 11.6 ..."
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from studio.catalog import Shape, find
-from studio.config import RunConfig, replace_section
+from studio.config import PAIRED_METHODS, RunConfig, replace_section
 
 GIB = 1024**3
 WEIGHT_BYTES = {"16bit": 2.0, "8bit": 1.06, "4bit": 0.52}  # 4bit: nf4 plus double-quantized scales
@@ -31,6 +33,9 @@ LAYER_WORKSET_INTERMEDIATE = 4  # its feed-forward tensors (capped by train.feed
 FP32_ADAPTER_HIDDEN = 6  # 16-bit LoRA keeps fp32 adapters, whose inputs are saved in fp32
 NO_CHECKPOINT_HIDDEN = 7  # every layer's saved tensors, without checkpointing
 NO_CHECKPOINT_INTERMEDIATE = 4
+# ORPO's trainer scores every position's logits in full (the others project only the scored
+# positions through the output head, a chunk at a time): 16-bit logits, their fp32 log-softmax, a gradient.
+FULL_LOGITS_BYTES = 10
 
 
 @dataclass(frozen=True)
@@ -106,17 +111,20 @@ def estimate_fit(shape: Shape, cfg: RunConfig, available_gib: float, on_gpu: boo
 def _activations(shape: Shape, cfg: RunConfig, unit: float, on_gpu: bool, fp32_adapters: bool) -> float:
     t = cfg.train
     h, i = shape.hidden, shape.intermediate
-    tokens = t.batch_size * t.max_length
+    rows = t.batch_size * (2 if t.method in PAIRED_METHODS else 1)  # a pair's two answers side by side
+    tokens = rows * t.max_length
     if t.gradient_checkpointing:
         offloaded = on_gpu and t.offload_activations
         per_token = (0 if offloaded else shape.layers * h) + LAYER_WORKSET_HIDDEN * h
         if cfg.lora.enabled and fp32_adapters:
             per_token += FP32_ADAPTER_HIDDEN * h
         sliced = t.feed_forward_slice if 0 < t.feed_forward_slice < t.max_length else t.max_length
-        activations = (tokens * per_token + t.batch_size * sliced * LAYER_WORKSET_INTERMEDIATE * i) * unit
+        activations = (tokens * per_token + rows * sliced * LAYER_WORKSET_INTERMEDIATE * i) * unit
     else:
         activations = tokens * shape.layers * (NO_CHECKPOINT_HIDDEN * h + NO_CHECKPOINT_INTERMEDIATE * i) * unit
-    if not on_gpu:
+    if t.method == "orpo":
+        activations += tokens * shape.vocab * FULL_LOGITS_BYTES
+    elif not on_gpu:
         activations += tokens * 4 * shape.vocab  # the CPU scores the loss a row of fp32 logits at a time
     return activations
 

@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from studio.config import ModelConfig, RunConfig
+from studio.config import PROMPT_METHODS, ModelConfig, RunConfig
 from studio.errors import ExportError
 from studio.events import Event, Sink
 from studio.export.gguf import CONVERTER_TYPES, GGUF_PRECISION, QUANTIZER_FTYPES, convert_to_gguf, quantize_gguf
@@ -81,6 +81,9 @@ def _stages(sink: Sink, stop: threading.Event):
 def _export(run_dir: Path, gguf_types, formats, stage, verify_tokens: int) -> ExportResult:
     cfg = load_run_config(run_dir)
     gguf_types = tuple(recommended_gguf_type(run_dir) if t == "auto" else t for t in gguf_types)
+    note = ""
+    if cfg.train.method in PROMPT_METHODS:
+        gguf_types, formats, note = _adapter_only(cfg, gguf_types, formats)
     unknown = [t for t in gguf_types if t not in CONVERTER_TYPES + tuple(QUANTIZER_FTYPES)]
     if unknown:
         raise ExportError(f"Unknown GGUF type {unknown[0]!r}. Choose from: {', '.join(CONVERTER_TYPES + tuple(QUANTIZER_FTYPES))}.")
@@ -92,6 +95,8 @@ def _export(run_dir: Path, gguf_types, formats, stage, verify_tokens: int) -> Ex
     result = ExportResult(out_dir)
     prefix = cfg.name
     try:
+        if note:
+            stage(note, result, warning=True)
         if "adapter" in formats:
             stage("Copying the adapter", result)
             result.files.append(_export_adapter(run_dir, out_dir / f"{prefix}-adapter"))
@@ -112,6 +117,16 @@ def _export(run_dir: Path, gguf_types, formats, stage, verify_tokens: int) -> Ex
     finally:
         shutil.rmtree(work, ignore_errors=True)
         free_accelerator_memory()
+
+
+def _adapter_only(cfg: RunConfig, gguf_types, formats) -> tuple[tuple, tuple, str]:
+    """A learned prompt cannot be merged into the weights: its export is the adapter, with a note saying why."""
+    left_out = [*gguf_types, *(f for f in formats if f != "adapter")]
+    note = (f"No {', '.join(left_out)}: train.method={cfg.train.method} learns a prompt put in front of the "
+            "model, which cannot be merged into its weights, and llama.cpp cannot load such an adapter. The "
+            "adapter is exported instead: load it with PEFT on top of the base model (PeftModel.from_pretrained), "
+            "or chat with it in the studio." if left_out else "")
+    return (), ("adapter",), note
 
 
 def recommended_gguf_type(run_dir: Path) -> str:

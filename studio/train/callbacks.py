@@ -132,8 +132,10 @@ class HealthCallback(TrainerCallback):
     that asked for a checkpoint at the same step.
     """
 
-    def __init__(self, health: TrainingHealth, sink: Sink, batches: RecentBatches | None = None) -> None:
+    def __init__(self, health: TrainingHealth, sink: Sink, batches: RecentBatches | None = None,
+                 grad_norms: bool = True) -> None:
         self.health, self.sink, self.batches = health, sink, batches
+        self.grad_norms = grad_norms  # False: the trainer's grad norm means nothing (layer-wise updates)
         self.bad_weights_at: int | None = None
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
@@ -149,7 +151,8 @@ class HealthCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
         if "loss" in logs or "grad_norm" in logs:
-            verdict = self.health.observe(state.global_step, logs.get("loss"), logs.get("grad_norm"))
+            grad_norm = logs.get("grad_norm") if self.grad_norms else None
+            verdict = self.health.observe(state.global_step, logs.get("loss"), grad_norm)
             if isinstance(verdict, Divergence):
                 self._stop_without_saving(control)
                 self._diverged(verdict)

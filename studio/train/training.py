@@ -171,7 +171,8 @@ def _make_trainer(cfg: RunConfig, run_dir: Path, model, tokenizer, built, sink: 
     if cfg.train.packing:
         # Best-fit packing keeps rows whole; the trainer then keeps them apart in attention.
         train_dataset = pack_dataset(train_dataset, cfg.train.max_length, "bfd")
-    watch = HealthCallback(TrainingHealth(cfg.train.learning_rate), sink, RecentBatches(model, built.train))
+    watch = HealthCallback(TrainingHealth(cfg.train.learning_rate), sink, RecentBatches(model, built.train),
+                           grad_norms=not _steps_inside_backward(cfg))
     callbacks = [ProgressCallback(sink, stop, MemoryProbe(), method_for(cfg.train.method).curves), watch]
     if cfg.train.early_stopping:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping))
@@ -212,6 +213,11 @@ def early_stopping_options(cfg: RunConfig, has_eval: bool, sink: Sink) -> dict:
             options["save_steps"] = t.eval_steps
         options["load_best_model_at_end"] = True
     return options
+
+
+def _steps_inside_backward(cfg: RunConfig) -> bool:
+    """Layer-wise GaLore steps each layer as its gradient arrives: the trainer's grad norm then reads 0."""
+    return cfg.train.method == "galore" and cfg.galore.layerwise
 
 
 def _save_weights(trainer, tokenizer, template: Template, run_dir: Path, cfg: RunConfig) -> None:

@@ -11,6 +11,7 @@ loss, which the Train tab plots live and the CLI prints.
     arguments.py   the trainer options every method shares (batch, schedule, optimizer, precision, saving)
     sft.py         sft: the responses of instruction and chat rows
     preference.py  dpo, orpo, kto: preference pairs and labelled answers
+    galore.py      galore: sft of every weight with GaLore's low-rank optimizer
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from studio.data.building import LABELLED, PAIRS, SEQUENCES, RowShape
-from studio.train.methods import preference, sft
+from studio.train.methods import galore, preference, sft
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,11 @@ METHODS = {
                "learns the chosen answer and penalises the rejected one's odds"),
         Method("kto", LABELLED, preference.make_kto_trainer, ("rewards/chosen", "rewards/rejected", "kl"),
                "raises good answers and lowers bad ones, each on its own"),
+        Method("galore", SEQUENCES, galore.make_trainer, (),
+               "sft of every weight with low-rank optimizer states (GaLore)"),
+        # The objective is sft's; what trains is the learned prompt attached when the model is loaded.
+        Method("prefix", SEQUENCES, sft.make_trainer, (), "sft of learned key/values before every layer (P-Tuning v2)"),
+        Method("ptuning", SEQUENCES, sft.make_trainer, (), "sft of learned input embeddings (P-Tuning)"),
     )
 }
 

@@ -31,7 +31,8 @@ def make_dpo_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_d
     p = cfg.preference
     options = shared_options(cfg, output_dir, eval_dataset is not None)
     options.update(beta=p.beta, loss_type=[p.loss_type], label_smoothing=p.label_smoothing,
-                   max_length=cfg.train.max_length, **_reference_options(cfg), **overrides)
+                   max_length=cfg.train.max_length, **_reference_options(cfg))
+    options.update(overrides)
     trainer_class = _keeping_tokenized_rows(DPOTrainer, lambda trainer, dataset, args: dataset)
     trainer = trainer_class(model=model, args=DPOConfig(**options), train_dataset=train_dataset,
                             eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=list(callbacks))
@@ -47,8 +48,8 @@ def make_kto_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_d
     # The KL estimate pairs each answer with the previous row's prompt within a batch, so batches
     # must come in order (the rows were shuffled when the data was built).
     options.update(beta=p.beta, desirable_weight=p.desirable_weight, undesirable_weight=p.undesirable_weight,
-                   max_length=cfg.train.max_length, train_sampling_strategy="sequential",
-                   **_reference_options(cfg), **overrides)
+                   max_length=cfg.train.max_length, train_sampling_strategy="sequential", **_reference_options(cfg))
+    options.update(overrides)
     trainer_class = _keeping_tokenized_rows(KTOTrainer, _with_kl_completions)
     trainer = trainer_class(model=model, args=KTOConfig(**options), train_dataset=train_dataset,
                             eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=list(callbacks))
@@ -67,8 +68,8 @@ def make_orpo_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_
 
     options = shared_options(cfg, output_dir, eval_dataset is not None)
     # Its batches have no input_ids column to count tokens from (each side has its own).
-    options.update(beta=cfg.preference.beta, max_length=cfg.train.max_length, include_num_input_tokens_seen="no",
-                   **overrides)
+    options.update(beta=cfg.preference.beta, max_length=cfg.train.max_length, include_num_input_tokens_seen="no")
+    options.update(overrides)
     # ORPO's trainer takes padding from its config; the model's pad token keeps chat and export alike.
     options.setdefault("padding_value", tokenizer.pad_token_id)
     trainer = TokenizedORPOTrainer(model=model, args=ORPOConfig(**options), train_dataset=train_dataset,
