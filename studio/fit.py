@@ -33,9 +33,11 @@ LAYER_WORKSET_INTERMEDIATE = 4  # its feed-forward tensors (capped by train.feed
 FP32_ADAPTER_HIDDEN = 6  # 16-bit LoRA keeps fp32 adapters, whose inputs are saved in fp32
 NO_CHECKPOINT_HIDDEN = 7  # every layer's saved tensors, without checkpointing
 NO_CHECKPOINT_INTERMEDIATE = 4
-# ORPO's trainer scores every position's logits in full (the others project only the scored
-# positions through the output head, a chunk at a time): 16-bit logits, their fp32 log-softmax, a gradient.
-FULL_LOGITS_BYTES = 10
+# Layer-wise GaLore steps each weight as its gradient arrives: the share of the whole
+# gradient's memory still held at the peak, and GaLore's workspace per targeted weight
+# (each update projected back to full size, the projection's SVD in fp32).
+LAYERWISE_GRADIENT_SHARE = 0.35
+GALORE_WORKSPACE_BYTES = 0.75
 
 
 @dataclass(frozen=True)
@@ -90,14 +92,14 @@ def estimate_fit(shape: Shape, cfg: RunConfig, available_gib: float, on_gpu: boo
     weights = linear * weight_bytes + embeddings * unit
     if on_gpu and cfg.lora.enabled and t.cpu_embeddings and not shape.tied_embeddings:
         weights -= shape.vocab * shape.hidden * unit  # the input table waits in CPU memory
-    eight_bit_optimizer = on_gpu and t.optimizer in ("auto", "adamw_8bit", "paged_adamw_8bit")
+    eight_bit_optimizer = on_gpu and t.optimizer in ("auto", "adamw_8bit", "paged_adamw_8bit")  # LoRA's states
     state_bytes = 2.0 if eight_bit_optimizer else 8.0
     fp32_adapters = cfg.model.load_in == "16bit" or not on_gpu  # quantized bases train bf16 adapters
     if cfg.lora.enabled:
         adapter_bytes = 4.0 if fp32_adapters else 2.0
         trainable = lora_parameters(shape, cfg.lora.r) * (2 * adapter_bytes + state_bytes)
     else:
-        trainable = (linear + embeddings) * (unit + (state_bytes if on_gpu else 8.0))
+        trainable = _full_training(shape, cfg, linear, embeddings, unit, on_gpu)
     return FitEstimate(
         weights_gib=weights / GIB,
         trainable_gib=trainable / GIB,
@@ -106,6 +108,36 @@ def estimate_fit(shape: Shape, cfg: RunConfig, available_gib: float, on_gpu: boo
         available_gib=available_gib,
         device="GPU" if on_gpu else "RAM",
     )
+
+
+def _full_training(shape: Shape, cfg: RunConfig, linear: int, embeddings: int, unit: float, on_gpu: bool) -> float:
+    """Bytes of every weight's gradient and optimizer state (full fine-tuning, galore included).
+
+    Fitted to the peaks of the 1B shape measured on an H100 (results/methods-h100.md):
+    AdamW keeps two states in the weights' dtype, and its multi-tensor step one more
+    copy of them for a moment; 8-bit AdamW keeps the embedding table's states in 32 bits
+    (transformers asks bitsandbytes to); GaLore keeps the targeted matrices' states at
+    `galore.rank` rows, plus a workspace for projecting each update back.
+    """
+    t, g = cfg.train, cfg.galore
+    params = linear + embeddings
+    gradients = params * unit
+    if t.method != "galore":
+        if on_gpu and t.optimizer in ("auto", "adamw_8bit", "paged_adamw_8bit"):
+            return gradients + linear * 2.0 + embeddings * 8.0
+        return gradients + params * 3 * unit  # two states and the step's temporary copy
+    state_unit = 1.0 if g.optimizer == "adamw_8bit" and on_gpu else unit
+    if g.layerwise:
+        gradients *= LAYERWISE_GRADIENT_SHARE
+    projected = shape.layers * g.rank * _projected_rows(shape)
+    return gradients + 2 * state_unit * (embeddings + projected) + GALORE_WORKSPACE_BYTES * linear
+
+
+def _projected_rows(shape: Shape) -> int:
+    """Rows of one layer's GaLore states: each matrix is projected along its shorter side."""
+    q_out, kv_out = shape.heads * shape.dim_per_head, shape.kv_heads * shape.dim_per_head
+    h, i = shape.hidden, shape.intermediate
+    return max(h, q_out) * 2 + max(h, kv_out) * 2 + max(h, i) * 3
 
 
 def _activations(shape: Shape, cfg: RunConfig, unit: float, on_gpu: bool, fp32_adapters: bool) -> float:
@@ -122,9 +154,7 @@ def _activations(shape: Shape, cfg: RunConfig, unit: float, on_gpu: bool, fp32_a
         activations = (tokens * per_token + rows * sliced * LAYER_WORKSET_INTERMEDIATE * i) * unit
     else:
         activations = tokens * shape.layers * (NO_CHECKPOINT_HIDDEN * h + NO_CHECKPOINT_INTERMEDIATE * i) * unit
-    if t.method == "orpo":
-        activations += tokens * shape.vocab * FULL_LOGITS_BYTES
-    elif not on_gpu:
+    if not on_gpu:
         activations += tokens * 4 * shape.vocab  # the CPU scores the loss a row of fp32 logits at a time
     return activations
 

@@ -110,6 +110,18 @@ def _lr_grad(logs: list[Event]) -> pd.DataFrame:
     return _frame(rows)
 
 
+def method_curves(snap) -> pd.DataFrame:
+    """The method's own logged values (dpo's rewards and margins, kto's KL ...), one series each."""
+    if snap.kind != "train":
+        return EMPTY_CURVE
+    rows: list[tuple] = []
+    for event in snap.events:
+        if event.kind == "log":
+            for name, value in event.extra.get("metrics", {}).items():
+                rows += _series([(event.step, value)], name)
+    return _frame(rows)
+
+
 def _series(points: list[tuple[int, float]], name: str) -> list[tuple]:
     """Rows of one curve; a non-finite value leaves a gap in it (an empty value breaks the line)."""
     return [(step, value if math.isfinite(value) else None, name) for step, value in points]
