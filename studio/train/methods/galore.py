@@ -8,6 +8,7 @@ and the data are sft's.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from studio.config import RunConfig
@@ -22,7 +23,9 @@ def make_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_datas
         raise ConfigError("train.method=galore needs the galore-torch package: pip install -r requirements.txt.")
     options = {
         "optim": f"galore_{g.optimizer}" + ("_layerwise" if g.layerwise else ""),
-        "optim_target_modules": list(g.target_modules),
+        # One pattern of the names: a module whose name contains one of them; transformers then takes its
+        # linear layers without a warning for every block around them that the names also match.
+        "optim_target_modules": ".*(" + "|".join(map(re.escape, g.target_modules)) + ").*",
         "optim_args": f"rank={g.rank},update_proj_gap={g.update_interval},scale={g.scale}",
     }
     if g.layerwise:
