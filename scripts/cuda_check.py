@@ -37,7 +37,7 @@ def build(target: Path) -> Path:
 
 def train(model_dir: Path, runs: Path, *overrides: str, stop_at: int | None = None):
     import torch
-    from studio.config import apply_overrides, from_dict
+    from studio.recipes import apply_overrides, from_dict
     from studio.events import MemorySink
     from studio.runs import create_run_dir
     from studio.train.training import run_training

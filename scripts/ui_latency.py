@@ -26,7 +26,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 
 
 def config(model: str, steps: int, runs: Path):
-    from studio.config import load_recipe
+    from studio.recipes import load_recipe
 
     return load_recipe(ROOT / "recipes" / "quickstart.yaml",
                        [f"model.name_or_path={model}", f"train.max_steps={steps}", f"train.runs_dir={runs}",

@@ -23,7 +23,7 @@ from studio.errors import StudioError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from studio.config import field_info
+    from studio.fields import field_info
 
     gguf_choices, format_choices = field_info("export.gguf").choices, field_info("export.formats").choices
     parser = argparse.ArgumentParser(prog="launch.py", description="Local LLM fine-tuning studio (headless commands).")
@@ -212,7 +212,7 @@ def load_learning_rate(run_dir: Path) -> float:
 
 
 def cmd_train(args) -> int:
-    from studio.config import load_recipe
+    from studio.recipes import load_recipe
     from studio.runs import create_run_dir
 
     cfg = load_recipe(args.recipe, args.overrides)
@@ -314,7 +314,7 @@ def _repl(session, modes: list[str]) -> int:
 def cmd_keys(args) -> int:
     import textwrap
 
-    from studio.config import config_fields, sections
+    from studio.fields import config_fields, sections
 
     if args.section and args.section not in sections():
         raise StudioError(f"No section {args.section!r}; the sections are: {', '.join(sections())}.")

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from studio.catalog import Shape, find
-from studio.config import RunConfig, replace_section
+from studio.config import RunConfig
+from studio.recipes import replace_section
 
 GIB = 1024**3
 WEIGHT_BYTES = {"16bit": 2.0, "8bit": 1.06, "4bit": 0.52}  # 4bit: nf4 plus double-quantized scales

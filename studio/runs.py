@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from studio.config import RunConfig, load_recipe, save_config
+from studio.config import RunConfig
+from studio.recipes import load_recipe, save_config
 from studio.errors import DiskSpaceError, RunBusyError, RunNotFoundError
 from studio.data.templates import Template, template_from_text
 

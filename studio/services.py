@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from studio.config import RunConfig, replace_section, with_changes
+from studio.config import RunConfig
+from studio.recipes import replace_section, with_changes
 from studio.errors import BusyError, ConfigError, RunNotFoundError, StudioError
 from studio.events import JsonlSink, fan_out
 from studio.hardware import GIB, MemoryProbe, device_name, has_cuda
@@ -113,7 +114,7 @@ class Studio:
 
     def start_config(self) -> RunConfig:
         """What the studio's form shows at first: the quickstart recipe."""
-        from studio.config import load_recipe
+        from studio.recipes import load_recipe
 
         return load_recipe(QUICKSTART)
 
@@ -124,7 +125,7 @@ class Studio:
 
     def load_recipe(self, path: str) -> RunConfig:
         """A recipe for the form: only those listed by recipe_choices (the API reads no other file)."""
-        from studio.config import load_recipe
+        from studio.recipes import load_recipe
 
         if path not in self.recipe_choices():
             raise ConfigError(f"{path} is not one of the studio's recipes ({QUICKSTART.parent}/, {self.recipes_dir}/).")
@@ -158,7 +159,7 @@ class Studio:
 
     def save_recipe(self, cfg: RunConfig) -> Path:
         """Write `cfg` as `<recipes_dir>/<run name>.yaml`; the name cannot lead anywhere else."""
-        from studio.config import recipe_text
+        from studio.recipes import recipe_text
 
         path = self.recipe_path(cfg)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ def tiny_qwen(tmp_path_factory) -> Path:
 
 def tiny_config(model_path: Path, runs_dir: Path, *overrides: str):
     """A small, fast run config on a tiny model (10 steps, high LR so the change is visible)."""
-    from studio.config import from_dict, apply_overrides
+    from studio.recipes import apply_overrides, from_dict
 
     cfg = from_dict({
         "name": "tiny",

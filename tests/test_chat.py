@@ -100,7 +100,7 @@ def test_a_full_finetune_is_compared_with_its_original_base(tiny_llama, tmp_path
 
 
 def test_chat_settings_arrive_exactly_as_typed(trained_run):
-    from studio.config import with_changes
+    from studio.recipes import with_changes
     from studio.services import Studio
 
     tricky = 'He said "don\'t"\tthen: {x}\n# not a comment'

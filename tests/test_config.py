@@ -2,7 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from studio.config import RunConfig, apply_overrides, field_help, from_dict, load_recipe, save_config, to_dict
+from studio.config import RunConfig
+from studio.fields import field_help
+from studio.recipes import apply_overrides, from_dict, load_recipe, save_config, to_dict
 from studio.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -71,7 +71,9 @@ def test_a_separate_eval_file_replaces_eval_fraction(tok, tmp_path):
     built = build(tok, path=train, eval_path=evaluation)
     assert (len(built.train), len(built.eval)) == (12, 3)
     assert "100 plus 100" in built.eval[0].text
-    from studio.config import ConfigError, RunConfig, apply_overrides
+    from studio.config import RunConfig
+    from studio.errors import ConfigError
+    from studio.recipes import apply_overrides
 
     with pytest.raises(ConfigError, match="data.eval_path and data.eval_fraction are alternatives"):
         apply_overrides(RunConfig(), [f"data.path={train}", f"data.eval_path={evaluation}", "data.eval_fraction=0.2"])
@@ -127,7 +129,7 @@ def test_the_preview_of_a_big_file_reads_a_sample(tok, tmp_path):
 def test_training_with_a_format_string_template_and_an_eval_file(tiny_llama, tmp_path):
     from conftest import tiny_config, train_tiny
 
-    from studio.config import replace_section
+    from studio.recipes import replace_section
     from studio.events import read_events
     from studio.runs import read_template
 

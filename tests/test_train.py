@@ -96,7 +96,7 @@ def test_bad_inputs_fail_with_named_errors_and_a_failed_status(tiny_llama, tmp_p
 @pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_recipe_trains_on_a_tiny_model(recipe, tiny_qwen, tmp_path):
     """Each recipe as written, with only the model swapped for a tiny one and the run cut short."""
-    from studio.config import load_recipe
+    from studio.recipes import load_recipe
     from studio.events import MemorySink
     from studio.runs import create_run_dir
     from studio.train.training import run_training

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from studio.config import RunConfig, apply_overrides
+from studio.config import RunConfig
+from studio.recipes import apply_overrides
 from studio.hardware import free_accelerator_memory, has_cuda, resolve_dtype
 from studio.train.training import load_for_training
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from studio.config import GenerationConfig, RunConfig, apply_overrides
+from studio.config import GenerationConfig, RunConfig
+from studio.recipes import apply_overrides
 from studio.errors import StudioError
 
 

@@ -110,7 +110,7 @@ def prepare_resume(run_dir: Path, changes: Sequence[str], sink: Sink) -> Path | 
     A finished run continues only with a higher train.max_steps (or train.epochs);
     a diverged one not at all (the same settings would diverge again).
     """
-    from studio.config import apply_overrides
+    from studio.recipes import apply_overrides
     from studio.runs import load_run_config, read_status, save_run_config
 
     cfg = load_run_config(run_dir)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from studio.config import FieldInfo, RunConfig, config_fields, field_info, value_at
+from studio.config import RunConfig
+from studio.fields import FieldInfo, config_fields, field_info, value_at
 
 # Where run folders go is the server's choice (--runs-dir), not a request's.
 SERVER_ONLY = {"train.runs_dir"}

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio.config import GGUF_TYPES, field_info
+from studio.config import GGUF_TYPES
+from studio.fields import field_info
 from studio.errors import StudioError
 from studio.hardware import GIB
 from studio.ui.live import IDLE_POLL_S, poll_outputs

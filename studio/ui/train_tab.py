@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from studio.config import RunConfig, recipe_text
+from studio.config import RunConfig
+from studio.recipes import recipe_text
 from studio.errors import StudioError
 from studio.ui import live
 from studio.ui.controls import control, more_settings
