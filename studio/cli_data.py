@@ -57,7 +57,7 @@ QUICKSTART = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.ya
 def _data_config(args):
     """(config, whether a data file was given): a data file instead of a recipe previews with the quickstart's model."""
     from studio.recipes import apply_overrides, from_dict, load_recipe
-    from studio.data.sources import SUFFIXES
+    from studio.data.files import SUFFIXES
 
     given = Path(args.recipe)
     if not (given.suffix.lower() in SUFFIXES or given.is_dir()):

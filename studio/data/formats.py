@@ -22,7 +22,8 @@ from dataclasses import dataclass, replace
 
 from studio.config import DataConfig
 from studio.errors import DataError, StudioError
-from studio.data.sources import Row, Skipped, read_sources
+from studio.data.files import Row, Skipped
+from studio.data.sources import read_sources
 from studio.data.templates import (FieldTemplate, Template, TokenizedRow, is_format_string, tokenize_conversation,
                               tokenize_text)
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from studio.config import DataConfig
 from studio.data.formats import PREFERENCE_NOTE, check_bad_rows, load_rows, preference_pair, tokenize_row, tokenize_rows
 from studio.errors import StudioError
-from studio.data.sources import Skipped, read_sources
+from studio.data.files import Skipped
+from studio.data.sources import read_sources
 from studio.data.templates import Template, TokenizedRow, template_warnings, tokenize_conversation
 
 PREVIEW_ROWS = 2000  # rows read and tokenized for the preview and its statistics

@@ -18,7 +18,7 @@ from pathlib import Path
 from studio.config import DataConfig, RunConfig
 from studio.data.formats import build_dataset, load_rows, to_messages
 from studio.errors import DataError, StudioError
-from studio.data.sources import Row
+from studio.data.files import Row
 from studio.data.templates import Template
 
 SOURCES = ("eval", "train")  # or the path of a data file
