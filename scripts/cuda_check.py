@@ -45,9 +45,9 @@ def train(model_dir: Path, runs: Path, *overrides: str, stop_at: int | None = No
     cfg = from_dict({"name": "cuda", "model": {"name_or_path": str(model_dir)},
                      "data": {"path": str(ROOT / "assets" / "sample_instructions.jsonl")},
                      "train": {"max_steps": 20, "batch_size": 8, "grad_accum": 1, "learning_rate": 1e-3,
-                               "max_length": 256, "save_steps": 10, "runs_dir": str(runs)}})
+                               "max_length": 256, "save_steps": 10}})
     cfg = apply_overrides(cfg, list(overrides))
-    run_dir = create_run_dir(cfg)
+    run_dir = create_run_dir(cfg, runs)
     sink, stop = MemorySink(), threading.Event()
 
     def send(event):

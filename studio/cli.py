@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "Ctrl-C stops cleanly: a checkpoint is saved and `resume` continues from it.")
     train.add_argument("recipe", help="Path of a recipe, e.g. recipes/quickstart.yaml.")
     train.add_argument("overrides", nargs="*", help="Dotted overrides, e.g. lora.r=32 train.max_steps=60.")
+    _runs_dir_option(train, "Folder the new run folder is made in")
 
     resume = sub.add_parser(
         "resume", help="Continue a stopped, interrupted or failed run from its newest good checkpoint.",
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "train.max_steps=N (or train.epochs=X).")
     resume.add_argument("run", help="Run folder or run name.")
     resume.add_argument("overrides", nargs="*", help="train.max_steps=N or train.epochs=X, to train a finished run further.")
+    _runs_dir_option(resume)
 
     export = sub.add_parser("export", help="Export a run: adapter, merged weights, verified GGUF files.")
     export.add_argument("run", help="Run folder or run name.")
@@ -48,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"GGUF types to write and verify: {', '.join(gguf_choices)} (default: the run's export.gguf).")
     export.add_argument("--formats", nargs="*", default=None, choices=format_choices, metavar="FORMAT",
                         help=f"Other exports: {', '.join(format_choices)} (default: the run's export.formats).")
+    _runs_dir_option(export)
 
     chat = sub.add_parser("chat", help="Chat with a run's model (streaming), or with a GGUF file.")
     chat.add_argument("run", nargs="?", help="Run folder or run name (omit with --gguf FILE alone).")
@@ -56,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--compare", action="store_true", help="Answer as base, fine-tuned (and GGUF) model, one after the other.")
     chat.add_argument("--gguf", help="Chat with this GGUF file through llama.cpp (with a run: its template).")
     chat.add_argument("overrides", nargs="*", default=[], help="Generation overrides, e.g. generation.max_new_tokens=64.")
+    _runs_dir_option(chat)
 
     data = sub.add_parser("data", help="Show what a recipe's data trains on: format, statistics, a row token by token.")
     data.add_argument("recipe", help="Path of a recipe, e.g. recipes/quickstart.yaml.")
@@ -89,12 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
                           help="A check for every answer, saved with the run and reused: regex:PATTERN, json or "
                                "contains (the reference appears in the answer). Repeat for several.")
     evaluate.add_argument("overrides", nargs="*", help="Generation overrides, e.g. generation.max_new_tokens=64.")
+    _runs_dir_option(evaluate)
 
     compare = sub.add_parser("compare", help="Compare runs: loss curves, config differences, final scores.")
     compare.add_argument("runs", nargs="+", help="Two or more run folders or names.")
+    _runs_dir_option(compare)
 
     runs = sub.add_parser("runs", help="List runs and their state.")
-    runs.add_argument("--runs-dir", default="runs")
+    _runs_dir_option(runs, "Folder of the run folders to list")
 
     bench = sub.add_parser(
         "bench", help="Measure training speed and memory: the studio's path against the textbook one.",
@@ -120,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Find the longest trainable sequence at batch 1 under this much GPU memory, e.g. 24GiB.")
     bench.add_argument("--out", default=None, help="Results file (.json, a .md table beside it; default bench/<...>.json).")
     return parser
+
+
+def _runs_dir_option(command: argparse.ArgumentParser, what: str = "Folder where a run given by name is looked up") -> None:
+    command.add_argument("--runs-dir", default="runs", metavar="FOLDER", help=f"{what} (default runs).")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,17 +222,30 @@ def load_learning_rate(run_dir: Path) -> float:
 
 
 def cmd_train(args) -> int:
-    from studio.recipes import load_recipe
     from studio.runs import create_run_dir
 
-    cfg = load_recipe(args.recipe, args.overrides)
-    return _train(create_run_dir(cfg), resume=False)
+    cfg = load_recipe_with_notes(args.recipe, args.overrides)
+    return _train(create_run_dir(cfg, args.runs_dir), resume=False)
+
+
+def load_recipe_with_notes(path: str, overrides: list[str]):
+    """The recipe, and on stderr a note for each key it holds that the studio no longer reads."""
+    import warnings
+
+    from studio.recipes import RetiredKeyWarning, load_recipe
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RetiredKeyWarning)
+        cfg = load_recipe(path, overrides)
+    for warning in caught:
+        print(f"note: {warning.message}", file=sys.stderr)
+    return cfg
 
 
 def cmd_resume(args) -> int:
     from studio.runs import find_run
 
-    return _train(find_run(args.run), resume=True, changes=args.overrides)
+    return _train(find_run(args.run, args.runs_dir), resume=True, changes=args.overrides)
 
 
 def cmd_export(args) -> int:
@@ -230,7 +253,7 @@ def cmd_export(args) -> int:
     from studio.export.exporting import export_run
     from studio.runs import find_run, load_run_config
 
-    run_dir = find_run(args.run)
+    run_dir = find_run(args.run, args.runs_dir)
     cfg = load_run_config(run_dir)
     gguf = tuple(args.gguf) if args.gguf is not None else cfg.export.gguf
     formats = tuple(args.formats) if args.formats is not None else cfg.export.formats
@@ -260,10 +283,12 @@ def cmd_export(args) -> int:
 
 def cmd_chat(args) -> int:
     from studio.chat.session import ChatSession
+    from studio.runs import find_run
 
     # With a GGUF alone, the run's HF model is not needed: its tokenizer and template suffice.
     needs_hf = args.run and (not args.gguf or args.compare or args.base)
-    session = ChatSession.open(args.run, args.gguf, args.overrides, load_hf=bool(needs_hf))
+    run = find_run(args.run, args.runs_dir) if args.run else None
+    session = ChatSession.open(run, args.gguf, args.overrides, load_hf=bool(needs_hf))
     try:
         if args.compare:
             modes = ["base", "tuned"] * (session.model is not None) + ["gguf"] * (session.llm is not None)

@@ -163,7 +163,6 @@ class TrainConfig:
     early_stopping: int = _f(
         0, "Stop when the eval loss has not improved for this many evaluations, and keep the best weights "
         "(needs eval data; 0: off).", min=0)
-    runs_dir: str = _f("runs", "Folder that holds run folders.")
 
 
 @dataclass(frozen=True)

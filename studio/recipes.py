@@ -9,6 +9,7 @@ dotted overrides work on the command line, in the UI and in tests:
     cfg = apply_overrides(cfg, ["data.columns.instruction=Question Text"])
     gen = with_changes(cfg.generation, max_new_tokens=64)      # checked like a recipe value
     save_config(cfg, run_dir / "config.yaml")                  # the fully resolved config
+    load_saved_config(run_dir / "config.yaml")                 # read back, keys of older versions dropped
     recipe_text(cfg)                                           # only what differs from the defaults
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,20 +28,60 @@ from studio.config import RunConfig
 from studio.errors import ConfigError
 from studio.fields import unknown_key
 
+# Keys older versions of the studio had. A recipe or run folder holding one still loads, without it: a recipe
+# with a note (a RetiredKeyWarning), a run's own config.yaml silently. An override naming one is refused.
+RETIRED_KEYS = {
+    "train.runs_dir": "where runs are kept is not a training setting any more: runs go to the folder given by "
+                      "--runs-dir (default runs/).",
+}
+
+
+class RetiredKeyWarning(UserWarning):
+    """A recipe names a key that older versions had; it was dropped (the message says what replaces it)."""
+
 
 def load_recipe(path: str | Path, overrides: typing.Sequence[str] = ()) -> RunConfig:
     """Read a YAML recipe strictly, then apply dotted `key=value` overrides."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Recipe not found: {path}. Pass the path of a .yaml file, e.g. recipes/quickstart.yaml.")
+    raw = _read_yaml(path)
+    for key in _drop_retired(raw):
+        warnings.warn(f"{path}: {key} is ignored: {RETIRED_KEYS[key]} Remove it from the recipe.", RetiredKeyWarning,
+                      stacklevel=2)
+    # Rules between fields are checked once the overrides are in: an override may be what satisfies them.
+    return apply_overrides(_build(RunConfig, raw, prefix="", source=str(path)), overrides)
+
+
+def load_saved_config(path: str | Path) -> RunConfig:
+    """A config.yaml the studio wrote (a run's fully resolved config); keys of older versions are dropped."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config not found: {path}.")
+    raw = _read_yaml(path)
+    _drop_retired(raw)
+    return _check_rules(_build(RunConfig, raw, prefix="", source=str(path)), str(path))
+
+
+def _read_yaml(path: Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections (model:, data:, ...), not {type(raw).__name__}.")
-    # Rules between fields are checked once the overrides are in: an override may be what satisfies them.
-    return apply_overrides(_build(RunConfig, raw, prefix="", source=str(path)), overrides)
+    return raw
+
+
+def _drop_retired(raw: dict) -> list[str]:
+    """Remove the retired keys from recipe data; returns those that were there."""
+    found = []
+    for key in RETIRED_KEYS:
+        section, name = key.split(".")
+        if isinstance(raw.get(section), dict) and name in raw[section]:
+            del raw[section][name]
+            found.append(key)
+    return found
 
 
 def from_dict(raw: dict, source: str = "config") -> RunConfig:
@@ -58,6 +100,8 @@ def apply_overrides(cfg: RunConfig, overrides: typing.Sequence[str]) -> RunConfi
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"Override {item!r} must look like section.key=value, e.g. lora.r=32.")
+        if key.strip() in RETIRED_KEYS:
+            raise ConfigError(f"{key.strip()} is no longer a setting: {RETIRED_KEYS[key.strip()]}")
         try:
             parsed = yaml.safe_load(value) if value.strip() else ""
         except yaml.YAMLError:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from studio.config import RunConfig
-from studio.recipes import replace_section, with_changes
+from studio.recipes import with_changes
 from studio.errors import BusyError, ConfigError, RunNotFoundError, StudioError
 from studio.events import JsonlSink, fan_out
 from studio.hardware import GIB, MemoryProbe, device_name, has_cuda
@@ -173,10 +173,9 @@ class Studio:
         from studio.runs import create_run_dir
         from studio.train.training import run_training
 
-        cfg = replace_section(cfg, "train", runs_dir=str(self.runs_dir))
         self._take_gpu_for("training")
         try:
-            run_dir = create_run_dir(cfg)
+            run_dir = create_run_dir(cfg, self.runs_dir)
             log = JsonlSink(run_dir / "events.jsonl")
             self._run_job("train", run_dir.name, lambda sink, stop: run_training(run_dir, fan_out(log, sink), stop))
         except BaseException:

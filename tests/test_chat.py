@@ -85,8 +85,8 @@ def test_a_full_finetune_is_compared_with_its_original_base(tiny_llama, tmp_path
 
     from studio.models import load_model
 
-    run = train_tiny(tiny_config(tiny_llama, tmp_path, "lora.enabled=false", "train.max_steps=3",
-                                 "train.learning_rate=1e-3")).run_dir
+    run = train_tiny(tiny_config(tiny_llama, "lora.enabled=false", "train.max_steps=3",
+                                 "train.learning_rate=1e-3"), tmp_path).run_dir
     session = ChatSession.open(str(run))
     try:
         assert session.full_finetune

@@ -12,10 +12,9 @@ def test_every_config_field_has_a_control_in_the_studio(tmp_path):
     from studio.fields import config_fields
     from studio.services import Studio
     from studio.ui.app import build_app
-    from studio.ui.controls import SERVER_ONLY
 
     keys = set(build_app(Studio(runs_dir=tmp_path)).form_keys)
-    missing = [f.key for f in config_fields() if f.key not in keys and f.key not in SERVER_ONLY and f.kind != "mapping"]
+    missing = [f.key for f in config_fields() if f.key not in keys and f.kind != "mapping"]
     assert missing == [], f"config fields without a control (place them, or they show under 'Advanced'): {missing}"
     assert {k for k in keys if k.startswith("data.columns.")}, "mapping entries have their own dropdowns"
 

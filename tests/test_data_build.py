@@ -136,10 +136,10 @@ def test_training_with_a_format_string_template_and_an_eval_file(tiny_llama, tmp
     rows = [json.dumps({"dialogue": f"A: Meet at {h}?\nB: Yes, {h} works.", "summary": f"They meet at {h}."})
             for h in range(1, 13)]
     train, evaluation = write(tmp_path / "train.jsonl", rows[:10]), write(tmp_path / "eval.jsonl", rows[10:])
-    cfg = tiny_config(tiny_llama, tmp_path, "train.max_steps=2", "train.eval_steps=2", "train.save_steps=100")
+    cfg = tiny_config(tiny_llama, "train.max_steps=2", "train.eval_steps=2", "train.save_steps=100")
     cfg = replace_section(cfg, "data", path=train, eval_path=evaluation, max_samples=0,
                           template="Summarize:\n{dialogue}\n---\nSummary: {summary}")
-    result = train_tiny(cfg)
+    result = train_tiny(cfg, tmp_path)
     assert result.state == "completed"
     assert [e.step for e in read_events(result.run_dir / "events.jsonl") if e.kind == "eval"] == [2]
     assert '"\\n---\\nSummary:"' in read_template(result.run_dir).jinja, "chat and export get the same prompt"

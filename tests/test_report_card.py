@@ -22,9 +22,9 @@ from studio.export.verify import GgufReport, verify_gguf
 def fluent_run(tiny_llama, tmp_path_factory):
     from conftest import tiny_config, train_tiny
 
-    cfg = tiny_config(tiny_llama, tmp_path_factory.mktemp("fluent"), "name=fluent", "lora.enabled=false",
+    cfg = tiny_config(tiny_llama, "name=fluent", "lora.enabled=false",
                       "train.max_steps=40", "train.learning_rate=1e-3", "train.save_steps=40")
-    return train_tiny(cfg).run_dir
+    return train_tiny(cfg, tmp_path_factory.mktemp("fluent")).run_dir
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ def test_starting_training_ends_a_streaming_reply_and_frees_chat(trained_run, ti
     reply.start()
     assert first.wait(60)
     assert reply.is_alive(), "the reply is still streaming when training is started"
-    studio.start_training(tiny_config(tiny_llama, tmp_path, "train.max_steps=2"))
+    studio.start_training(tiny_config(tiny_llama, "train.max_steps=2"))
     reply.join(30)
     assert not reply.is_alive() and len(pieces) < 400, "the reply stopped when training took the GPU"
     assert studio.chats == {}, "chat models are freed before training starts"

@@ -56,7 +56,7 @@ def config_differences(run_dirs: list[Path]) -> dict[str, list[str]]:
     from studio.runs import load_run_config
 
     flat = [_flatten(to_dict(load_run_config(r))) for r in run_dirs]
-    keys = sorted({k for f in flat for k in f} - {"train.runs_dir"})
+    keys = sorted({k for f in flat for k in f})
     return {k: [str(f.get(k, "")) for f in flat] for k in keys if len({repr(f.get(k)) for f in flat}) > 1}
 
 
