@@ -204,3 +204,10 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Training hyper-parameters."})
     generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"help": "Chat settings."})
     export: ExportConfig = field(default_factory=ExportConfig, metadata={"help": "Export settings."})
+
+
+def optimizer_for(setting: str, cuda: bool) -> str:
+    """The optimizer a train.optimizer setting stands for: auto is 8-bit AdamW on CUDA, adamw_torch elsewhere."""
+    if setting != "auto":
+        return setting
+    return "adamw_8bit" if cuda else "adamw_torch"

@@ -123,3 +123,10 @@ def test_where_runs_go_is_no_setting_but_old_recipes_and_runs_still_load(tmp_pat
         assert load_saved_config(saved) == cfg
     with pytest.raises(ConfigError, match=r"train\.runs_dir is no longer a setting.*--runs-dir"):
         apply_overrides(RunConfig(), ["train.runs_dir=/x"])
+
+
+def test_auto_optimizer_is_one_rule_for_training_the_disk_check_and_the_fit():
+    from studio.config import optimizer_for
+
+    assert (optimizer_for("auto", cuda=True), optimizer_for("auto", cuda=False)) == ("adamw_8bit", "adamw_torch")
+    assert optimizer_for("sgd", cuda=True) == "sgd"

@@ -22,7 +22,7 @@ from transformers import EarlyStoppingCallback, PrinterCallback
 from studio.train.callbacks import HealthCallback, ProgressCallback, RecentBatches
 from studio.train.checkpoints import (check_disk_for_run, keep_last_good_checkpoint, latest_checkpoint, prepare_resume,
                                 remove_unfinished_checkpoints)
-from studio.config import RunConfig
+from studio.config import RunConfig, optimizer_for
 from studio.data.formats import build_dataset, to_hf_dataset
 from studio.errors import ConfigError, DiskSpaceError, StudioError, TrainingError
 from studio.events import Event, Sink
@@ -200,7 +200,7 @@ def make_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_datas
         learning_rate=t.learning_rate,
         warmup_steps=t.warmup_steps,
         lr_scheduler_type=t.scheduler,
-        optim=_optimizer(t.optimizer),
+        optim=_trainer_optimizer(optimizer_for(t.optimizer, has_cuda())),
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         seed=t.seed,
@@ -267,9 +267,8 @@ def early_stopping_options(cfg: RunConfig, has_eval: bool, sink: Sink) -> dict:
     return options
 
 
-def _optimizer(name: str) -> str:
-    if name == "auto":
-        return "adamw_bnb_8bit" if has_cuda() else "adamw_torch"
+def _trainer_optimizer(name: str) -> str:
+    """transformers' name of an optimizer of the config (bitsandbytes' 8-bit AdamW is adamw_bnb_8bit there)."""
     return {"adamw_8bit": "adamw_bnb_8bit"}.get(name, name)
 
 
