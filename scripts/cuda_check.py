@@ -70,6 +70,8 @@ def train(model_dir: Path, runs: Path, *overrides: str, stop_at: int | None = No
 def main(out: Path) -> None:
     import torch
     from studio.chat.session import ChatSession
+    from studio.recipes import replace_section
+    from studio.runs import load_run_config
     from studio.events import MemorySink
     from studio.export.exporting import export_run
     from studio.train.training import run_training
@@ -87,7 +89,8 @@ def main(out: Path) -> None:
     resumed = run_training(stopped, MemorySink(), threading.Event(), resume=True)
     results["resume"] = {"state": resumed.state, "step": resumed.step}
 
-    session = ChatSession.open(str(run), overrides=["generation.max_new_tokens=16"])
+    cfg = load_run_config(run)
+    session = ChatSession.open(run, cfg=replace_section(cfg, "generation", max_new_tokens=16))
     prompt = [{"role": "user", "content": "What is the capital of Peru?"}]
     results["chat"] = {"tuned": "".join(session.stream(prompt, "tuned")), "base": "".join(session.stream(prompt, "base"))}
     session.close()

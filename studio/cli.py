@@ -283,15 +283,18 @@ def cmd_export(args) -> int:
 
 def cmd_chat(args) -> int:
     from studio.chat.session import ChatSession
-    from studio.runs import find_run
+    from studio.config import RunConfig
+    from studio.recipes import apply_overrides
+    from studio.runs import find_run, load_run_config
 
     # With a GGUF alone, the run's HF model is not needed: its tokenizer and template suffice.
     needs_hf = args.run and (not args.gguf or args.compare or args.base)
-    run = find_run(args.run, args.runs_dir) if args.run else None
-    session = ChatSession.open(run, args.gguf, args.overrides, load_hf=bool(needs_hf))
+    run_dir = find_run(args.run, args.runs_dir) if args.run else None
+    cfg = apply_overrides(load_run_config(run_dir) if run_dir else RunConfig(), args.overrides)
+    session = ChatSession.open(run_dir, args.gguf, cfg, load_hf=bool(needs_hf))
     try:
         if args.compare:
-            modes = ["base", "tuned"] * (session.model is not None) + ["gguf"] * (session.llm is not None)
+            modes = [mode for mode in ("base", "tuned", "gguf") if mode in session.repliers]
         else:
             modes = ["base"] if args.base else ["gguf" if args.gguf else session.default_mode]
         if args.prompt:
@@ -323,6 +326,9 @@ def _repl(session, modes: list[str]) -> int:
         if text in ("/quit", "/exit"):
             break
         if text in ("/base", "/tuned"):
+            if text[1:] not in session.repliers:
+                print(f"(no {text[1:]} model is loaded in this chat)")
+                continue
             mode = text[1:]
             print(f"(now answering as the {mode} model)")
             continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from studio.chat.panes import ReplySettings
 from studio.errors import StudioError
 
 PANES = ("Base", "Chat model", "Fine-tuned", "GGUF")
@@ -48,8 +49,8 @@ def wire(studio, form: dict, refs: dict) -> None:
         """Inputs: prompt, sources, settings, the four histories. Outputs (streamed): histories, notice."""
         stop_event.clear()
         histories = [list(h or []) for h in histories]
-        settings = {"max_new_tokens": int(max_tokens or 1), "temperature": float(temperature),
-                    "system_prompt": system or ""}
+        settings = ReplySettings(max_new_tokens=int(max_tokens or 1), temperature=float(temperature),
+                                 system_prompt=system or "")
         for index, name in enumerate(PANES):
             if name not in panes:
                 continue
