@@ -31,7 +31,7 @@ def test_every_gguf_reproduces_the_trained_model(exported):
 def test_f16_greedy_output_equals_the_hf_models(exported):
     f16 = next(r for r in exported.reports if r.gguf_type == "f16")
     for sample in f16.samples:
-        assert sample["gguf"] == sample["hf"] and sample["matching_tokens"] == sample["of"]
+        assert sample.gguf == sample.hf and sample.matching_tokens == sample.of
 
 
 def test_files_hold_the_types_asked_for(exported):

@@ -12,6 +12,7 @@ import gradio as gr
 from studio.config import GGUF_TYPES
 from studio.fields import field_info
 from studio.errors import StudioError
+from studio.export.verify import GgufReport
 from studio.hardware import GIB
 from studio.ui.chat_tab import ChatTab
 from studio.ui.hook import Hook
@@ -125,7 +126,7 @@ def export_view(snap) -> tuple[str, str, str, str]:
     if snap.kind != "export":
         return "No export yet.", "", "", ""
     stages = [e for e in snap.events if e.kind == "stage"]
-    reports = [e.extra["report"] for e in stages if "report" in e.extra]
+    reports: list[GgufReport] = [e.extra["report"] for e in stages if "report" in e.extra]
     head = {"running": "⏳ Exporting", "completed": "✅ Done", "failed": "⛔ Failed",
             "stopped": "⏸️ Stopped (finished files kept)"}.get(snap.state, snap.state)
     status = f"{head} **{snap.name}**"
@@ -140,16 +141,16 @@ def export_view(snap) -> tuple[str, str, str, str]:
         (Path(modelfiles[-1]).read_text() if modelfiles else "")
 
 
-def report_card(report: dict) -> str:
+def report_card(report: GgufReport) -> str:
     """Markdown: the headline first, coloured by state, then the checks and the answers side by side."""
-    state, headline = report["state"], report["headline"]
-    kept = "" if report["passed"] else " · file not kept"
-    rows = "\n".join(f"| {STATUS_ICON[c['status']]} {c['name']} | {_cell(c['detail'])} |" for c in report["checks"])
-    samples = "\n".join(f"| {_cell(s['prompt'][:80])} | {_cell(repr(s['hf']))} | {_cell(repr(s['base']))} | "
-                        f"{_cell(repr(s['gguf']))} | {s['matching_tokens']}/{s['of']} |" for s in report["samples"])
+    state = report.state
+    kept = "" if report.passed else " · file not kept"
+    rows = "\n".join(f"| {STATUS_ICON[c.status]} {c.name} | {_cell(c.detail)} |" for c in report.checks)
+    samples = "\n".join(f"| {_cell(s.prompt[:80])} | {_cell(repr(s.hf))} | {_cell(repr(s.base))} | "
+                        f"{_cell(repr(s.gguf))} | {s.matching_tokens}/{s.of} |" for s in report.samples)
     return (f'<div class="report-headline report-{state}" style="{HEADLINE_STYLE[state]}">'
-            f"{STATE_ICON[state]} {html.escape(headline)}</div>\n\n"
-            f"**{Path(report['path']).name}** · {report['size_bytes'] / 2**20:.1f} MiB{kept}\n\n"
+            f"{STATE_ICON[state]} {html.escape(report.headline)}</div>\n\n"
+            f"**{Path(report.path).name}** · {report.size_bytes / 2**20:.1f} MiB{kept}\n\n"
             f"| check | result |\n|---|---|\n{rows}\n\n"
             f"| prompt | fine-tuned (HF) | base (HF) | GGUF | same tokens as fine-tuned |\n|---|---|---|---|---|\n{samples}")
 
