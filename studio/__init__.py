@@ -14,6 +14,6 @@ The layers, each importing only from the ones above it:
     evaluate/  rows, generate, scores, scorecard, ...     a run's models scored on held-out rows, runs compared
     bench/                                                `launch.py bench` (its special cases stay there)
     jobs, services                                        one background job and one owner of the GPU
-    cli, cli_data, cli_eval                               the headless commands
+    cli, cli_chat, cli_data, cli_eval                     the headless commands
     ui/                                                   the only package that imports gradio; one typed object per tab
 """
