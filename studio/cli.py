@@ -190,7 +190,7 @@ def stop_on_ctrl_c(stop: threading.Event, what: str):
 
 def _train(run_dir: Path, resume: bool, changes: list[str] = ()) -> int:
     from studio.events import ConsoleSink, JsonlSink, fan_out
-    from studio.runs import read_status
+    from studio.runs import read_status, train_again_command
     from studio.train.training import run_training
 
     stop = threading.Event()
@@ -208,7 +208,7 @@ def _train(run_dir: Path, resume: bool, changes: list[str] = ()) -> int:
         print(f"  python launch.py resume {run_dir}")
     if result.state == "diverged":
         lr = load_learning_rate(run_dir)
-        print(f"  python launch.py train {run_dir / 'config.yaml'} train.learning_rate={lr / 10:g}")
+        print(f"  {train_again_command(run_dir, f'train.learning_rate={lr / 10:g}')}")
         if not (run_dir / "adapter").is_dir() and not (run_dir / "model").is_dir():
             return 1
     print(f"  python launch.py chat {run_dir} --compare --prompt \"...\"")

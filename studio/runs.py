@@ -91,6 +91,12 @@ def find_run(name_or_path: str | Path, runs_dir: str | Path = "runs") -> Path:
     )
 
 
+def train_again_command(run_dir: Path, change: str) -> str:
+    """The command that starts a new run from this run's config with one change, in the same runs folder."""
+    where = "" if run_dir.parent == Path("runs") else f" --runs-dir {run_dir.parent}"
+    return f"python launch.py train {run_dir / 'config.yaml'} {change}{where}"
+
+
 def list_runs(runs_dir: str | Path = "runs") -> list[Path]:
     root = Path(runs_dir)
     return sorted(p.parent for p in root.glob("*/config.yaml")) if root.is_dir() else []

@@ -111,7 +111,7 @@ def prepare_resume(run_dir: Path, changes: Sequence[str], sink: Sink) -> Path | 
     a diverged one not at all (the same settings would diverge again).
     """
     from studio.recipes import apply_overrides
-    from studio.runs import load_run_config, read_status, save_run_config
+    from studio.runs import load_run_config, read_status, save_run_config, train_again_command
 
     cfg = load_run_config(run_dir)
     status = read_status(run_dir)
@@ -120,12 +120,12 @@ def prepare_resume(run_dir: Path, changes: Sequence[str], sink: Sink) -> Path | 
     if refused:
         raise TrainingError(f"Only {' and '.join(allowed)} can change when a run is resumed, not "
                             f"{refused[0].partition('=')[0]!r}. For other changes start a new run from its "
-                            f"recipe: python launch.py train {run_dir / 'config.yaml'} {refused[0]}")
+                            f"recipe: {train_again_command(run_dir, refused[0])}")
     if status.get("state") == "diverged":
         raise TrainingError(
             f"{run_dir.name} diverged at step {status.get('step')}; resuming it with the same settings would "
-            f"diverge again. Start a new run with a lower learning rate: python launch.py train "
-            f"{run_dir / 'config.yaml'} train.learning_rate={cfg.train.learning_rate / 10:g}")
+            "diverge again. Start a new run with a lower learning rate: "
+            + train_again_command(run_dir, f"train.learning_rate={cfg.train.learning_rate / 10:g}"))
     extended = apply_overrides(cfg, list(changes))
     done = status.get("step") or 0
     if status.get("state") == "completed" and not _more_to_do(cfg, extended, done):
