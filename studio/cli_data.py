@@ -63,12 +63,13 @@ QUICKSTART = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.ya
 
 def _data_config(args):
     """(config, whether a data file was given): a data file instead of a recipe previews with the quickstart's model."""
-    from studio.config import apply_overrides, from_dict, load_recipe
-    from studio.data.sources import SUFFIXES
+    from studio.cli import load_recipe_with_notes
+    from studio.data.files import SUFFIXES
+    from studio.recipes import apply_overrides, from_dict, load_recipe
 
     given = Path(args.recipe)
     if not (given.suffix.lower() in SUFFIXES or given.is_dir()):
-        return load_recipe(given, args.overrides), False
+        return load_recipe_with_notes(args.recipe, args.overrides), False
     model = load_recipe(QUICKSTART).model.name_or_path
     raw = {"model": {"name_or_path": model}, "data": {"path": str(given)}}
     return apply_overrides(from_dict(raw), args.overrides), True

@@ -15,7 +15,7 @@ def cmd_eval(args) -> int:
     from studio.evaluate.scorecard import format_scorecard
     from studio.runs import find_run
 
-    run_dir = find_run(args.run)
+    run_dir = find_run(args.run, args.runs_dir)
     models = tuple(args.models) if args.models is not None else (() if args.gguf else MODEL_CHOICES)
     spec = EvalSpec(rows=args.rows, limit=args.limit, models=models, ggufs=tuple(args.gguf), other=args.other,
                     metric=args.metric, batch_size=args.batch_size, overrides=tuple(args.overrides),
@@ -33,7 +33,7 @@ def cmd_compare(args) -> int:
     from studio.evaluate.compare import compare_runs
     from studio.runs import find_run
 
-    comparison = compare_runs([find_run(run) for run in args.runs])
+    comparison = compare_runs([find_run(run, args.runs_dir) for run in args.runs])
     print("config differences:")
     for key, values in comparison.differences.items() or [("(none)", [])]:
         print(f"  {key}: " + " | ".join(values))

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from studio.catalog import Shape, find
-from studio.config import PAIRED_METHODS, RunConfig, replace_section
+from studio.config import PAIRED_METHODS, RunConfig, optimizer_for
+from studio.recipes import replace_section
 
 GIB = 1024**3
 WEIGHT_BYTES = {"16bit": 2.0, "8bit": 1.06, "4bit": 0.52}  # 4bit: nf4 plus double-quantized scales
@@ -92,7 +93,7 @@ def estimate_fit(shape: Shape, cfg: RunConfig, available_gib: float, on_gpu: boo
     weights = linear * weight_bytes + embeddings * unit
     if on_gpu and cfg.lora.enabled and t.cpu_embeddings and not shape.tied_embeddings:
         weights -= shape.vocab * shape.hidden * unit  # the input table waits in CPU memory
-    eight_bit_optimizer = on_gpu and t.optimizer in ("auto", "adamw_8bit", "paged_adamw_8bit")  # LoRA's states
+    eight_bit_optimizer = on_gpu and "8bit" in optimizer_for(t.optimizer, on_gpu)  # LoRA's states
     state_bytes = 2.0 if eight_bit_optimizer else 8.0
     fp32_adapters = cfg.model.load_in == "16bit" or not on_gpu  # quantized bases train bf16 adapters
     if cfg.lora.enabled:

@@ -1,5 +1,6 @@
 from studio.catalog import CATALOG, GEMMA_3_270M, LLAMA_3_1_8B, LLAMA_3_2_1B
-from studio.config import RunConfig, apply_overrides
+from studio.config import RunConfig
+from studio.recipes import apply_overrides
 from studio.fit import advice, estimate_fit, lora_parameters, parameter_counts, shape_of
 
 

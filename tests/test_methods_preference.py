@@ -15,9 +15,9 @@ PAIRS_FILE = ROOT / "assets" / "sample_preferences.jsonl"
 FEEDBACK_FILE = ROOT / "assets" / "sample_feedback.jsonl"
 
 
-def preference_config(model: Path, runs: Path, method: str, *overrides: str):
+def preference_config(model: Path, method: str, *overrides: str):
     data = FEEDBACK_FILE if method == "kto" else PAIRS_FILE
-    return tiny_config(model, runs, f"train.method={method}", f"data.path={data}", "data.max_samples=32",
+    return tiny_config(model, f"train.method={method}", f"data.path={data}", "data.max_samples=32",
                        "train.max_steps=12", "train.save_steps=12", "train.learning_rate=5e-3", *overrides)
 
 
@@ -60,7 +60,7 @@ def margins_before_and_after(run_dir: Path):
 
 @pytest.mark.parametrize("method", ["dpo", "orpo", "kto"])
 def test_each_preference_method_raises_the_chosen_minus_rejected_margin(method, tiny_llama, tmp_path):
-    result = train_tiny(preference_config(tiny_llama, tmp_path, method))
+    result = train_tiny(preference_config(tiny_llama, method), tmp_path)
     assert result.state == "completed" and result.step == 12
     before, after = margins_before_and_after(result.run_dir)
     assert after > before + 1.0, f"{method}: margin {before:.2f} -> {after:.2f}"
@@ -76,7 +76,7 @@ def test_dpo_reference_is_the_adapter_switched_off_not_a_second_copy(tiny_llama,
     from studio.data.templates import resolve_template
     from studio.train.training import load_for_training, make_trainer
 
-    cfg = preference_config(tiny_llama, tmp_path, "dpo")
+    cfg = preference_config(tiny_llama, "dpo")
     model, tokenizer = load_for_training(cfg)
     built = build_dataset(cfg.data, tokenizer, resolve_template("alpaca", tokenizer), 128, PAIRS, "dpo")
     trainer = make_trainer(cfg, tmp_path / "out", model, tokenizer, to_hf_dataset(built.train, PAIRS))
@@ -123,16 +123,16 @@ def test_bad_preference_data_is_named(tiny_llama, tmp_path):
     rows[5]["rejected"] = rows[5]["chosen"]  # nothing to prefer
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = preference_config(tiny_llama, tmp_path / "runs", "dpo", f"data.path={path}", "train.max_steps=1")
-    result = train_tiny(cfg)
+    cfg = preference_config(tiny_llama, "dpo", f"data.path={path}", "train.max_steps=1")
+    result = train_tiny(cfg, tmp_path / "runs")
     events = (result.run_dir / "events.jsonl").read_text()
     assert "pairs.jsonl:4: missing column 'rejected'" in events
     assert "pairs.jsonl:6: the chosen and the rejected answers are the same" in events
 
     with pytest.raises(DataError, match=r"train.method=dpo needs preference pairs"):
-        train_tiny(tiny_config(tiny_llama, tmp_path / "runs", "train.method=dpo"))  # alpaca rows
+        train_tiny(tiny_config(tiny_llama, "train.method=dpo"), tmp_path / "runs")  # alpaca rows
     labels = tmp_path / "labels.jsonl"
     labels.write_text(json.dumps({"prompt": "Hi?", "completion": "Hello.", "label": "maybe"}) + "\n")
     with pytest.raises(DataError, match=r"labels.jsonl:1: label must be true or false"):
-        train_tiny(preference_config(tiny_llama, tmp_path / "runs", "kto", f"data.path={labels}",
-                                     "data.max_bad_fraction=0"))
+        train_tiny(preference_config(tiny_llama, "kto", f"data.path={labels}", "data.max_bad_fraction=0"),
+                   tmp_path / "runs")

@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from studio.config import RunConfig, apply_overrides
+from studio.config import RunConfig
 from studio.data.building import LABELLED, PAIRS
+from studio.recipes import apply_overrides
 from studio.hardware import free_accelerator_memory, has_cuda, resolve_dtype
 from studio.train.methods import method_for
 from studio.train.training import load_for_training

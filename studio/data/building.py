@@ -19,7 +19,7 @@ from typing import Callable
 from studio.config import DataConfig
 from studio.data.formats import as_skipped, check_bad_rows, column_text, load_rows, summarize, to_messages
 from studio.data.pairs import LabelledRow, PairRow, tokenize_labelled, tokenize_pair
-from studio.data.sources import Row, Skipped
+from studio.data.files import Row, Skipped
 from studio.data.templates import Template, TokenizedRow, tokenize_conversation, tokenize_text
 from studio.errors import DataError, StudioError
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 from studio.config import DataConfig
 from studio.errors import DataError
-from studio.data.sources import Row, Skipped, read_sources
+from studio.data.files import Row, Skipped
+from studio.data.sources import read_sources
 from studio.data.templates import FieldTemplate, is_format_string
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from studio.data.formats import column_text, conversation_turns, preference_pair
-from studio.data.sources import Row
+from studio.data.files import Row
 from studio.data.templates import Template, tokenize_conversation
 from studio.errors import DataError
 

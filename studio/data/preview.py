@@ -25,7 +25,8 @@ from studio.data.building import PREFERENCE_NOTE, SEQUENCES, RowShape, check_sha
 from studio.data.formats import check_bad_rows, load_rows, preference_pair
 from studio.data.pairs import LabelledRow, PairRow
 from studio.errors import StudioError
-from studio.data.sources import Skipped, read_sources
+from studio.data.files import Skipped
+from studio.data.sources import read_sources
 from studio.data.templates import Template, TokenizedRow, template_warnings, tokenize_conversation
 
 PREVIEW_ROWS = 2000  # rows read and tokenized for the preview and its statistics

@@ -20,7 +20,7 @@ from studio.data.building import build_dataset
 from studio.data.formats import load_rows, to_messages
 from studio.data.pairs import label_of
 from studio.errors import DataError, StudioError
-from studio.data.sources import Row
+from studio.data.files import Row
 from studio.data.templates import Template
 from studio.train.methods import method_for
 

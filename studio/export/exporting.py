@@ -243,7 +243,7 @@ def _export_ggufs(merged, cfg, template, gguf_types, out_dir, work, prefix, veri
         report.path = str(final)
         report.save(out_dir / f"{prefix}-{gguf_type}.report.json")
         result.reports.append(report)
-        stage(report.summary(), result, report=report.to_dict())
+        stage(report.summary(), result, report=report)
         if not report.passed:
             tmp.unlink()
             continue

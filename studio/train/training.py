@@ -1,6 +1,6 @@
 """A run's training through TRL (the method's trainer), reported as events, stoppable, resumable.
 
-    run_dir = create_run_dir(cfg)
+    run_dir = create_run_dir(cfg, runs_dir="runs")
     result = run_training(run_dir, sink=ConsoleSink(), stop=threading.Event())
     result = run_training(run_dir, sink, stop, resume=True)   # after a stop or crash
 

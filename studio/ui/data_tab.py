@@ -5,6 +5,8 @@ A big file is previewed from its first rows (the summary says so); training read
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import gradio as gr
 import pandas as pd
 
@@ -20,7 +22,20 @@ SHOWN_SKIPPED = 50  # malformed rows listed by name; the count covers all
 TOKEN_COLOURS = {"trained": "#16a34a", "masked": "#9ca3af", "special, trained": "#7c3aed", "special, masked": "#c4b5fd"}
 
 
-def build(studio, form: dict, start: RunConfig) -> dict:
+@dataclass
+class DataTab:
+    upload: gr.File
+    custom: gr.Textbox  # a custom template, typed in its own box
+    row: gr.Number
+    preview: gr.Button
+    summary: gr.Markdown
+    tokens: gr.HighlightedText
+    rejected: gr.HighlightedText
+    histogram: gr.BarPlot
+    skipped: gr.Markdown
+
+
+def build(studio, form: dict, start: RunConfig) -> DataTab:
     with gr.Row():
         with gr.Column(scale=2):
             form["data.path"] = control("data.path", start, label="Dataset", elem_id="data-path")
@@ -68,11 +83,10 @@ def build(studio, form: dict, start: RunConfig) -> dict:
             histogram = gr.BarPlot(x="tokens", y="rows", color="fits", title="Token length per row",
                                    x_title="tokens (bins)", y_title="rows", height=260, elem_id="length-histogram")
             skipped = gr.Markdown(elem_id="data-skipped")
-    return {"upload": upload, "row": row, "preview": preview, "summary": summary, "tokens": tokens,
-            "rejected": rejected, "histogram": histogram, "skipped": skipped, "custom": custom}
+    return DataTab(upload, custom, row, preview, summary, tokens, rejected, histogram, skipped)
 
 
-def wire(studio, form: dict, refs: dict) -> None:
+def wire(studio, form: dict, tab: DataTab) -> None:
     keys, inputs = list(form), list(form.values())
 
     mapping = [form[f"data.columns.{name}"] for name in MAPPED_FIELDS]
@@ -94,11 +108,11 @@ def wire(studio, form: dict, refs: dict) -> None:
                 *_mapping_choices(cfg, p.columns, chosen))
 
     named(show, keys, ("row",))
-    refs["upload"].upload(lambda f: f, refs["upload"], form["data.path"], api_visibility="private")
+    tab.upload.upload(lambda f: f, tab.upload, form["data.path"], api_visibility="private")
     # A custom template is typed in its own box (several lines) and becomes the template choice.
-    refs["custom"].change(lambda text: text or "auto", refs["custom"], form["data.template"], api_visibility="private")
-    outputs = [refs["summary"], refs["tokens"], refs["rejected"], refs["histogram"], refs["skipped"], *mapping]
-    refs["preview"].click(show, [refs["row"], *inputs], outputs, api_name="preview_data")
+    tab.custom.change(lambda text: text or "auto", tab.custom, form["data.template"], api_visibility="private")
+    outputs = [tab.summary, tab.tokens, tab.rejected, tab.histogram, tab.skipped, *mapping]
+    tab.preview.click(show, [tab.row, *inputs], outputs, api_name="preview_data")
 
 
 def _mapping_choices(cfg, columns: list[str] | None, chosen: list[str]) -> list:

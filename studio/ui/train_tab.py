@@ -6,16 +6,44 @@ re-attaches to whatever is running.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import gradio as gr
 
-from studio.config import RunConfig, recipe_text
+from studio.config import RunConfig
+from studio.recipes import recipe_text
 from studio.errors import StudioError
 from studio.ui import live
 from studio.ui.controls import control, more_settings
 from studio.ui.form import config_from_form, form_values, named
+from studio.ui.hook import Hook
 
 
-def build(studio, form: dict, start: RunConfig) -> dict:
+@dataclass
+class TrainTab:
+    recipe: gr.Dropdown
+    start: gr.Button
+    stop: gr.Button
+    resume_run: gr.Dropdown
+    train_to: gr.Number
+    resume: gr.Button
+    show: gr.Button
+    save: gr.Button
+    command: gr.Code
+    notice: gr.Markdown
+    status: gr.Markdown
+    progress: gr.HTML
+    loss: gr.LinePlot
+    lr: gr.LinePlot
+    memory: gr.Markdown
+    memory_plot: gr.LinePlot
+    timer: gr.Timer
+    poll: Hook = field(init=False)  # draws the job's snapshot (a reload re-attaches through it)
+    restore: Hook = field(init=False)  # after a reload, the form shows the running job's settings
+    refresh: Hook = field(init=False)  # the runs that can be resumed
+
+
+def build(studio, form: dict, start: RunConfig) -> TrainTab:
     """The Train tab, its form controls showing `start` (the quickstart recipe, or a recipe picked here)."""
     with gr.Row():
         with gr.Column(scale=2):
@@ -61,13 +89,11 @@ def build(studio, form: dict, start: RunConfig) -> dict:
             memory = gr.Markdown(elem_id="memory-panel")
             memory_plot = gr.LinePlot(x="seconds", y="GiB", color="series", title="Memory", height=200,
                                       elem_id="memory-plot")
-    return {"recipe": recipe, "start": start, "stop": stop, "resume_run": resume_run, "train_to": train_to, "resume": resume,
-            "show": show, "save": save,
-            "command": command, "notice": notice, "status": status, "progress": progress, "loss": loss, "lr": lr, "memory": memory,
-            "memory_plot": memory_plot, "timer": gr.Timer(live.IDLE_POLL_S)}
+    return TrainTab(recipe, start, stop, resume_run, train_to, resume, show, save, command, notice, status, progress, loss,
+                    lr, memory, memory_plot, gr.Timer(live.IDLE_POLL_S))
 
 
-def wire(studio, form: dict, refs: dict) -> None:
+def wire(studio, form: dict, tab: TrainTab) -> None:
     keys, inputs = list(form), list(form.values())
 
     def start(*values):
@@ -143,17 +169,15 @@ def wire(studio, form: dict, refs: dict) -> None:
     named(start, keys)
     named(command, keys)
     named(save, keys)
-    refs["start"].click(start, inputs, [refs["notice"], refs["timer"]], api_name="start_training")
-    refs["stop"].click(stop, None, refs["notice"], api_name="stop_training")
-    refs["resume"].click(resume, [refs["resume_run"], refs["train_to"]], [refs["notice"], refs["timer"]],
-                         api_name="resume_training")
-    refs["show"].click(command, inputs, refs["command"], api_name="show_command")
-    refs["save"].click(save, inputs, refs["notice"], api_name="save_recipe")
+    tab.start.click(start, inputs, [tab.notice, tab.timer], api_name="start_training")
+    tab.stop.click(stop, None, tab.notice, api_name="stop_training")
+    tab.resume.click(resume, [tab.resume_run, tab.train_to], [tab.notice, tab.timer], api_name="resume_training")
+    tab.show.click(command, inputs, tab.command, api_name="show_command")
+    tab.save.click(save, inputs, tab.notice, api_name="save_recipe")
     shown = gr.State(())
-    outputs = [refs["status"], refs["progress"], refs["loss"], refs["lr"], refs["memory"], refs["memory_plot"],
-               refs["start"], shown, refs["timer"]]
-    refs["timer"].tick(poll, shown, outputs, api_name="training_snapshot", show_progress="hidden")
-    refs["poll"] = (poll, shown, outputs)
-    refs["restore"] = (restore, None, [*inputs, refs["start"]])
-    refs["recipe"].input(load, refs["recipe"], [*inputs, refs["notice"]], api_name="load_recipe")
-    refs["refresh"] = (runs, [refs["resume_run"]])
+    outputs = [tab.status, tab.progress, tab.loss, tab.lr, tab.memory, tab.memory_plot, tab.start, shown, tab.timer]
+    tab.timer.tick(poll, shown, outputs, api_name="training_snapshot", show_progress="hidden")
+    tab.poll = Hook(poll, shown, outputs)
+    tab.restore = Hook(restore, None, [*inputs, tab.start])
+    tab.recipe.input(load, tab.recipe, [*inputs, tab.notice], api_name="load_recipe")
+    tab.refresh = Hook(runs, None, [tab.resume_run])

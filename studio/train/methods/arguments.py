@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from transformers import PrinterCallback
 
-from studio.config import RunConfig
+from studio.config import RunConfig, optimizer_for
 from studio.hardware import has_cuda, resolve_dtype
 from studio.speed.patches import cuda_speedups
 
@@ -52,10 +52,9 @@ def shared_options(cfg: RunConfig, output_dir: Path, has_eval: bool) -> dict:
     )
 
 
-def optimizer_name(name: str) -> str:
-    """The transformers optimizer for train.optimizer: auto is 8-bit AdamW on CUDA, adamw_torch elsewhere."""
-    if name == "auto":
-        return "adamw_bnb_8bit" if has_cuda() else "adamw_torch"
+def optimizer_name(setting: str) -> str:
+    """transformers' name of the optimizer train.optimizer stands for (config.optimizer_for decides auto)."""
+    name = optimizer_for(setting, has_cuda())
     return {"adamw_8bit": "adamw_bnb_8bit"}.get(name, name)
 
 
