@@ -77,8 +77,8 @@ def build(studio, form: dict, start: RunConfig) -> DataTab:
             tokens = gr.HighlightedText(label="What the model sees: trained tokens green, masked grey, special tokens purple",
                                         color_map=TOKEN_COLOURS, show_legend=True, combine_adjacent=False,
                                         elem_id="token-preview")
-            rejected = gr.HighlightedText(label="Rejected response of this pair (shown for comparison; SFT does not "
-                                          "train on it)", color_map=TOKEN_COLOURS, show_legend=True, combine_adjacent=False,
+            rejected = gr.HighlightedText(label="Rejected side of this pair: dpo and orpo train it (pushed down); sft "
+                                          "shows it for comparison only", color_map=TOKEN_COLOURS, show_legend=True, combine_adjacent=False,
                                           visible=False, elem_id="rejected-preview")
             histogram = gr.BarPlot(x="tokens", y="rows", color="fits", title="Token length per row",
                                    x_title="tokens (bins)", y_title="rows", height=260, elem_id="length-histogram")
@@ -134,8 +134,9 @@ def _summary(p) -> str:
     warnings += [f"{st.duplicates} duplicate rows"] if st.duplicates else []
     warnings += [f"{st.identical_pairs} pairs have the same chosen and rejected response"] if st.identical_pairs else []
     scope = " (of the sample)" if st.sampled else ""
+    label = {True: ", labelled **good**", False: ", labelled **bad**"}.get(p.label, "")
     row = (f"⚠️ Row {p.row} is skipped: {p.row_error}" if p.row_error
-           else f"Row {p.row}: {p.row_tokens:,} tokens, {p.trained_tokens:,} trained")
+           else f"Row {p.row}{label}: {p.row_tokens:,} tokens, {p.trained_tokens:,} trained")
     return (f"**{p.count_line}** · format **{p.format}** · template **{p.template}** · columns {', '.join(p.columns)}\n\n"
             + _reading(p)
             + f"Tokens{scope}: {st.tokens:,}, of which **{st.trained_tokens:,} trained** · {cut}"
@@ -173,7 +174,12 @@ def _highlights(tokens) -> list[tuple[str, str]]:
 
 
 def _histogram(p) -> pd.DataFrame:
-    width = max(8, (max(p.lengths) // 20) or 1)
-    frame = pd.DataFrame({"tokens": [(n // width) * width for n in p.lengths]})
-    frame["fits"] = ["cut" if n > p.max_length else f"≤ {p.max_length}" for n in p.lengths]
-    return frame.groupby(["tokens", "fits"]).size().reset_index(name="rows")
+    """Rows per length bin, coloured by whether they fit; a pair's two sides as two series."""
+    sides = [("", p.lengths)] if not p.rejected_lengths else [("chosen ", p.lengths), ("rejected ", p.rejected_lengths)]
+    width = max(8, (max(max(lengths) for _, lengths in sides) // 20) or 1)
+    frames = []
+    for side, lengths in sides:
+        frame = pd.DataFrame({"tokens": [(n // width) * width for n in lengths]})
+        frame["fits"] = [side + ("cut" if n > p.max_length else f"≤ {p.max_length}") for n in lengths]
+        frames.append(frame)
+    return pd.concat(frames).groupby(["tokens", "fits"]).size().reset_index(name="rows")

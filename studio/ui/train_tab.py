@@ -16,6 +16,7 @@ from studio.errors import StudioError
 from studio.ui import live
 from studio.ui.controls import control, more_settings
 from studio.ui.form import config_from_form, form_values, named
+from studio.train.methods import settings_sections
 from studio.ui.hook import Hook
 
 
@@ -37,6 +38,8 @@ class TrainTab:
     lr: gr.LinePlot
     memory: gr.Markdown
     memory_plot: gr.LinePlot
+    method_plot: gr.LinePlot
+    method_settings: dict[str, gr.Group]  # config section -> its group, shown for the methods that use it
     timer: gr.Timer
     poll: Hook = field(init=False)  # draws the job's snapshot (a reload re-attaches through it)
     restore: Hook = field(init=False)  # after a reload, the form shows the running job's settings
@@ -63,6 +66,12 @@ def build(studio, form: dict, start: RunConfig) -> TrainTab:
             with gr.Row():
                 form["train.learning_rate"] = control("train.learning_rate", start, elem_id="learning-rate")
                 form["train.max_length"] = control("train.max_length", start)
+            method_settings = {}
+            for section, methods in settings_sections().items():
+                with gr.Group(visible=start.train.method in methods) as group:
+                    gr.Markdown(f"**{', '.join(methods)} settings**")
+                    more_settings(form, start, (section,))
+                method_settings[section] = group
             with gr.Accordion("Advanced: every other training, chat and export setting of the recipe", open=False):
                 more_settings(form, start, ("train", "lora", "generation", "export"))
             with gr.Row():
@@ -86,11 +95,13 @@ def build(studio, form: dict, start: RunConfig) -> TrainTab:
                                    color_map=live.CURVE_COLORS)
                 lr = gr.LinePlot(x="step", y="value", color="series", title="Learning rate · grad norm", height=240,
                                  color_map=live.CURVE_COLORS)
+            method_plot = gr.LinePlot(x="step", y="value", color="series", title="The method's own values: rewards, "
+                                      "margins, KL", height=240, elem_id="method-plot", visible=False)
             memory = gr.Markdown(elem_id="memory-panel")
             memory_plot = gr.LinePlot(x="seconds", y="GiB", color="series", title="Memory", height=200,
                                       elem_id="memory-plot")
     return TrainTab(recipe, start, stop, resume_run, train_to, resume, show, save, command, notice, status, progress, loss,
-                    lr, memory, memory_plot, gr.Timer(live.IDLE_POLL_S))
+                    lr, memory, memory_plot, method_plot, method_settings, gr.Timer(live.IDLE_POLL_S))
 
 
 def wire(studio, form: dict, tab: TrainTab) -> None:
@@ -138,12 +149,19 @@ def wire(studio, form: dict, tab: TrainTab) -> None:
         return f"Saved **{path}** · run it with `python launch.py train {path}`"
 
     def poll(shown: tuple):
-        """Inputs: what the page shows. Outputs: status, progress, loss, lr, memory text, memory plot, Start, shown, timer."""
-        return live.poll_outputs(studio.jobs.snapshot(), shown, view, 7, fast_s=0.5, plots=(2, 3, 5))
+        """Inputs: what the page shows. Outputs: status, progress, loss, lr, memory text, memory plot, method plot,
+        Start, shown, timer."""
+        return live.poll_outputs(studio.jobs.snapshot(), shown, view, 8, fast_s=0.5, plots=(2, 3, 5, 6))
 
     def view(snap) -> tuple:
+        curves = live.method_curves(snap)
         # Start is disabled while a job runs: one GPU job at a time.
-        return (*live.training_view(snap), gr.update(interactive=not snap.running))
+        return (*live.training_view(snap), gr.update(value=curves, visible=not curves.empty),
+                gr.update(interactive=not snap.running))
+
+    def show_method_settings(method: str):
+        """Inputs: the method. Outputs: each method settings group, shown when the method uses it."""
+        return tuple(gr.update(visible=method in methods) for methods in settings_sections().values())
 
     def restore():
         """Inputs: none. Outputs: every form control, Start. After a reload, the form shows the running job's settings."""
@@ -175,7 +193,10 @@ def wire(studio, form: dict, tab: TrainTab) -> None:
     tab.show.click(command, inputs, tab.command, api_name="show_command")
     tab.save.click(save, inputs, tab.notice, api_name="save_recipe")
     shown = gr.State(())
-    outputs = [tab.status, tab.progress, tab.loss, tab.lr, tab.memory, tab.memory_plot, tab.start, shown, tab.timer]
+    outputs = [tab.status, tab.progress, tab.loss, tab.lr, tab.memory, tab.memory_plot, tab.method_plot, tab.start,
+               shown, tab.timer]
+    form["train.method"].change(show_method_settings, form["train.method"], list(tab.method_settings.values()),
+                                api_visibility="private")
     tab.timer.tick(poll, shown, outputs, api_name="training_snapshot", show_progress="hidden")
     tab.poll = Hook(poll, shown, outputs)
     tab.restore = Hook(restore, None, [*inputs, tab.start])

@@ -31,6 +31,7 @@ class Method:
     make_trainer: Callable
     curves: tuple[str, ...] = ()  # logged values plotted beside the loss, e.g. "rewards/margins"
     summary: str = ""  # what it trains, in a line
+    settings: str = ""  # the config section of its own settings, e.g. "preference"
 
 
 REWARD_CURVES = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
@@ -39,20 +40,31 @@ METHODS = {
     m.name: m for m in (
         Method("sft", SEQUENCES, sft.make_trainer, (), "learns the responses of instruction or chat rows"),
         Method("dpo", PAIRS, preference.make_dpo_trainer, REWARD_CURVES,
-               "prefers the chosen over the rejected answer, against the model before training"),
+               "prefers the chosen over the rejected answer, against the model before training", "preference"),
         Method("orpo", PAIRS, preference.make_orpo_trainer,
                ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "log_odds_ratio"),
-               "learns the chosen answer and penalises the rejected one's odds"),
+               "learns the chosen answer and penalises the rejected one's odds", "preference"),
         Method("kto", LABELLED, preference.make_kto_trainer, ("rewards/chosen", "rewards/rejected", "kl"),
-               "raises good answers and lowers bad ones, each on its own"),
+               "raises good answers and lowers bad ones, each on its own", "preference"),
         Method("galore", SEQUENCES, galore.make_trainer, (),
-               "sft of every weight with low-rank optimizer states (GaLore)"),
+               "sft of every weight with low-rank optimizer states (GaLore)", "galore"),
         # The objective is sft's; what trains is the learned prompt attached when the model is loaded.
-        Method("prefix", SEQUENCES, sft.make_trainer, (), "sft of learned key/values before every layer (P-Tuning v2)"),
-        Method("ptuning", SEQUENCES, sft.make_trainer, (), "sft of learned input embeddings (P-Tuning)"),
+        Method("prefix", SEQUENCES, sft.make_trainer, (), "sft of learned key/values before every layer (P-Tuning v2)",
+               "prompt_tuning"),
+        Method("ptuning", SEQUENCES, sft.make_trainer, (), "sft of learned input embeddings (P-Tuning)",
+               "prompt_tuning"),
     )
 }
 
 
 def method_for(name: str) -> Method:
     return METHODS[name]
+
+
+def settings_sections() -> dict[str, tuple[str, ...]]:
+    """Each method settings section, and the methods that use it: {"preference": ("dpo", "orpo", "kto"), ...}."""
+    sections: dict[str, tuple[str, ...]] = {}
+    for method in METHODS.values():
+        if method.settings:
+            sections[method.settings] = (*sections.get(method.settings, ()), method.name)
+    return sections
