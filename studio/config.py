@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -63,13 +64,14 @@ class DataConfig:
         "Dataset: a file (jsonl, json, csv, tsv, parquet, txt), a folder saved by datasets' save_to_disk, a glob "
         "(data/*.jsonl), a hub dataset id (needs a network), or several of these separated by commas.",
     )
-    format: Literal["auto", "alpaca", "messages", "sharegpt", "prompt_completion", "preference", "labelled", "text",
-                    "fields"] = _f(
+    format: Literal["auto", "alpaca", "messages", "sharegpt", "prompt_completion", "preference", "labelled", "prompts",
+                    "text", "fields"] = _f(
         "auto",
         "Row format; auto detects it from the columns. preference: prompt/chosen/rejected pairs (texts or message "
         "lists) for dpo, orpo and kto; sft trains on the prompt and the chosen response. labelled: "
-        "prompt/completion/label rows, the label true for a good response and false for a bad one (kto). fields: "
-        "each row through a format-string template (auto picks it when data.template is one).",
+        "prompt/completion/label rows, the label true for a good response and false for a bad one (kto). prompts: "
+        "a prompt (a text or a message list) with no response, for grpo; its other columns (an answer, ...) go to "
+        "the rewards. fields: each row through a format-string template (auto picks it when data.template is one).",
     )
     template: str = _f(
         "auto",
@@ -128,11 +130,14 @@ class LoraConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    method: Literal["sft", "dpo", "orpo", "kto"] = _f(
+    method: Literal["sft", "dpo", "orpo", "kto", "grpo"] = _f(
         "sft", "Training method. sft: learn the responses of instruction or chat rows. dpo: prefer the chosen over "
         "the rejected response of preference pairs, measured against the model before training (the adapter "
         "switched off: no second copy in memory). orpo: the same pairs, SFT on the chosen side plus an odds-ratio "
-        "penalty on the rejected side, no reference pass. kto: unpaired responses labelled good or bad."
+        "penalty on the rejected side, no reference pass. kto: unpaired responses labelled good or bad. grpo: "
+        "sample several completions of each prompt, score them with rewards (the grpo section) and learn from the "
+        "better ones; prompt rows with an optional answer, or instruction, chat and pair rows (their response is "
+        "the answer)."
     )
     batch_size: int = _f(2, "Rows per device per step.", min=1)
     grad_accum: int = _f(4, "Gradient accumulation steps (effective batch = batch_size * grad_accum).", min=1)
@@ -147,7 +152,8 @@ class TrainConfig:
     weight_decay: float = _f(0.01, "Weight decay.", min=0)
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0: no clipping).", min=0)
     seed: int = _f(3407, "Random seed.")
-    max_length: int = _f(1024, "Longest sequence in tokens; longer rows are cut.", min=8)
+    max_length: int = _f(1024, "Longest sequence in tokens; longer rows are cut. grpo: the longest prompt (longer "
+                         "prompts are left out); completions add up to grpo.max_completion_length.", min=8)
     packing: bool = _f(False, "Pack several short rows into one sequence (faster on short data).")
     gradient_checkpointing: bool = _f(True, "Recompute activations in backward: less memory, ~25% slower.")
     selective_checkpointing: bool = _f(
@@ -203,6 +209,52 @@ class PreferenceConfig:
         1.0, "kto: weight of the loss on bad responses; raise it when good ones far outnumber them.", above=0)
 
 
+# grpo's built-in rewards (studio.train.rewards), each scoring a completion from 0 to 1.
+REWARD_PRESETS = ("answer_match", "format", "regex", "json", "length")
+
+
+@dataclass(frozen=True)
+class GrpoConfig:
+    num_generations: int = _f(
+        4, "Completions sampled for each prompt. GRPO learns from how their rewards differ within this group: more "
+        "give a clearer signal and cost more time. Each step trains on train.batch_size x train.grad_accum "
+        "completions, which must be a multiple of this (8 completions of 4 each: 2 prompts per step).", min=2)
+    max_completion_length: int = _f(
+        256, "Longest completion in tokens; generation stops there (a cut completion usually earns less).", min=1)
+    temperature: float = _f(
+        1.0, "Sampling temperature of the completions: higher gives more varied completions (more to learn from), "
+        "lower keeps them near the model's first choice.", above=0, max=2)
+    beta: float = _f(
+        0.0, "Weight of the KL penalty that keeps the model near the model before training (with LoRA: the adapter "
+        "switched off, no second copy). 0: no penalty and no reference pass, faster (TRL's default); 0.001 to 0.04 "
+        "when the rewards can be gamed.", min=0)
+    rewards: tuple[Literal[REWARD_PRESETS], ...] = _f(
+        ("answer_match",), "Built-in rewards, each 0 to 1 per completion. answer_match: the completion's answer (the "
+        "part in <answer>...</answer> when there is one) equals the row's answer (grpo.answer_column), as text or as "
+        "a number (42 = 42.0, the last number of the completion). format: <think>...</think><answer>...</answer>. "
+        "regex: contains grpo.regex. json: valid JSON, following grpo.json_schema when set. length: between "
+        "grpo.length_min and grpo.length_max tokens.")
+    reward_weights: tuple[float, ...] = _f(
+        (), "Weight of each reward in the total, in order: grpo.rewards, then the functions of grpo.reward_file "
+        "(empty: all 1).")
+    reward_file: str = _f(
+        "", "A Python file of your own rewards: every public function taking (completions, **kwargs) and returning "
+        "one number (or None: does not apply) per completion. kwargs hold prompts, completion_ids and the data's "
+        "columns (answer, ...). The file runs as code with your rights.")
+    answer_column: str = _f(
+        "answer", "The data column answer_match compares with. Prompt rows keep their columns; instruction, chat "
+        "and pair rows give their response as 'answer'.")
+    regex: str = _f("", "regex reward: a pattern the completion must contain (Python re.search; ^...$ for the whole "
+                        "completion).")
+    json_schema: str = _f(
+        "", "json reward: a JSON schema (a .json file or the JSON text) the completion must follow: type, required, "
+        "properties, items, enum. Empty: any valid JSON.")
+    length_min: int = _f(0, "length reward: fewest tokens for the full reward (a shorter completion earns "
+                            "length / length_min).", min=0)
+    length_max: int = _f(0, "length reward: most tokens for the full reward (a longer one earns less, nothing at "
+                            "twice this; 0: no upper limit).", min=0)
+
+
 @dataclass(frozen=True)
 class GenerationConfig:
     max_new_tokens: int = _f(128, "Longest reply in tokens.", min=1)
@@ -242,6 +294,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Training hyper-parameters."})
     preference: PreferenceConfig = field(default_factory=PreferenceConfig,
                                          metadata={"help": "Settings of the preference methods: dpo, orpo, kto."})
+    grpo: GrpoConfig = field(default_factory=GrpoConfig, metadata={"help": "Settings of grpo: sampling and rewards."})
     generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"help": "Chat settings."})
     export: ExportConfig = field(default_factory=ExportConfig, metadata={"help": "Export settings."})
 
@@ -507,7 +560,54 @@ def _check_rules(cfg: RunConfig, source: str) -> RunConfig:
         setting = "train.packing" if cfg.train.packing else "train.cpu_embeddings"
         raise ConfigError(f"{source}: {setting} works with train.method=sft only; {cfg.train.method} trains on "
                           f"whole answers side by side. Set {setting}=false.")
+    if cfg.train.method == "grpo":
+        _check_grpo(cfg, source)
     return cfg
+
+
+def _check_grpo(cfg: RunConfig, source: str) -> None:
+    """grpo's rules: rewards to learn from, and steps made of whole groups of completions (as TRL requires)."""
+    g, t = cfg.grpo, cfg.train
+    if not g.rewards and not g.reward_file:
+        raise ConfigError(f"{source}: grpo needs at least one reward: set grpo.rewards (one or more of "
+                          f"{', '.join(REWARD_PRESETS)}) or grpo.reward_file.")
+    doubled = [name for name in g.rewards if g.rewards.count(name) > 1]
+    if doubled:
+        raise ConfigError(f"{source}: grpo.rewards names {doubled[0]} twice; give a reward more say with "
+                          "grpo.reward_weights instead.")
+    completions = t.batch_size * t.grad_accum
+    if completions % g.num_generations:
+        prompts = max(1, round(completions / g.num_generations))
+        raise ConfigError(
+            f"{source}: each grpo step trains on train.batch_size x train.grad_accum = {completions} completions, "
+            f"which must be whole groups of grpo.num_generations={g.num_generations} completions of one prompt. "
+            f"For {prompts} prompt{'s' * (prompts > 1)} per step, set train.batch_size={g.num_generations} and "
+            f"train.grad_accum={prompts}, or pick a num_generations that divides {completions}.")
+    if (cfg.data.eval_fraction or cfg.data.eval_path) and t.batch_size % g.num_generations:
+        raise ConfigError(f"{source}: grpo evaluates train.batch_size={t.batch_size} completions at a time, in whole "
+                          f"groups of grpo.num_generations={g.num_generations}: with eval data, set train.batch_size "
+                          "to a multiple of grpo.num_generations.")
+    if g.beta and not cfg.lora.enabled:
+        raise ConfigError(f"{source}: grpo.beta > 0 with full fine-tuning needs a second copy of the model as the KL "
+                          "reference. Train LoRA (lora.enabled=true: the reference is then the adapter switched off, "
+                          "no copy) or set grpo.beta=0.")
+    if t.early_stopping:
+        raise ConfigError(f"{source}: train.early_stopping follows the eval loss, which says little for grpo (its "
+                          "loss stays near 0); set train.early_stopping=0 and follow the reward.")
+    if "regex" in g.rewards:
+        if not g.regex:
+            raise ConfigError(f"{source}: grpo.rewards has regex, but grpo.regex is empty: give the pattern.")
+        try:
+            re.compile(g.regex)
+        except re.error as exc:
+            raise ConfigError(f"{source}: grpo.regex {g.regex!r} is not a valid pattern: {exc}.") from None
+    if "length" in g.rewards and not (g.length_min or g.length_max):
+        raise ConfigError(f"{source}: grpo.rewards has length: set grpo.length_min and/or grpo.length_max (tokens).")
+    if g.length_max and g.length_min > g.length_max:
+        raise ConfigError(f"{source}: grpo.length_min ({g.length_min}) is above grpo.length_max ({g.length_max}).")
+    if g.reward_weights and not g.reward_file and len(g.reward_weights) != len(g.rewards):
+        raise ConfigError(f"{source}: grpo.reward_weights has {len(g.reward_weights)} weights for "
+                          f"{len(g.rewards)} rewards ({', '.join(g.rewards)}): give one per reward, in order.")
 
 
 def _check_bounds(cls: type, name: str, value: Any, key: str, source: str) -> None:

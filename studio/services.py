@@ -101,10 +101,12 @@ class Studio:
         from studio.models import load_tokenizer
         from studio.data.preview import preview_dataset
         from studio.data.templates import resolve_template
+        from studio.train.methods import method_for
 
         tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
         template = resolve_template(cfg.data.template, tokenizer)
-        return preview_dataset(cfg.data, tokenizer, template, cfg.train.max_length, row)
+        method = method_for(cfg.train.method)
+        return preview_dataset(cfg.data, tokenizer, template, cfg.train.max_length, row, method.shape, method.name)
 
     def list_runs(self) -> list[Path]:
         from studio.runs import list_runs

@@ -36,7 +36,7 @@ def build(studio, form: dict, start: RunConfig) -> dict:
                 form["train.learning_rate"] = control("train.learning_rate", start, elem_id="learning-rate")
                 form["train.max_length"] = control("train.max_length", start)
             with gr.Accordion("Advanced: every other training, chat and export setting of the recipe", open=False):
-                more_settings(form, start, ("train", "lora", "generation", "export"))
+                more_settings(form, start, ("train", "lora", "preference", "grpo", "generation", "export"))
             with gr.Row():
                 start = gr.Button("Start", variant="primary", elem_id="train-start")
                 stop = gr.Button("Stop", variant="stop", elem_id="train-stop")

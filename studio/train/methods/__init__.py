@@ -11,6 +11,7 @@ loss, which the Train tab plots live and the CLI prints.
     arguments.py   the trainer options every method shares (batch, schedule, optimizer, precision, saving)
     sft.py         sft: the responses of instruction and chat rows
     preference.py  dpo, orpo, kto: preference pairs and labelled answers
+    grpo.py        grpo: the model's own completions of prompts, scored by rewards (studio.train.rewards)
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from studio.data.building import LABELLED, PAIRS, SEQUENCES, RowShape
-from studio.train.methods import preference, sft
+from studio.data.building import LABELLED, PAIRS, PROMPTS, SEQUENCES, RowShape
+from studio.train.methods import grpo, preference, sft
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,9 @@ class Method:
     shape: RowShape
     # (cfg, output_dir, model, tokenizer, train_dataset, eval_dataset, callbacks, **options) -> a transformers Trainer
     make_trainer: Callable
-    curves: tuple[str, ...] = ()  # logged values plotted beside the loss, e.g. "rewards/margins"
+    curves: tuple[str, ...] = ()  # logged values plotted beside the loss, e.g. "rewards/margins" ("rewards/": all under it)
     summary: str = ""  # what it trains, in a line
+    rewarded: bool = False  # its progress shows in the reward, not the loss (the health check follows the reward)
 
 
 REWARD_CURVES = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
@@ -44,6 +46,9 @@ METHODS = {
                "learns the chosen answer and penalises the rejected one's odds"),
         Method("kto", LABELLED, preference.make_kto_trainer, ("rewards/chosen", "rewards/rejected", "kl"),
                "raises good answers and lowers bad ones, each on its own"),
+        Method("grpo", PROMPTS, grpo.make_trainer, grpo.CURVES,
+               "writes several completions of each prompt and learns from the ones the rewards score higher",
+               rewarded=True),
     )
 }
 
