@@ -21,14 +21,15 @@ SYSTEM = ("Solve the arithmetic question. Think it through inside <think></think
 
 
 def question(rng: random.Random) -> tuple[str, int]:
+    """Small sums, differences and times tables: a 270M model gets some right, so a reward can tell them apart."""
     kind = rng.choice("+-x")
-    a, b = rng.randint(2, 60), rng.randint(2, 40)
+    a, b = rng.randint(1, 20), rng.randint(1, 20)
     if kind == "+":
         return f"What is {a} + {b}?", a + b
     if kind == "-":
         a, b = max(a, b), min(a, b)
         return f"What is {a} - {b}?", a - b
-    a, b = rng.randint(2, 12), rng.randint(2, 12)
+    a, b = rng.randint(2, 10), rng.randint(2, 10)
     return f"What is {a} x {b}?", a * b
 
 

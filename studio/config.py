@@ -571,6 +571,8 @@ def _check_grpo(cfg: RunConfig, source: str) -> None:
     if not g.rewards and not g.reward_file:
         raise ConfigError(f"{source}: grpo needs at least one reward: set grpo.rewards (one or more of "
                           f"{', '.join(REWARD_PRESETS)}) or grpo.reward_file.")
+    if g.reward_file and not g.reward_file.endswith(".py"):
+        raise ConfigError(f"{source}: grpo.reward_file must be a Python file (.py), got {g.reward_file!r}.")
     doubled = [name for name in g.rewards if g.rewards.count(name) > 1]
     if doubled:
         raise ConfigError(f"{source}: grpo.rewards names {doubled[0]} twice; give a reward more say with "

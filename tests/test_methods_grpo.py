@@ -208,14 +208,18 @@ def test_prompts_train_as_the_preview_shows_them(tiny_llama, tmp_path):
     tok = load_tokenizer(str(tiny_llama))
     gemma = resolve_template("gemma", tok)  # writes BOS itself: the prompt must not get a second one
     p = preview_dataset(DataConfig(path=str(ARITHMETIC)), tok, gemma, 256, row=1, shape=PROMPTS, method="grpo")
-    assert p.format == "prompts" and p.reward_columns == {"answer": "12"}
-    assert p.text == "<s><start_of_turn>user\nWhat is 27 - 15?<end_of_turn>\n<start_of_turn>model\n"
+    assert p.format == "prompts" and p.reward_columns == {"answer": "6"}
+    assert p.text == "<s><start_of_turn>user\nWhat is 13 - 7?<end_of_turn>\n<start_of_turn>model\n"
     assert not any(trained for _, trained, _ in p.tokens) and [t for t, _, _ in p.tokens].count("<s>") == 1
     alpaca = build_dataset(DataConfig(path=str(ROOT / "assets" / "sample_instructions.jsonl")), tok, gemma, 256,
                            PROMPTS, "grpo").train[0]
     assert alpaca.text.endswith("<start_of_turn>model\n") and set(alpaca.columns) == {"answer"}
     with pytest.raises(DataError, match="holds prompts without responses: they train with train.method=grpo"):
         build_dataset(DataConfig(path=str(ARITHMETIC)), tok, gemma, 256)
+    from studio.evaluate.rows import select_rows
+
+    scored = select_rows(tmp_path, tiny_config(tiny_llama, tmp_path), tok, gemma, source=str(ARITHMETIC)).rows[0]
+    assert scored.prompt == ({"role": "user", "content": "What is 14 + 5?"},) and scored.reference == "19"
 
     cfg = tiny_config(tiny_llama, tmp_path, "train.method=grpo", f"data.path={ARITHMETIC}", "grpo.beta=0.1",
                       "train.batch_size=4", "train.grad_accum=1")
@@ -247,6 +251,7 @@ def test_grpo_settings_are_checked_with_what_to_change():
         (["grpo.rewards=[regex]", "grpo.regex=(unclosed"], "grpo.regex '\\(unclosed' is not a valid pattern"),
         (["grpo.rewards=[length]"], "grpo.rewards has length: set grpo.length_min"),
         (["grpo.reward_weights=[1, 2]"], "2 weights for 1 rewards"),
+        (["grpo.reward_file=data/rows.jsonl"], r"grpo.reward_file must be a Python file \(\.py\)"),
         (["lora.enabled=false", "grpo.beta=0.04"], "a second copy of the model"),
     ]:
         with pytest.raises(ConfigError, match=message):

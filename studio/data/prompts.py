@@ -55,7 +55,7 @@ class PromptRow:
 
 def tokenize_prompt(row: Row, fmt: str, tokenizer, template: Template) -> PromptRow:
     if fmt == "prompts":
-        messages, columns = _prompt_messages(row), _reward_columns(row)
+        messages, columns = prompt_messages(row), _reward_columns(row)
     else:
         conversation = to_messages(row, fmt)
         last = max(i for i, m in enumerate(conversation) if m["role"] == "assistant")
@@ -66,7 +66,7 @@ def tokenize_prompt(row: Row, fmt: str, tokenizer, template: Template) -> Prompt
     return PromptRow(text, rendered_ids(tokenizer, text), columns, row.where)
 
 
-def _prompt_messages(row: Row) -> list[dict]:
+def prompt_messages(row: Row) -> list[dict]:
     prompt = row.fields.get("prompt")
     if isinstance(prompt, list):
         messages = conversation_turns(row, "prompt", prompt, needs_answer=False)

@@ -11,7 +11,7 @@ reward function signature. The presets score from 0 to 1:
     json          the completion is JSON, following grpo.json_schema when set
     length        the completion has between grpo.length_min and grpo.length_max tokens
 
-    rewards = reward_set(cfg.grpo, markers=stop_markers(tokenizer, template))
+    rewards = reward_set(cfg.grpo, markers=END_OF_TURN_TOKENS)   # end-of-turn text cut from completions
     trainer = GRPOTrainer(..., reward_funcs=rewards.functions)
     rewards.samples()    # a few of the newest completions with their rewards, for the live view
 
