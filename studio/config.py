@@ -139,7 +139,8 @@ class TrainConfig:
         "better ones; prompt rows with an optional answer, or instruction, chat and pair rows (their response is "
         "the answer)."
     )
-    batch_size: int = _f(2, "Rows per device per step.", min=1)
+    batch_size: int = _f(2, "Rows per device per step (grpo: completions, grpo.num_generations of each prompt).",
+                         min=1)
     grad_accum: int = _f(4, "Gradient accumulation steps (effective batch = batch_size * grad_accum).", min=1)
     max_steps: int = _f(60, "Optimizer steps to run; 0 runs `epochs` full passes instead.", min=0)
     epochs: float = _f(1.0, "Passes over the data when max_steps is 0.", above=0)
