@@ -55,6 +55,10 @@ def cmd_data(args) -> int:
         how = "trained" if p.rejected_lengths else "shown for comparison, not trained by sft"
         print(f"\nrow {p.row}, rejected side ({how}):")
         print(_bracket_trained(p.rejected))
+    if p.reward_columns is not None:
+        print(f"\nrow {p.row}: grpo trains on the model's own completions of this prompt; the rewards also read:")
+        for name, value in p.reward_columns.items():
+            print(f"  {name}: {value!r}")
     return 0
 
 

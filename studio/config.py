@@ -54,13 +54,14 @@ class DataConfig:
         "Dataset: a file (jsonl, json, csv, tsv, parquet, txt), a folder saved by datasets' save_to_disk, a glob "
         "(data/*.jsonl), a hub dataset id (needs a network), or several of these separated by commas.",
     )
-    format: Literal["auto", "alpaca", "messages", "sharegpt", "prompt_completion", "preference", "labelled", "text",
-                    "fields"] = _f(
+    format: Literal["auto", "alpaca", "messages", "sharegpt", "prompt_completion", "preference", "labelled", "prompts",
+                    "text", "fields"] = _f(
         "auto",
         "Row format; auto detects it from the columns. preference: prompt/chosen/rejected pairs (texts or message "
         "lists) for dpo, orpo and kto; sft trains on the prompt and the chosen response. labelled: "
-        "prompt/completion/label rows, the label true for a good response and false for a bad one (kto). fields: "
-        "each row through a format-string template (auto picks it when data.template is one).",
+        "prompt/completion/label rows, the label true for a good response and false for a bad one (kto). prompts: "
+        "a prompt (a text or a message list) with no response, for grpo; its other columns (an answer, ...) go to "
+        "the rewards. fields: each row through a format-string template (auto picks it when data.template is one).",
     )
     template: str = _f(
         "auto",
@@ -125,18 +126,21 @@ PROMPT_METHODS = ("prefix", "ptuning")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    method: Literal["sft", "dpo", "orpo", "kto", "galore", "prefix", "ptuning"] = _f(
+    method: Literal["sft", "dpo", "orpo", "kto", "grpo", "galore", "prefix", "ptuning"] = _f(
         "sft", "Training method. sft: learn the responses of instruction or chat rows. dpo: prefer the chosen over "
         "the rejected response of preference pairs, measured against the model before training (the adapter "
         "switched off: no second copy in memory). orpo: the same pairs, SFT on the chosen side plus an odds-ratio "
-        "penalty on the rejected side, no reference pass. kto: unpaired responses labelled good or bad. galore: "
-        "sft of every weight (lora.enabled=false) with GaLore's low-rank optimizer states: full fine-tuning in "
-        "about the memory of LoRA's optimizer. prefix: sft of learned key/value vectors put before every layer's "
-        "attention (P-Tuning v2; the model's weights stay as they are). ptuning: sft of learned input embeddings "
-        "made by a small prompt encoder (P-Tuning). Neither can be merged into the weights, so their export is the "
-        "adapter only (no GGUF)."
+        "penalty on the rejected side, no reference pass. kto: unpaired responses labelled good or bad. grpo: "
+        "sample several completions of each prompt, score them with rewards (the grpo section) and learn from the "
+        "better ones; prompt rows with an optional answer, or instruction, chat and pair rows (their response is "
+        "the answer). galore: sft of every weight (lora.enabled=false) with GaLore's low-rank optimizer states: "
+        "full fine-tuning in about the memory of LoRA's optimizer. prefix: sft of learned key/value vectors put "
+        "before every layer's attention (P-Tuning v2; the model's weights stay as they are). ptuning: sft of "
+        "learned input embeddings made by a small prompt encoder (P-Tuning). Neither can be merged into the "
+        "weights, so their export is the adapter only (no GGUF)."
     )
-    batch_size: int = _f(2, "Rows per device per step.", min=1)
+    batch_size: int = _f(2, "Rows per device per step (grpo: completions, grpo.num_generations of each prompt).",
+                         min=1)
     grad_accum: int = _f(4, "Gradient accumulation steps (effective batch = batch_size * grad_accum).", min=1)
     max_steps: int = _f(60, "Optimizer steps to run; 0 runs `epochs` full passes instead.", min=0)
     epochs: float = _f(1.0, "Passes over the data when max_steps is 0.", above=0)
@@ -149,7 +153,8 @@ class TrainConfig:
     weight_decay: float = _f(0.01, "Weight decay.", min=0)
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0: no clipping).", min=0)
     seed: int = _f(3407, "Random seed.")
-    max_length: int = _f(1024, "Longest sequence in tokens; longer rows are cut.", min=8)
+    max_length: int = _f(1024, "Longest sequence in tokens; longer rows are cut. grpo: the longest prompt (longer "
+                         "prompts are left out); completions add up to grpo.max_completion_length.", min=8)
     packing: bool = _f(False, "Pack several short rows into one sequence (faster on short data).")
     gradient_checkpointing: bool = _f(True, "Recompute activations in backward: less memory, ~25% slower.")
     selective_checkpointing: bool = _f(
@@ -202,6 +207,52 @@ class PreferenceConfig:
         1.0, "kto: weight of the loss on good responses; raise it when bad ones far outnumber them.", above=0)
     undesirable_weight: float = _f(
         1.0, "kto: weight of the loss on bad responses; raise it when good ones far outnumber them.", above=0)
+
+
+# grpo's built-in rewards (studio.train.rewards), each scoring a completion from 0 to 1.
+REWARD_PRESETS = ("answer_match", "format", "regex", "json", "length")
+
+
+@dataclass(frozen=True)
+class GrpoConfig:
+    num_generations: int = _f(
+        4, "Completions sampled for each prompt. GRPO learns from how their rewards differ within this group: more "
+        "give a clearer signal and cost more time. Each step trains on train.batch_size x train.grad_accum "
+        "completions, which must be a multiple of this (8 completions of 4 each: 2 prompts per step).", min=2)
+    max_completion_length: int = _f(
+        256, "Longest completion in tokens; generation stops there (a cut completion usually earns less).", min=1)
+    temperature: float = _f(
+        1.0, "Sampling temperature of the completions: higher gives more varied completions (more to learn from), "
+        "lower keeps them near the model's first choice.", above=0, max=2)
+    beta: float = _f(
+        0.0, "Weight of the KL penalty that keeps the model near the model before training (with LoRA: the adapter "
+        "switched off, no second copy). 0: no penalty and no reference pass, faster (TRL's default); 0.001 to 0.04 "
+        "when the rewards can be gamed.", min=0)
+    rewards: tuple[Literal[REWARD_PRESETS], ...] = _f(
+        ("answer_match",), "Built-in rewards, each 0 to 1 per completion. answer_match: the completion's answer (the "
+        "part in <answer>...</answer> when there is one) equals the row's answer (grpo.answer_column), as text or as "
+        "a number (42 = 42.0, the last number of the completion). format: <think>...</think><answer>...</answer>. "
+        "regex: contains grpo.regex. json: valid JSON, following grpo.json_schema when set. length: between "
+        "grpo.length_min and grpo.length_max tokens.")
+    reward_weights: tuple[float, ...] = _f(
+        (), "Weight of each reward in the total, in order: grpo.rewards, then the functions of grpo.reward_file "
+        "(empty: all 1).")
+    reward_file: str = _f(
+        "", "A Python file of your own rewards: every public function taking (completions, **kwargs) and returning "
+        "one number (or None: does not apply) per completion. kwargs hold prompts, completion_ids and the data's "
+        "columns (answer, ...). The file runs as code with your rights.")
+    answer_column: str = _f(
+        "answer", "The data column answer_match compares with. Prompt rows keep their columns; instruction, chat "
+        "and pair rows give their response as 'answer'.")
+    regex: str = _f("", "regex reward: a pattern the completion must contain (Python re.search; ^...$ for the whole "
+                        "completion).")
+    json_schema: str = _f(
+        "", "json reward: a JSON schema (a .json file or the JSON text) the completion must follow: type, required, "
+        "properties, items, enum. Empty: any valid JSON.")
+    length_min: int = _f(0, "length reward: fewest tokens for the full reward (a shorter completion earns "
+                            "length / length_min).", min=0)
+    length_max: int = _f(0, "length reward: most tokens for the full reward (a longer one earns less, nothing at "
+                            "twice this; 0: no upper limit).", min=0)
 
 
 @dataclass(frozen=True)
@@ -276,6 +327,7 @@ class RunConfig:
     galore: GaloreConfig = field(default_factory=GaloreConfig, metadata={"help": "Settings of train.method=galore."})
     prompt_tuning: PromptTuningConfig = field(default_factory=PromptTuningConfig,
                                               metadata={"help": "Settings of train.method=prefix and ptuning."})
+    grpo: GrpoConfig = field(default_factory=GrpoConfig, metadata={"help": "Settings of grpo: sampling and rewards."})
     generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"help": "Chat settings."})
     export: ExportConfig = field(default_factory=ExportConfig, metadata={"help": "Export settings."})
 

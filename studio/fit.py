@@ -104,7 +104,8 @@ def estimate_fit(shape: Shape, cfg: RunConfig, available_gib: float, on_gpu: boo
     return FitEstimate(
         weights_gib=weights / GIB,
         trainable_gib=trainable / GIB,
-        activations_gib=_activations(shape, cfg, unit, on_gpu, fp32_adapters) / GIB,
+        activations_gib=(_grpo_activations if t.method == "grpo" else _activations)(
+            shape, cfg, unit, on_gpu, fp32_adapters) / GIB,
         overhead_gib=CUDA_CONTEXT_GIB + ALLOCATOR_SLACK * (weights + trainable) / GIB if on_gpu else 0.5,
         available_gib=available_gib,
         device="GPU" if on_gpu else "RAM",
@@ -158,6 +159,24 @@ def _activations(shape: Shape, cfg: RunConfig, unit: float, on_gpu: bool, fp32_a
     if not on_gpu:
         activations += tokens * 4 * shape.vocab  # the CPU scores the loss a row of fp32 logits at a time
     return activations
+
+
+def _grpo_activations(shape: Shape, cfg: RunConfig, unit: float, on_gpu: bool, fp32_adapters: bool) -> float:
+    """grpo's peak: the larger of generating the step's completions and training on them (they do not overlap).
+
+    Generating: every completion of the step at once (train.batch_size x train.grad_accum sequences of up to
+    train.max_length prompt tokens plus grpo.max_completion_length), holding a KV cache (keys and values of
+    every layer at every position) and the newest position's logits in fp32 (and their probabilities) while
+    sampling. Training: train.batch_size of those sequences at a time, counted as sft counts a row. The
+    reference pass (grpo.beta > 0) runs without gradients in between: no peak of its own.
+    """
+    t, g = cfg.train, cfg.grpo
+    length = t.max_length + g.max_completion_length
+    sequences = t.batch_size * t.grad_accum
+    kv_cache = sequences * length * shape.layers * 2 * shape.kv_heads * shape.dim_per_head * unit
+    sampling = sequences * shape.vocab * 4 * 2
+    training = _activations(shape, replace_section(cfg, "train", max_length=length), unit, on_gpu, fp32_adapters)
+    return max(kv_cache + sampling, training)
 
 
 def advice(shape: Shape, cfg: RunConfig, est: FitEstimate, on_gpu: bool) -> str:

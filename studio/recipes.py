@@ -16,6 +16,7 @@ dotted overrides work on the command line, in the UI and in tests:
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 import warnings
@@ -24,7 +25,7 @@ from typing import Any, Literal
 
 import yaml
 
-from studio.config import PROMPT_METHODS, RunConfig
+from studio.config import PROMPT_METHODS, REWARD_PRESETS, RunConfig
 from studio.errors import ConfigError
 from studio.fields import unknown_key
 
@@ -251,7 +252,56 @@ def _check_method_rules(cfg: RunConfig, source: str) -> RunConfig:
     if cfg.train.method not in ("sft", "galore") and cfg.train.packing:
         raise ConfigError(f"{source}: train.packing packs sft rows; {cfg.train.method} trains on whole answers "
                           "side by side. Set train.packing=false.")
+    if cfg.train.method == "grpo":
+        _check_grpo(cfg, source)
     return cfg
+
+
+def _check_grpo(cfg: RunConfig, source: str) -> None:
+    """grpo's rules: rewards to learn from, and steps made of whole groups of completions (as TRL requires)."""
+    g, t = cfg.grpo, cfg.train
+    if not g.rewards and not g.reward_file:
+        raise ConfigError(f"{source}: grpo needs at least one reward: set grpo.rewards (one or more of "
+                          f"{', '.join(REWARD_PRESETS)}) or grpo.reward_file.")
+    if g.reward_file and not g.reward_file.endswith(".py"):
+        raise ConfigError(f"{source}: grpo.reward_file must be a Python file (.py), got {g.reward_file!r}.")
+    doubled = [name for name in g.rewards if g.rewards.count(name) > 1]
+    if doubled:
+        raise ConfigError(f"{source}: grpo.rewards names {doubled[0]} twice; give a reward more say with "
+                          "grpo.reward_weights instead.")
+    completions = t.batch_size * t.grad_accum
+    if completions % g.num_generations:
+        prompts = max(1, round(completions / g.num_generations))
+        raise ConfigError(
+            f"{source}: each grpo step trains on train.batch_size x train.grad_accum = {completions} completions, "
+            f"which must be whole groups of grpo.num_generations={g.num_generations} completions of one prompt. "
+            f"For {prompts} prompt{'s' * (prompts > 1)} per step, set train.batch_size={g.num_generations} and "
+            f"train.grad_accum={prompts}, or pick a num_generations that divides {completions}.")
+    if (cfg.data.eval_fraction or cfg.data.eval_path) and t.batch_size % g.num_generations:
+        raise ConfigError(f"{source}: grpo evaluates train.batch_size={t.batch_size} completions at a time, in whole "
+                          f"groups of grpo.num_generations={g.num_generations}: with eval data, set train.batch_size "
+                          "to a multiple of grpo.num_generations.")
+    if g.beta and not cfg.lora.enabled:
+        raise ConfigError(f"{source}: grpo.beta > 0 with full fine-tuning needs a second copy of the model as the KL "
+                          "reference. Train LoRA (lora.enabled=true: the reference is then the adapter switched off, "
+                          "no copy) or set grpo.beta=0.")
+    if t.early_stopping:
+        raise ConfigError(f"{source}: train.early_stopping follows the eval loss, which says little for grpo (its "
+                          "loss stays near 0); set train.early_stopping=0 and follow the reward.")
+    if "regex" in g.rewards:
+        if not g.regex:
+            raise ConfigError(f"{source}: grpo.rewards has regex, but grpo.regex is empty: give the pattern.")
+        try:
+            re.compile(g.regex)
+        except re.error as exc:
+            raise ConfigError(f"{source}: grpo.regex {g.regex!r} is not a valid pattern: {exc}.") from None
+    if "length" in g.rewards and not (g.length_min or g.length_max):
+        raise ConfigError(f"{source}: grpo.rewards has length: set grpo.length_min and/or grpo.length_max (tokens).")
+    if g.length_max and g.length_min > g.length_max:
+        raise ConfigError(f"{source}: grpo.length_min ({g.length_min}) is above grpo.length_max ({g.length_max}).")
+    if g.reward_weights and not g.reward_file and len(g.reward_weights) != len(g.rewards):
+        raise ConfigError(f"{source}: grpo.reward_weights has {len(g.reward_weights)} weights for "
+                          f"{len(g.rewards)} rewards ({', '.join(g.rewards)}): give one per reward, in order.")
 
 
 def _check_bounds(cls: type, name: str, value: Any, key: str, source: str) -> None:

@@ -102,7 +102,7 @@ def test_every_recipe_trains_on_a_tiny_model(recipe, tiny_qwen, tmp_path):
     from studio.train.training import run_training
 
     cfg = load_recipe(recipe, [f"model.name_or_path={tiny_qwen}", "train.max_steps=2", "data.max_samples=16",
-                               "train.max_length=128"])
+                               "train.max_length=128", "grpo.max_completion_length=16"])
     result = run_training(create_run_dir(cfg, tmp_path), MemorySink(), threading.Event())
     assert result.state == "completed" and result.step == 2
 

@@ -2,9 +2,10 @@
 
 Each method trains on one shape of row: SEQUENCES (a token sequence with its
 trained tokens marked: sft), PAIRS (a prompt with a chosen and a rejected
-answer: dpo, orpo) or LABELLED (one answer labelled good or bad: kto). The
-shape says which data formats it takes, how a row is tokenized, and which
-columns TRL's trainer reads.
+answer: dpo, orpo), LABELLED (one answer labelled good or bad: kto) or PROMPTS
+(a prompt the model answers, with what its rewards read: grpo). The shape says
+which data formats it takes, how a row is tokenized, and which columns TRL's
+trainer reads.
 
     built = build_dataset(cfg.data, tokenizer, template, max_length=1024, shape=PAIRS, method="dpo")
     dataset = to_hf_dataset(built.train, PAIRS)
@@ -20,6 +21,7 @@ from studio.config import DataConfig
 from studio.data.formats import as_skipped, check_bad_rows, column_text, load_rows, summarize, to_messages
 from studio.data.pairs import LabelledRow, PairRow, tokenize_labelled, tokenize_pair
 from studio.data.files import Row, Skipped
+from studio.data.prompts import PromptRow, prompt_columns, tokenize_prompt
 from studio.data.templates import Template, TokenizedRow, tokenize_conversation, tokenize_text
 from studio.errors import DataError, StudioError
 
@@ -64,7 +66,15 @@ LABELLED = RowShape(
                   "label": [r.label for r in rows]},
 )
 
-TrainingRow = TokenizedRow | PairRow | LabelledRow
+PROMPTS = RowShape(
+    "prompts", ("prompts", "alpaca", "messages", "sharegpt", "prompt_completion", "preference", "fields"),
+    "prompt rows (a prompt column, and an answer column for answer_match), or instruction, chat, "
+    "prompt/completion or preference rows (their response is the answer)",
+    lambda row, fmt, tokenizer, template, train_on: [tokenize_prompt(row, fmt, tokenizer, template)],
+    prompt_columns,
+)
+
+TrainingRow = TokenizedRow | PairRow | LabelledRow | PromptRow
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,9 @@ def check_shape(fmt: str, shape: RowShape, method: str, path: str) -> None:
     if fmt == "labelled":
         raise DataError(f"{path} holds labelled rows (prompt/completion/label): they train with train.method=kto, "
                         f"not {method}.")
+    if fmt == "prompts":
+        raise DataError(f"{path} holds prompts without responses: they train with train.method=grpo (the model "
+                        f"writes the responses and rewards score them), not {method}.")
     raise DataError(f"{path} holds {fmt} rows, but train.method={method} needs {shape.needs}. Pick data of that "
                     "form, map its columns with data.columns, or choose another train.method.")
 
@@ -125,9 +138,11 @@ def build_dataset(cfg: DataConfig, tokenizer, template: Template, max_length: in
     truncated = sum(r.length > max_length for r in tokenized)
     train = _learnable(tokenized, max_length)
     if not train:
+        what = ("every prompt is longer than" if shape is PROMPTS
+                else "every row has all its labels masked after cutting to")
         raise DataError(
-            f"{cfg.path}: every row has all its labels masked after cutting to max_length={max_length}: "
-            "the model would learn nothing. Raise train.max_length or shorten the prompts."
+            f"{cfg.path}: {what} max_length={max_length}: the model would learn nothing. Raise train.max_length "
+            "or shorten the prompts."
         )
     dropped = len(tokenized) - len(train)
     if cfg.eval_path:

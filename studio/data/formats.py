@@ -103,7 +103,8 @@ def check_bad_rows(kept: int, skipped: list[Skipped], max_fraction: float) -> No
 
 
 def detect_format(rows: list[Row]) -> str:
-    """alpaca, preference, messages, sharegpt, prompt_completion or text, from the first row's columns."""
+    """alpaca, preference, labelled, messages, sharegpt, prompt_completion, text or prompts, from the first row's
+    columns."""
     columns = set(rows[0].fields)
     if {"instruction", "output"} <= columns:
         return "alpaca"
@@ -119,10 +120,13 @@ def detect_format(rows: list[Row]) -> str:
         return "prompt_completion"
     if "text" in columns:
         return "text"
+    if "prompt" in columns:
+        return "prompts"
     raise DataError(
         f"{rows[0].where}: cannot tell the format from the columns {sorted(columns)}. Expected instruction/output "
         "(Alpaca), prompt/chosen/rejected (preference), prompt/completion/label (labelled), messages, conversations "
-        "(ShareGPT), prompt/completion or text; map yours with data.columns, set data.format, or write a format-string template with your columns."
+        "(ShareGPT), prompt/completion, text, or prompt alone (prompts, for grpo); map yours with data.columns, set "
+        "data.format, or write a format-string template with your columns."
     )
 
 

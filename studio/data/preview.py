@@ -8,6 +8,7 @@ says whether the preview saw all of the data or its beginning.
     p.tokens      # [(piece, trained, special), ...] for row 0, as training sees it
     p.rejected    # the same for the rejected side of a pair: sft shows it untrained, dpo/orpo train both sides
     p.label       # kto: whether the row shown is a good (True) or a bad (False) answer
+    p.reward_columns  # grpo: what the rewards read beside the prompt shown ({"answer": "42"})
     p.lengths     # token length of every row read (of the chosen side of a pair; p.rejected_lengths the other)
     p.stats       # rows, tokens, trained tokens, rows cut, responses cut, empty and duplicate rows
     p.skipped     # malformed rows, each with file:line and the reason
@@ -24,6 +25,7 @@ from studio.config import DataConfig
 from studio.data.building import PREFERENCE_NOTE, SEQUENCES, RowShape, check_shape, tokenize_rows
 from studio.data.formats import check_bad_rows, load_rows, preference_pair
 from studio.data.pairs import LabelledRow, PairRow
+from studio.data.prompts import PromptRow
 from studio.errors import StudioError
 from studio.data.files import Skipped
 from studio.data.sources import read_sources
@@ -77,6 +79,7 @@ class DataPreview:
     warnings: list[str]
     rejected_lengths: list[int] = ()  # token lengths of the rejected sides (dpo, orpo)
     label: bool | None = None  # kto: the label of the row shown
+    reward_columns: dict | None = None  # grpo: what the rewards read beside the prompt shown (answer, ...)
 
     @property
     def count_line(self) -> str:
@@ -101,7 +104,7 @@ def preview_dataset(cfg: DataConfig, tokenizer, template: Template, max_length: 
     check_shape(loaded.format, shape, method, cfg.path)
     rows = loaded.rows
     row = max(0, min(row, len(rows) - 1))
-    text, tokens, rejected, row_error, counts, label = "", [], [], "", (0, 0), None
+    text, tokens, rejected, row_error, counts, label, columns = "", [], [], "", (0, 0), None, None
     try:
         shown = tokenize_rows([rows[row]], loaded.format, tokenizer, template, cfg.train_on, shape)
         if not shown[0]:
@@ -111,6 +114,7 @@ def preview_dataset(cfg: DataConfig, tokenizer, template: Template, max_length: 
         text, tokens, counts = first.text, _pieces(tokenizer, first), (len(first.input_ids), sum(first.trained))
         rejected = _pieces(tokenizer, views[1]) if len(views) > 1 else []
         label = shown[0][0].label if isinstance(shown[0][0], LabelledRow) else None
+        columns = shown[0][0].columns if isinstance(shown[0][0], PromptRow) else None
     except StudioError as exc:
         row_error = str(exc)
     tokenized, bad = tokenize_rows(rows, loaded.format, tokenizer, template, cfg.train_on, shape)
@@ -131,8 +135,9 @@ def preview_dataset(cfg: DataConfig, tokenizer, template: Template, max_length: 
         loaded.format, loaded.detected, len(tokenized), len(tokenized) + len(skipped), loaded.complete, loaded.size,
         loaded.sources, loaded.columns,
         row, text, tokens, *counts, rejected, row_error, skipped, [len(t.input_ids) for t in chosen_sides], max_length,
-        template.name, _stats(chosen_sides, max_length, not loaded.complete, identical), warnings,
-        [len(s[1].input_ids) for s in sides if len(s) > 1], label,
+        template.name, _stats(chosen_sides, max_length, not loaded.complete, identical,
+                              bool(tokenized) and isinstance(tokenized[0], PromptRow)), warnings,
+        [len(s[1].input_ids) for s in sides if len(s) > 1], label, columns,
     )
 
 
@@ -159,6 +164,8 @@ def _side_views(row) -> tuple[TokenizedRow, ...]:
     if isinstance(row, LabelledRow):
         return (TokenizedRow("", row.prompt_ids + row.completion_ids,
                              [0] * len(row.prompt_ids) + [1] * len(row.completion_ids), row.where),)
+    if isinstance(row, PromptRow):  # nothing of it trains: the model's own completions do
+        return (TokenizedRow(row.text, row.prompt_ids, [0] * len(row.prompt_ids), row.where),)
     return (row,)
 
 
@@ -214,7 +221,8 @@ def _identical_pairs(rows) -> int:
     return count
 
 
-def _stats(tokenized, max_length: int, sampled: bool, identical_pairs: int) -> DataStats:
+def _stats(tokenized, max_length: int, sampled: bool, identical_pairs: int, prompts: bool = False) -> DataStats:
+    """Statistics over the rows; of prompts (grpo), those with nothing to learn are the ones longer than max_length."""
     seen: set[tuple] = set()
     duplicates = 0
     for t in tokenized:
@@ -228,7 +236,8 @@ def _stats(tokenized, max_length: int, sampled: bool, identical_pairs: int) -> D
         trained_tokens=sum(sum(t.trained) for t in tokenized),
         rows_cut=sum(len(t.input_ids) > max_length for t in tokenized),
         responses_cut=sum(any(t.trained[max_length:]) for t in tokenized),
-        fully_masked=sum(not any(t.trained[1:max_length]) for t in tokenized),
+        fully_masked=sum((len(t.input_ids) > max_length) if prompts else not any(t.trained[1:max_length])
+                         for t in tokenized),
         duplicates=duplicates,
         identical_pairs=identical_pairs,
     )

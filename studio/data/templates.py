@@ -357,7 +357,12 @@ def _adds_bos(tokenizer) -> bool:
 
 def prompt_ids(tokenizer, template: Template, messages: list[dict]) -> list[int]:
     """Token ids that ask the model for the next assistant turn (for chat and verification)."""
-    text = render(tokenizer, template, messages, add_generation_prompt=True)
+    return rendered_ids(tokenizer, render(tokenizer, template, messages, add_generation_prompt=True))
+
+
+def rendered_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of text a template rendered, as training reads it: BOS in front where the tokenizer adds one
+    and the text does not start with it."""
     return _tokenize_with_spans(tokenizer, text, []).input_ids
 
 

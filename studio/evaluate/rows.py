@@ -17,8 +17,9 @@ from pathlib import Path
 
 from studio.config import DataConfig, RunConfig
 from studio.data.building import build_dataset
-from studio.data.formats import load_rows, to_messages
+from studio.data.formats import column_text, load_rows, to_messages
 from studio.data.pairs import label_of
+from studio.data.prompts import prompt_messages
 from studio.errors import DataError, StudioError
 from studio.data.files import Row
 from studio.data.templates import Template
@@ -117,6 +118,8 @@ def _file_rows(data: DataConfig, path: str) -> list[EvalRow]:
 
 
 def _eval_row(row: Row, fmt: str) -> EvalRow:
+    if fmt == "prompts":  # grpo's prompt rows: the reference is their answer, when they have one
+        return EvalRow(row.where, tuple(prompt_messages(row)), column_text(row, "answer", ""))
     messages = to_messages(row, fmt)
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
     return EvalRow(row.where, tuple(messages[:last]), messages[last]["content"])

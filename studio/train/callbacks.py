@@ -2,7 +2,7 @@
 
     ProgressCallback   logs -> "log"/"eval"/"checkpoint" events; Stop -> a checkpoint at this step, then out
     HealthCallback     non-finite values stop the run as diverged (no checkpoint of bad weights is written);
-                       rising or spiking losses and overfitting become "warning" events
+                       rising or spiking losses, overfitting and rewards that never vary become "warning" events
     RecentBatches      remembers the token ids of the last step's batches, to name their rows on divergence
 """
 
@@ -17,6 +17,9 @@ from transformers import TrainerCallback
 from studio.events import Event, Sink
 from studio.hardware import MemoryProbe
 from studio.train.health import Divergence, TrainingHealth
+
+# A trainer's log entry holding a few of the step's completions with their rewards (grpo), sent with the log event.
+SAMPLES_KEY = "completion_samples"
 
 
 class ProgressCallback(TrainerCallback):
@@ -57,6 +60,9 @@ class ProgressCallback(TrainerCallback):
         if "loss" not in logs:
             return
         metrics = method_metrics(logs, self.curves)
+        extra = {"metrics": metrics} if metrics else {}
+        if logs.get(SAMPLES_KEY):
+            extra["samples"] = logs[SAMPLES_KEY]
         tokens = state.num_input_tokens_seen - self.last_tokens
         tokens_per_second = tokens / max(now - self.last_time, 1e-9)
         self.last_time, self.last_tokens = now, state.num_input_tokens_seen
@@ -75,7 +81,7 @@ class ProgressCallback(TrainerCallback):
             elapsed_s=elapsed,
             eta_s=eta,
             memory=self.probe.snapshot().to_dict(),
-            extra={"metrics": metrics} if metrics else {},
+            extra=extra,
         ))
         # A stop asked for while this step's numbers were shown still stops at this step.
         return self._stop_if_asked(control)
@@ -85,8 +91,17 @@ class ProgressCallback(TrainerCallback):
 
 
 def method_metrics(logs: dict, names: tuple[str, ...], prefix: str = "") -> dict[str, float]:
-    """The method's own values in one trainer log (rewards, margins, KL ...), under their names without `prefix`."""
-    return {name: float(logs[prefix + name]) for name in names if isinstance(logs.get(prefix + name), (int, float))}
+    """The method's own values in one trainer log (rewards, margins, KL ...), under their names without `prefix`.
+
+    A name ending in "/" takes every value logged under it ("rewards/": each reward function's mean and std).
+    """
+    out = {}
+    for key, value in logs.items():
+        name = key[len(prefix):] if key.startswith(prefix) else None
+        wanted = name is not None and (name in names or any(n.endswith("/") and name.startswith(n) for n in names))
+        if wanted and isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
 
 
 class RecentBatches:
@@ -162,6 +177,8 @@ class HealthCallback(TrainerCallback):
                 self.batches.step_done()
         if "eval_loss" in logs:
             self._warn(self.health.observe_eval(state.global_step, logs["eval_loss"]), state.global_step)
+        if "reward" in logs:
+            self._warn(self.health.observe_rewards(state.global_step, logs), state.global_step)
         return control
 
     def _diverged(self, verdict: Divergence) -> None:

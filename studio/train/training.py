@@ -165,15 +165,15 @@ def _run_template(run_dir: Path, cfg: RunConfig, tokenizer) -> Template:
 def _make_trainer(cfg: RunConfig, run_dir: Path, model, tokenizer, built, sink: Sink, stop: threading.Event):
     from trl import pack_dataset
 
-    shape = method_for(cfg.train.method).shape
-    train_dataset = to_hf_dataset(built.train, shape)
-    eval_dataset = to_hf_dataset(built.eval, shape) if built.eval else None
+    method = method_for(cfg.train.method)
+    train_dataset = to_hf_dataset(built.train, method.shape)
+    eval_dataset = to_hf_dataset(built.eval, method.shape) if built.eval else None
     if cfg.train.packing:
         # Best-fit packing keeps rows whole; the trainer then keeps them apart in attention.
         train_dataset = pack_dataset(train_dataset, cfg.train.max_length, "bfd")
-    watch = HealthCallback(TrainingHealth(cfg.train.learning_rate), sink, RecentBatches(model, built.train),
-                           grad_norms=not _steps_inside_backward(cfg))
-    callbacks = [ProgressCallback(sink, stop, MemoryProbe(), method_for(cfg.train.method).curves), watch]
+    health = TrainingHealth(cfg.train.learning_rate, rewarded=method.rewarded)
+    watch = HealthCallback(health, sink, RecentBatches(model, built.train), grad_norms=not _steps_inside_backward(cfg))
+    callbacks = [ProgressCallback(sink, stop, MemoryProbe(), method.curves), watch]
     if cfg.train.early_stopping:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping))
     trainer = make_trainer(cfg, run_dir / "checkpoints", model, tokenizer, train_dataset, eval_dataset,

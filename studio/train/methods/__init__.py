@@ -12,6 +12,7 @@ loss, which the Train tab plots live and the CLI prints.
     sft.py         sft: the responses of instruction and chat rows
     preference.py  dpo, orpo, kto: preference pairs and labelled answers
     galore.py      galore: sft of every weight with GaLore's low-rank optimizer
+    grpo.py        grpo: the model's own completions of prompts, scored by rewards (studio.train.rewards)
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from studio.data.building import LABELLED, PAIRS, SEQUENCES, RowShape
-from studio.train.methods import galore, preference, sft
+from studio.data.building import LABELLED, PAIRS, PROMPTS, SEQUENCES, RowShape
+from studio.train.methods import galore, grpo, preference, sft
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,10 @@ class Method:
     shape: RowShape
     # (cfg, output_dir, model, tokenizer, train_dataset, eval_dataset, callbacks, **options) -> a transformers Trainer
     make_trainer: Callable
-    curves: tuple[str, ...] = ()  # logged values plotted beside the loss, e.g. "rewards/margins"
+    curves: tuple[str, ...] = ()  # logged values plotted beside the loss, e.g. "rewards/margins" ("rewards/": all under it)
     summary: str = ""  # what it trains, in a line
     settings: str = ""  # the config section of its own settings, e.g. "preference"
+    rewarded: bool = False  # its progress shows in the reward, not the loss (the health check follows the reward)
 
 
 REWARD_CURVES = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
@@ -53,6 +55,9 @@ METHODS = {
                "prompt_tuning"),
         Method("ptuning", SEQUENCES, sft.make_trainer, (), "sft of learned input embeddings (P-Tuning)",
                "prompt_tuning"),
+        Method("grpo", PROMPTS, grpo.make_trainer, grpo.CURVES,
+               "writes several completions of each prompt and learns from the ones the rewards score higher",
+               settings="grpo", rewarded=True),
     )
 }
 
