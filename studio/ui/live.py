@@ -83,6 +83,7 @@ def _status(snap, last: Event | None) -> str:
         text += f" · {stages[-1]}" if stages else ""
     for warning in warnings[-3:]:
         text += f"\n\n⚠️ {warning}"
+    text += _samples(last)
     ends = [e for e in snap.events if e.kind == "end"]
     health = ends[-1].extra.get("health") if ends else getattr(snap.result, "health", "")
     if health:
@@ -90,6 +91,19 @@ def _status(snap, last: Event | None) -> str:
     if snap.error:
         text += f"\n\n⚠️ {snap.error}"
     return text
+
+
+def _samples(last: Event | None) -> str:
+    """grpo: a few of the latest step's completions with their rewards, as a small table."""
+    samples = last.extra.get("samples") if last is not None else None
+    if not samples:
+        return ""
+    rows = "\n".join(f"| {s['reward']:.2f} | {_cell(s['completion'])} |" for s in samples)
+    return f"\n\n**Latest completions** (step {last.step})\n\n| reward | completion |\n|---|---|\n{rows}"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ↵ ") or "*(empty)*"
 
 
 def _number(value: float | None) -> str:
