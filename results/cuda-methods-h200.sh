@@ -1,8 +1,9 @@
+# Every training method's CUDA path, end to end, on one GPU: see results/methods-h100.md.
 set -u
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit 1
+# (the pinned packages installed; on the device they came from prepared wheels)
 export STUDIO_HOME=/tmp/sh PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 R=$OUT/r3; mkdir -p $R
-cd .speedlab
+cd "$(dirname "$0")/.."   # the repository root
 F=$(python3 - <<'PY' 2>/dev/null | tail -1
 import sys
 sys.path.insert(0, "tests")
