@@ -136,3 +136,14 @@ def test_bad_preference_data_is_named(tiny_llama, tmp_path):
     with pytest.raises(DataError, match=r"labels.jsonl:1: label must be true or false"):
         train_tiny(preference_config(tiny_llama, "kto", f"data.path={labels}", "data.max_bad_fraction=0"),
                    tmp_path / "runs")
+
+
+def test_a_dpo_run_exports_a_verified_gguf(tiny_llama, tmp_path):
+    from studio.export.exporting import export_run
+
+    result = train_tiny(preference_config(tiny_llama, "dpo", "train.max_steps=4"), tmp_path)
+    exported = export_run(result.run_dir, gguf_types=("q8_0",))
+    (report,) = exported.reports
+    assert exported.files[0].name.endswith("q8_0.gguf") and exported.files[0].is_file()
+    checks = {c.name: c.status for c in report.checks}
+    assert checks["loads"] == checks["tokenizer"] == checks["chat template"] == checks["eos"] == "pass", report.checks
