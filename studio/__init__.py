@@ -5,10 +5,13 @@ The layers, each importing only from the ones above it:
     config, errors, fields, recipes                       the typed settings, their fields, recipes and overrides
     events, hardware, catalog, safety                     progress events, devices, known models, offline by default
     models, model_info, fit, runs                         loading models, the fit estimate, run folders and locks
-    data/      files, sources, bounded, formats,          what the model trains on, token by token
-               templates, preview
+    data/      files, sources, bounded, formats,          what the model trains on, token by token, in the shape
+               templates, pairs, prompts, building,       of row each method reads (sequences, pairs, labelled
+               preview                                    answers, prompts)
     speed/     embeddings, long_rows, patches, apply      everything that patches library internals for speed
-    train/     training, callbacks, health, checkpoints   a run from config to weights, and its health
+    train/     training, callbacks, health, checkpoints,  a run from config to weights, and its health; each
+               rewards, methods/                          method (sft, dpo, orpo, kto, grpo, galore, prefix,
+                                                          ptuning) one TRL trainer behind one interface
     export/    exporting, gguf, references, verify        merged weights and verified GGUF files, typed report cards
     chat/      stream, session, panes                     streaming replies: each loaded model a replier (HF or GGUF)
     evaluate/  rows, generate, scores, scorecard, ...     a run's models scored on held-out rows, runs compared
