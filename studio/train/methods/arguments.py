@@ -8,6 +8,7 @@ import torch
 from transformers import PrinterCallback
 
 from studio.config import RunConfig, optimizer_for
+from studio.errors import TrainingError
 from studio.hardware import has_cuda, resolve_dtype
 from studio.speed.patches import cuda_speedups
 
@@ -56,6 +57,23 @@ def optimizer_name(setting: str) -> str:
     """transformers' name of the optimizer train.optimizer stands for (config.optimizer_for decides auto)."""
     name = optimizer_for(setting, has_cuda())
     return {"adamw_8bit": "adamw_bnb_8bit"}.get(name, name)
+
+
+# The TRL trainer methods the studio's methods replace (dataset preparation, prompt tokenizing, ORPO's
+# scoring) were read in this version.
+TRL_CHECKED = "1.16.0"
+
+
+def check_trl_method(trainer_class, method: str) -> None:
+    """Refuse to train when TRL is not the version checked and `trainer_class.method`, which is replaced, is gone."""
+    import trl
+
+    if trl.__version__ != TRL_CHECKED and method not in vars(trainer_class):
+        raise TrainingError(
+            f"TRL {trl.__version__} is installed, but the studio's {trainer_class.__name__} setup was checked against "
+            f"TRL {TRL_CHECKED}, and {trainer_class.__name__}.{method} is gone. Install the pinned versions: "
+            "pip install -r requirements.txt."
+        )
 
 
 def finish_trainer(trainer):

@@ -21,13 +21,11 @@ from pathlib import Path
 from studio.config import RunConfig
 from studio.data.prompts import WHERE_COLUMN
 from studio.data.templates import END_OF_TURN_TOKENS, rendered_ids, stop_token_ids
-from studio.errors import ConfigError, TrainingError
+from studio.errors import ConfigError
 from studio.train.callbacks import SAMPLES_KEY
-from studio.train.methods.arguments import finish_trainer, shared_options
+from studio.train.methods.arguments import check_trl_method, finish_trainer, shared_options
 from studio.train.rewards import reward_set
 
-# The private prompt-tokenizing method replaced below was read in this TRL version.
-TRL_CHECKED = "1.16.0"
 CURVES = ("reward", "reward_std", "rewards/", "frac_reward_zero_std", "completions/mean_length",
           "completions/clipped_ratio", "kl", "entropy")
 
@@ -41,7 +39,7 @@ def make_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_datas
     """
     from trl import GRPOConfig, GRPOTrainer
 
-    _check_version(GRPOTrainer, "_tokenize_prompts")
+    check_trl_method(GRPOTrainer, "_tokenize_prompts")
     g = cfg.grpo
     # A completion ends at an end-of-turn token of the template as well as at EOS (Gemma's <end_of_turn>):
     # TRL stops generating, and cuts the completion, at the model's eos ids.
@@ -90,13 +88,3 @@ def _check_columns(cfg: RunConfig, dataset, needing_answer: list[str]) -> None:
             f"{cfg.data.path} has no such column ({'its other columns: ' + ', '.join(have) if have else 'only prompts'}"
             "). Set grpo.answer_column to the column holding the answers, or leave answer_match out.")
 
-
-def _check_version(trainer_class, method: str) -> None:
-    import trl
-
-    if trl.__version__ != TRL_CHECKED and method not in vars(trainer_class):
-        raise TrainingError(
-            f"TRL {trl.__version__} is installed, but the studio's {trainer_class.__name__} setup was checked against "
-            f"TRL {TRL_CHECKED}, and {trainer_class.__name__}.{method} is gone. Install the pinned versions: "
-            "pip install -r requirements.txt."
-        )

@@ -18,11 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from studio.config import RunConfig
-from studio.errors import TrainingError
-from studio.train.methods.arguments import finish_trainer, shared_options
+from studio.train.methods.arguments import check_trl_method, finish_trainer, shared_options
 
-# The private dataset-preparation methods replaced below were read in this TRL version.
-TRL_CHECKED = "1.16.0"
 
 
 def make_dpo_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_dataset, eval_dataset=None,
@@ -62,8 +59,8 @@ def make_orpo_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
     from trl.trainer.utils import add_fused_lm_head
 
-    _check_version(ORPOTrainer, "tokenize_row")
-    _check_version(ORPOTrainer, "concatenated_forward")
+    check_trl_method(ORPOTrainer, "tokenize_row")
+    check_trl_method(ORPOTrainer, "concatenated_forward")
 
     class TokenizedORPOTrainer(ORPOTrainer):
         def tokenize_row(self, feature, model=None) -> dict:
@@ -92,7 +89,7 @@ def _reference_options(cfg: RunConfig) -> dict:
 
 def _keeping_tokenized_rows(trainer_class, prepare):
     """`trainer_class` whose dataset preparation is `prepare(trainer, dataset, args)` on already tokenized rows."""
-    _check_version(trainer_class, "_prepare_dataset")
+    check_trl_method(trainer_class, "_prepare_dataset")
 
     class KeepingTokenizedRows(trainer_class):
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -153,13 +150,3 @@ def _orpo_forward(trainer, model, batch):
     sft_term = -sums[:n].sum() / counts[:n].sum()
     return average[:n], average[n:], mean_logits[:n], mean_logits[n:], sft_term
 
-
-def _check_version(trainer_class, method: str) -> None:
-    import trl
-
-    if trl.__version__ != TRL_CHECKED and method not in vars(trainer_class):
-        raise TrainingError(
-            f"TRL {trl.__version__} is installed, but the studio's {trainer_class.__name__} setup was checked against "
-            f"TRL {TRL_CHECKED}, and {trainer_class.__name__}.{method} is gone. Install the pinned versions: "
-            "pip install -r requirements.txt."
-        )
