@@ -37,7 +37,7 @@ def build(target: Path) -> Path:
 
 def train(model_dir: Path, runs: Path, *overrides: str, stop_at: int | None = None):
     import torch
-    from studio.config import apply_overrides, from_dict
+    from studio.recipes import apply_overrides, from_dict
     from studio.events import MemorySink
     from studio.runs import create_run_dir
     from studio.train.training import run_training
@@ -45,9 +45,9 @@ def train(model_dir: Path, runs: Path, *overrides: str, stop_at: int | None = No
     cfg = from_dict({"name": "cuda", "model": {"name_or_path": str(model_dir)},
                      "data": {"path": str(ROOT / "assets" / "sample_instructions.jsonl")},
                      "train": {"max_steps": 20, "batch_size": 8, "grad_accum": 1, "learning_rate": 1e-3,
-                               "max_length": 256, "save_steps": 10, "runs_dir": str(runs)}})
+                               "max_length": 256, "save_steps": 10}})
     cfg = apply_overrides(cfg, list(overrides))
-    run_dir = create_run_dir(cfg)
+    run_dir = create_run_dir(cfg, runs)
     sink, stop = MemorySink(), threading.Event()
 
     def send(event):
@@ -70,6 +70,8 @@ def train(model_dir: Path, runs: Path, *overrides: str, stop_at: int | None = No
 def main(out: Path) -> None:
     import torch
     from studio.chat.session import ChatSession
+    from studio.recipes import replace_section
+    from studio.runs import load_run_config
     from studio.events import MemorySink
     from studio.export.exporting import export_run
     from studio.train.training import run_training
@@ -87,7 +89,8 @@ def main(out: Path) -> None:
     resumed = run_training(stopped, MemorySink(), threading.Event(), resume=True)
     results["resume"] = {"state": resumed.state, "step": resumed.step}
 
-    session = ChatSession.open(str(run), overrides=["generation.max_new_tokens=16"])
+    cfg = load_run_config(run)
+    session = ChatSession.open(run, cfg=replace_section(cfg, "generation", max_new_tokens=16))
     prompt = [{"role": "user", "content": "What is the capital of Peru?"}]
     results["chat"] = {"tuned": "".join(session.stream(prompt, "tuned")), "base": "".join(session.stream(prompt, "base"))}
     session.close()

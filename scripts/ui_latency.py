@@ -25,12 +25,12 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
 
-def config(model: str, steps: int, runs: Path):
-    from studio.config import load_recipe
+def config(model: str, steps: int):
+    from studio.recipes import load_recipe
 
     return load_recipe(ROOT / "recipes" / "quickstart.yaml",
-                       [f"model.name_or_path={model}", f"train.max_steps={steps}", f"train.runs_dir={runs}",
-                        "train.save_steps=1000", "name=latency"])
+                       [f"model.name_or_path={model}", f"train.max_steps={steps}", "train.save_steps=1000",
+                        "name=latency"])
 
 
 def seconds_per_step(run_dir: Path) -> float:
@@ -46,7 +46,7 @@ def headless(model: str, steps: int, runs: Path) -> Path:
     from studio.runs import create_run_dir
     from studio.train.training import run_training
 
-    run_dir = create_run_dir(config(model, steps, runs))
+    run_dir = create_run_dir(config(model, steps), runs)
     run_training(run_dir, JsonlSink(run_dir / "events.jsonl"), threading.Event())
     return run_dir
 
@@ -77,7 +77,7 @@ def with_page(model: str, steps: int, runs: Path) -> tuple[Path, list[float]]:
             }).observe(document.querySelector('#train-status'), {subtree: true, childList: true, characterData: true}); }""")
         browser_processes = [p for p in psutil.process_iter() if "chrom" in p.name()]
         cpu_before = _cpu_seconds(browser_processes)
-        run_dir = studio.start_training(config(model, steps, runs))
+        run_dir = studio.start_training(config(model, steps))
         while studio.jobs.busy:
             time.sleep(0.5)
         browser_cpu = _cpu_seconds(browser_processes) - cpu_before

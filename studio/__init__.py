@@ -2,17 +2,22 @@
 
 The layers, each importing only from the ones above it:
 
-    config, errors, events, hardware, catalog, safety     typed settings, errors for people, progress events
+    config, errors, fields, recipes                       the typed settings, their fields, recipes and overrides
+    events, hardware, catalog, safety                     progress events, devices, known models, offline by default
     models, model_info, fit, runs                         loading models, the fit estimate, run folders and locks
-    data/      sources, formats, templates, preview       what the model trains on, token by token
+    data/      files, sources, bounded, formats,          what the model trains on, token by token, in the shape
+               templates, pairs, prompts, building,       of row each method reads (sequences, pairs, labelled
+               preview                                    answers, prompts)
     speed/     embeddings, long_rows, patches, apply      everything that patches library internals for speed
-    train/     training, callbacks, health, checkpoints   a run from config to weights, and its health
-    export/    exporting, gguf, references, verify        merged weights and verified GGUF files
-    chat/      stream, session                            streaming replies from HF models and GGUF files
-    evaluate/  rows, generate, scores, scorecard, store   scoring a run's models on held-out rows; the verdict
+    train/     training, callbacks, health, checkpoints,  a run from config to weights, and its health; each
+               rewards, methods/                          method (sft, dpo, orpo, kto, grpo, galore, prefix,
+                                                          ptuning) one TRL trainer behind one interface
+    export/    exporting, gguf, references, verify        merged weights and verified GGUF files, typed report cards
+    chat/      stream, session, panes                     streaming replies: each loaded model a replier (HF or GGUF)
+    evaluate/  rows, generate, scores, scorecard, ...     a run's models scored on held-out rows, runs compared
     share                                                 a run's weights on the hub, with its model card
     bench/                                                `launch.py bench` (its special cases stay there)
     jobs, services                                        one background job and one owner of the GPU
-    cli                                                   the headless commands
-    ui/                                                   the only package that imports gradio
+    cli, cli_chat, cli_data, cli_eval, cli_share          the headless commands
+    ui/                                                   the only package that imports gradio; one typed object per tab
 """

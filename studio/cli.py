@@ -1,5 +1,4 @@
-"""The headless twin of the studio: train, resume, export, chat, runs, keys, bench (data: cli_data; eval: cli_eval;
-share: cli_share).
+"""The headless twin of the studio: train, resume, export, runs, keys, bench (chat, data, eval, share: their own modules).
 
     python launch.py train recipes/quickstart.yaml lora.r=32 train.max_steps=60
     python launch.py resume runs/20261122-101500_quickstart
@@ -28,7 +27,7 @@ from studio.errors import StudioError
 def build_parser() -> argparse.ArgumentParser:
     from studio.cli_eval import add_eval_parsers
     from studio.cli_share import add_share_parser
-    from studio.config import field_info
+    from studio.fields import field_info
 
     gguf_choices, format_choices = field_info("export.gguf").choices, field_info("export.formats").choices
     parser = argparse.ArgumentParser(prog="launch.py", description="Local LLM fine-tuning studio (headless commands).")
@@ -38,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "Ctrl-C stops cleanly: a checkpoint is saved and `resume` continues from it.")
     train.add_argument("recipe", help="Path of a recipe, e.g. recipes/quickstart.yaml.")
     train.add_argument("overrides", nargs="*", help="Dotted overrides, e.g. lora.r=32 train.max_steps=60.")
+    runs_dir_option(train, "Folder the new run folder is made in")
 
     resume = sub.add_parser(
         "resume", help="Continue a stopped, interrupted or failed run from its newest good checkpoint.",
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "train.max_steps=N (or train.epochs=X).")
     resume.add_argument("run", help="Run folder or run name.")
     resume.add_argument("overrides", nargs="*", help="train.max_steps=N or train.epochs=X, to train a finished run further.")
+    runs_dir_option(resume)
 
     export = sub.add_parser("export", help="Export a run: adapter, merged weights, verified GGUF files.")
     export.add_argument("run", help="Run folder or run name.")
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"Other exports: {', '.join(format_choices)} (default: the run's export.formats).")
     export.add_argument("--checkpoint", default=None, metavar="checkpoint-N",
                         help=field_info("export.checkpoint").help + " Default: the run's export.checkpoint.")
+    runs_dir_option(export)
 
     chat = sub.add_parser("chat", help="Chat with a run's model (streaming), or with a GGUF file.")
     chat.add_argument("run", nargs="?", help="Run folder or run name (omit with --gguf FILE alone).")
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--compare", action="store_true", help="Answer as base, fine-tuned (and GGUF) model, one after the other.")
     chat.add_argument("--gguf", help="Chat with this GGUF file through llama.cpp (with a run: its template).")
     chat.add_argument("overrides", nargs="*", default=[], help="Generation overrides, e.g. generation.max_new_tokens=64.")
+    runs_dir_option(chat)
 
     data = sub.add_parser("data", help="Show what a recipe's data trains on: format, statistics, a row token by token.")
     data.add_argument("recipe", help="Path of a recipe, e.g. recipes/quickstart.yaml.")
@@ -78,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_share_parser(sub)
 
     runs = sub.add_parser("runs", help="List runs and their state.")
-    runs.add_argument("--runs-dir", default="runs")
+    runs_dir_option(runs, "Folder of the run folders to list")
 
     bench = sub.add_parser(
         "bench", help="Measure training speed and memory: the studio's path against the textbook one.",
@@ -88,8 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "longest sequence that trains at batch 1 under that cap.")
     bench.add_argument("model", help="A shape (llama-3.2-1b, llama-3.2-3b, llama-3.1-8b, qwen2.5-1.5b, qwen2.5-7b, "
                                      "qwen3-8b, gemma-3-270m, gemma-3-1b) or a model folder.")
-    bench.add_argument("--method", choices=("qlora", "lora"), default="qlora",
-                       help="qlora: 4-bit base + LoRA; lora: 16-bit base + LoRA (default qlora).")
+    bench.add_argument("--method", choices=("qlora", "lora", "full"), default="qlora",
+                       help="qlora: 4-bit base + LoRA; lora: 16-bit base + LoRA; full: every weight, 16-bit "
+                            "(default qlora).")
+    bench.add_argument("--train-method", default="sft", choices=field_info("train.method").choices,
+                       help="train.method of the studio path (default sft); a preference method reads --batch pairs "
+                            "per step, each side --length tokens. The textbook path is LoRA SFT only.")
     bench.add_argument("--batch", type=int, default=2)
     bench.add_argument("--length", type=int, default=2048, help="Tokens per row (default 2048).")
     bench.add_argument("--steps", type=int, default=10, help="Measured steps (default 10).")
@@ -104,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Find the longest trainable sequence at batch 1 under this much GPU memory, e.g. 24GiB.")
     bench.add_argument("--out", default=None, help="Results file (.json, a .md table beside it; default bench/<...>.json).")
     return parser
+
+
+def runs_dir_option(command: argparse.ArgumentParser, what: str = "Folder where a run given by name is looked up") -> None:
+    command.add_argument("--runs-dir", default="runs", metavar="FOLDER", help=f"{what} (default runs).")
 
 
 # A dotted override such as generation.max_new_tokens=8 (a file path with '=' in it has a '/' first).
@@ -165,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command not in ("runs", "keys", "share"):
         _quiet_libraries()
     try:
+        from studio.cli_chat import cmd_chat
         from studio.cli_data import cmd_data
         from studio.cli_eval import cmd_compare, cmd_eval
         from studio.cli_share import cmd_share
@@ -210,7 +222,7 @@ def stop_on_ctrl_c(stop: threading.Event, what: str):
 
 def _train(run_dir: Path, resume: bool, changes: list[str] = ()) -> int:
     from studio.events import ConsoleSink, JsonlSink, fan_out
-    from studio.runs import read_status
+    from studio.runs import read_status, train_again_command
     from studio.train.training import run_training
 
     stop = threading.Event()
@@ -228,7 +240,7 @@ def _train(run_dir: Path, resume: bool, changes: list[str] = ()) -> int:
         print(f"  python launch.py resume {run_dir}")
     if result.state == "diverged":
         lr = load_learning_rate(run_dir)
-        print(f"  python launch.py train {run_dir / 'config.yaml'} train.learning_rate={lr / 10:g}")
+        print(f"  {train_again_command(run_dir, f'train.learning_rate={lr / 10:g}')}")
         if not (run_dir / "adapter").is_dir() and not (run_dir / "model").is_dir():
             return 1
     print(f"  python launch.py chat {run_dir} --compare --prompt \"...\"")
@@ -243,17 +255,30 @@ def load_learning_rate(run_dir: Path) -> float:
 
 
 def cmd_train(args) -> int:
-    from studio.config import load_recipe
     from studio.runs import create_run_dir
 
-    cfg = load_recipe(args.recipe, args.overrides)
-    return _train(create_run_dir(cfg), resume=False)
+    cfg = load_recipe_with_notes(args.recipe, args.overrides)
+    return _train(create_run_dir(cfg, args.runs_dir), resume=False)
+
+
+def load_recipe_with_notes(path: str, overrides: list[str]):
+    """The recipe, and on stderr a note for each key it holds that the studio no longer reads."""
+    import warnings
+
+    from studio.recipes import RetiredKeyWarning, load_recipe
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RetiredKeyWarning)
+        cfg = load_recipe(path, overrides)
+    for warning in caught:
+        print(f"note: {warning.message}", file=sys.stderr)
+    return cfg
 
 
 def cmd_resume(args) -> int:
     from studio.runs import find_run
 
-    return _train(find_run(args.run), resume=True, changes=args.overrides)
+    return _train(find_run(args.run, args.runs_dir), resume=True, changes=args.overrides)
 
 
 def cmd_export(args) -> int:
@@ -261,7 +286,7 @@ def cmd_export(args) -> int:
     from studio.export.exporting import export_run
     from studio.runs import find_run, load_run_config
 
-    run_dir = find_run(args.run)
+    run_dir = find_run(args.run, args.runs_dir)
     cfg = load_run_config(run_dir)
     gguf = tuple(args.gguf) if args.gguf is not None else cfg.export.gguf
     formats = tuple(args.formats) if args.formats is not None else cfg.export.formats
@@ -290,63 +315,10 @@ def cmd_export(args) -> int:
     return 0 if result.passed else 1
 
 
-def cmd_chat(args) -> int:
-    from studio.chat.session import ChatSession
-
-    # With a GGUF alone, the run's HF model is not needed: its tokenizer and template suffice.
-    needs_hf = args.run and (not args.gguf or args.compare or args.base)
-    session = ChatSession.open(args.run, args.gguf, args.overrides, load_hf=bool(needs_hf))
-    try:
-        if args.compare:
-            modes = ["base", "tuned"] * (session.model is not None) + ["gguf"] * (session.llm is not None)
-        else:
-            modes = ["base"] if args.base else ["gguf" if args.gguf else session.default_mode]
-        if args.prompt:
-            for mode in modes:
-                _print_reply(session, [{"role": "user", "content": args.prompt}], mode, label=args.compare)
-            return 0
-        return _repl(session, modes)
-    finally:
-        session.close()
-
-
-def _print_reply(session, messages: list[dict], mode: str, label: bool) -> str:
-    if label:
-        print(f"[{mode}] ", end="", flush=True)
-    pieces = []
-    for piece in session.stream(messages, mode):
-        pieces.append(piece)
-        print(piece, end="", flush=True)
-    print()
-    return "".join(pieces)
-
-
-def _repl(session, modes: list[str]) -> int:
-    print(f"Chatting with {session.describe()}. Commands: /base /tuned /reset /quit")
-    history: list[dict] = []
-    mode = modes[-1]
-    for line in sys.stdin:
-        text = line.strip()
-        if text in ("/quit", "/exit"):
-            break
-        if text in ("/base", "/tuned"):
-            mode = text[1:]
-            print(f"(now answering as the {mode} model)")
-            continue
-        if text == "/reset":
-            history = []
-            continue
-        if not text:
-            continue
-        history.append({"role": "user", "content": text})
-        history.append({"role": "assistant", "content": _print_reply(session, history, mode, label=False)})
-    return 0
-
-
 def cmd_keys(args) -> int:
     import textwrap
 
-    from studio.config import config_fields, sections
+    from studio.fields import config_fields, sections
 
     if args.section and args.section not in sections():
         raise StudioError(f"No section {args.section!r}; the sections are: {', '.join(sections())}.")
@@ -383,7 +355,8 @@ def cmd_bench(args) -> int:
 
     spec = BenchSpec(model=args.model, method=args.method, batch=args.batch, length=args.length, steps=args.steps,
                      warmup=args.warmup,
-                     rank=args.rank, profile=args.profile, overrides=tuple(args.overrides))
+                     rank=args.rank, profile=args.profile, overrides=tuple(args.overrides),
+                     train_method=args.train_method)
     if args.max_memory:
         report = longest_sequence(spec, cap_gib=_gib(args.max_memory))
     else:
@@ -391,7 +364,7 @@ def cmd_bench(args) -> int:
     report["command"] = "python launch.py " + shlex.join(args.argv)
     name = Path(args.model).name
     what = f"longest-{args.max_memory}" if args.max_memory else f"b{args.batch}-l{args.length}"
-    out = Path(args.out) if args.out else Path("bench") / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{args.method}-{what}.json"
+    out = Path(args.out) if args.out else Path("bench") / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{args.method}-{args.train_method}-{what}.json"
     save_report(report, out)
     print(describe(report))
     print(f"\nSaved {out} and {out.with_suffix('.md')}")

@@ -36,18 +36,29 @@ def cmd_data(args) -> int:
         print(f"pairs whose chosen and rejected responses are the same: {st.identical_pairs}")
     for warning in p.warnings:
         print(f"warning: {warning}")
-    print("token length per row:")
-    for low, count in _histogram(p.lengths):
-        marker = "  <- cut at max_length" if low > p.max_length else ""
-        print(f"  {low:>6}+ {'█' * max(1, round(40 * count / len(p.lengths)))} {count}{marker}")
+    sides = [("", p.lengths)] if not p.rejected_lengths else [(" (chosen side)", p.lengths),
+                                                               (" (rejected side)", p.rejected_lengths)]
+    for side, lengths in sides:
+        print(f"token length per row{side}:")
+        for low, count in _histogram(lengths):
+            marker = "  <- cut at max_length" if low > p.max_length else ""
+            print(f"  {low:>6}+ {'█' * max(1, round(40 * count / len(lengths)))} {count}{marker}")
     if p.row_error:
         print(f"\nrow {p.row} is skipped: {p.row_error}")
         return 0
-    print(f"\nrow {p.row} ({p.row_tokens:,} tokens, {p.trained_tokens:,} trained; trained tokens in [brackets]):")
+    label = {True: ", labelled good", False: ", labelled bad"}.get(p.label, "")
+    side = ", chosen side" if p.rejected_lengths else ""
+    print(f"\nrow {p.row}{side}{label} ({p.row_tokens:,} tokens, {p.trained_tokens:,} trained; trained tokens in "
+          "[brackets]):")
     print(_bracket_trained(p.tokens))
     if p.rejected:
-        print(f"\nrow {p.row}, rejected response (shown for comparison, not trained by SFT):")
+        how = "trained" if p.rejected_lengths else "shown for comparison, not trained by sft"
+        print(f"\nrow {p.row}, rejected side ({how}):")
         print(_bracket_trained(p.rejected))
+    if p.reward_columns is not None:
+        print(f"\nrow {p.row}: grpo trains on the model's own completions of this prompt; the rewards also read:")
+        for name, value in p.reward_columns.items():
+            print(f"  {name}: {value!r}")
     return 0
 
 
@@ -56,12 +67,13 @@ QUICKSTART = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.ya
 
 def _data_config(args):
     """(config, whether a data file was given): a data file instead of a recipe previews with the quickstart's model."""
-    from studio.config import apply_overrides, from_dict, load_recipe
-    from studio.data.sources import SUFFIXES
+    from studio.cli import load_recipe_with_notes
+    from studio.data.files import SUFFIXES
+    from studio.recipes import apply_overrides, from_dict, load_recipe
 
     given = Path(args.recipe)
     if not (given.suffix.lower() in SUFFIXES or given.is_dir()):
-        return load_recipe(given, args.overrides), False
+        return load_recipe_with_notes(args.recipe, args.overrides), False
     model = load_recipe(QUICKSTART).model.name_or_path
     raw = {"model": {"name_or_path": model}, "data": {"path": str(given)}}
     return apply_overrides(from_dict(raw), args.overrides), True

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 
-from studio.cli import number_text, stop_on_ctrl_c
+from studio.cli import number_text, runs_dir_option, stop_on_ctrl_c
 
 
 def add_eval_parsers(sub) -> None:
@@ -35,9 +35,11 @@ def add_eval_parsers(sub) -> None:
                           help="A check for every answer, saved with the run and reused: regex:PATTERN, json or "
                                "contains (the reference appears in the answer). Repeat for several.")
     evaluate.add_argument("overrides", nargs="*", help="Generation overrides, e.g. generation.max_new_tokens=64.")
+    runs_dir_option(evaluate)
 
     compare = sub.add_parser("compare", help="Compare runs: loss curves, config differences, final scores.")
     compare.add_argument("runs", nargs="+", help="Two or more run folders or names.")
+    runs_dir_option(compare)
 
 
 def cmd_eval(args) -> int:
@@ -45,7 +47,7 @@ def cmd_eval(args) -> int:
     from studio.evaluate.scorecard import format_scorecard
     from studio.runs import find_run
 
-    run_dir = find_run(args.run)
+    run_dir = find_run(args.run, args.runs_dir)
     models = tuple(args.models) if args.models is not None else (() if args.gguf else MODEL_CHOICES)
     spec = EvalSpec(rows=args.rows, limit=args.limit, models=models, ggufs=tuple(args.gguf), other=args.other,
                     metric=args.metric, batch_size=args.batch_size, overrides=tuple(args.overrides),
@@ -63,7 +65,7 @@ def cmd_compare(args) -> int:
     from studio.evaluate.compare import compare_runs
     from studio.runs import find_run
 
-    comparison = compare_runs([find_run(run) for run in args.runs])
+    comparison = compare_runs([find_run(run, args.runs_dir) for run in args.runs])
     print("config differences:")
     for key, values in comparison.differences.items() or [("(none)", [])]:
         print(f"  {key}: " + " | ".join(values))

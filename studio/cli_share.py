@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from studio.cli import runs_dir_option
 from studio.share import WHAT
 
 
@@ -24,6 +25,7 @@ def add_share_parser(sub) -> None:
                             "with its Modelfile).")
     share.add_argument("--public", action="store_true", help="Make a new repo public (default: private).")
     share.add_argument("--card-only", action="store_true", help="Only write the model card to <run>/model-card.md.")
+    runs_dir_option(share)
 
 
 def cmd_share(args) -> int:
@@ -31,7 +33,7 @@ def cmd_share(args) -> int:
     from studio.runs import find_run
     from studio.share import share_run, write_card
 
-    run_dir = find_run(args.run)
+    run_dir = find_run(args.run, args.runs_dir)
     if args.card_only:
         path = write_card(run_dir, args.what)
         print(f"Model card written to {path} (nothing was uploaded).")

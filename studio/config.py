@@ -1,26 +1,17 @@
 """One typed configuration for a run: model, data, LoRA, training, generation, export.
 
-Recipes are YAML files holding only what differs from these defaults. Loading is
-strict: an unknown key is an error naming it and the closest valid key, a value
-of the wrong type is an error naming the key. The same dotted overrides work on
-the command line, in the UI and in tests:
+Frozen dataclasses, the only place a choice list, default, bound or help text
+lives. Recipes (YAML) and dotted overrides become a RunConfig in studio.recipes;
+studio.fields lists the fields for the CLI and the UI.
 
-    cfg = load_recipe("recipes/quickstart.yaml", ["lora.r=32", "train.max_steps=60"])
+    cfg = RunConfig()                       # the defaults
+    cfg.train.learning_rate, cfg.lora.r
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
-
-import yaml
-
-from studio.errors import ConfigError
 
 
 def _f(default: Any, help: str, min: float | None = None, max: float | None = None, above: float | None = None) -> Any:
@@ -63,11 +54,14 @@ class DataConfig:
         "Dataset: a file (jsonl, json, csv, tsv, parquet, txt), a folder saved by datasets' save_to_disk, a glob "
         "(data/*.jsonl), a hub dataset id (needs a network), or several of these separated by commas.",
     )
-    format: Literal["auto", "alpaca", "messages", "sharegpt", "prompt_completion", "preference", "text", "fields"] = _f(
+    format: Literal["auto", "alpaca", "messages", "sharegpt", "prompt_completion", "preference", "labelled", "prompts",
+                    "text", "fields"] = _f(
         "auto",
         "Row format; auto detects it from the columns. preference: prompt/chosen/rejected pairs (texts or message "
-        "lists); SFT trains on the prompt and the chosen response and does not use the rejected one. fields: each "
-        "row through a format-string template (auto picks it when data.template is one).",
+        "lists) for dpo, orpo and kto; sft trains on the prompt and the chosen response. labelled: "
+        "prompt/completion/label rows, the label true for a good response and false for a bad one (kto). prompts: "
+        "a prompt (a text or a message list) with no response, for grpo; its other columns (an answer, ...) go to "
+        "the rewards. fields: each row through a format-string template (auto picks it when data.template is one).",
     )
     template: str = _f(
         "auto",
@@ -124,10 +118,29 @@ class LoraConfig:
     use_dora: bool = _f(False, "DoRA: weight-decomposed LoRA (slower, sometimes better).")
 
 
+# Methods that read a preference pair's two answers side by side: two sequences per row.
+PAIRED_METHODS = ("dpo", "orpo")
+# Methods whose adapter is a learned prompt, not a change of the weights: it cannot be merged (no GGUF).
+PROMPT_METHODS = ("prefix", "ptuning")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    method: Literal["sft"] = _f("sft", "Training method.")
-    batch_size: int = _f(2, "Rows per device per step.", min=1)
+    method: Literal["sft", "dpo", "orpo", "kto", "grpo", "galore", "prefix", "ptuning"] = _f(
+        "sft", "Training method. sft: learn the responses of instruction or chat rows. dpo: prefer the chosen over "
+        "the rejected response of preference pairs, measured against the model before training (the adapter "
+        "switched off: no second copy in memory). orpo: the same pairs, SFT on the chosen side plus an odds-ratio "
+        "penalty on the rejected side, no reference pass. kto: unpaired responses labelled good or bad. grpo: "
+        "sample several completions of each prompt, score them with rewards (the grpo section) and learn from the "
+        "better ones; prompt rows with an optional answer, or instruction, chat and pair rows (their response is "
+        "the answer). galore: sft of every weight (lora.enabled=false) with GaLore's low-rank optimizer states: "
+        "full fine-tuning in about the memory of LoRA's optimizer. prefix: sft of learned key/value vectors put "
+        "before every layer's attention (P-Tuning v2; the model's weights stay as they are). ptuning: sft of "
+        "learned input embeddings made by a small prompt encoder (P-Tuning). Neither can be merged into the "
+        "weights, so their export is the adapter only (no GGUF)."
+    )
+    batch_size: int = _f(2, "Rows per device per step (grpo: completions, grpo.num_generations of each prompt).",
+                         min=1)
     grad_accum: int = _f(4, "Gradient accumulation steps (effective batch = batch_size * grad_accum).", min=1)
     max_steps: int = _f(60, "Optimizer steps to run; 0 runs `epochs` full passes instead.", min=0)
     epochs: float = _f(1.0, "Passes over the data when max_steps is 0.", above=0)
@@ -140,7 +153,8 @@ class TrainConfig:
     weight_decay: float = _f(0.01, "Weight decay.", min=0)
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0: no clipping).", min=0)
     seed: int = _f(3407, "Random seed.")
-    max_length: int = _f(1024, "Longest sequence in tokens; longer rows are cut.", min=8)
+    max_length: int = _f(1024, "Longest sequence in tokens; longer rows are cut. grpo: the longest prompt (longer "
+                         "prompts are left out); completions add up to grpo.max_completion_length.", min=8)
     packing: bool = _f(False, "Pack several short rows into one sequence (faster on short data).")
     gradient_checkpointing: bool = _f(True, "Recompute activations in backward: less memory, ~25% slower.")
     selective_checkpointing: bool = _f(
@@ -172,7 +186,103 @@ class TrainConfig:
     early_stopping: int = _f(
         0, "Stop when the eval loss has not improved for this many evaluations, and keep the best weights "
         "(needs eval data; 0: off).", min=0)
-    runs_dir: str = _f("runs", "Folder that holds run folders.")
+
+
+@dataclass(frozen=True)
+class PreferenceConfig:
+    beta: float = _f(
+        0.1, "dpo and kto: how far training may move from the reference model (higher: closer to it; 0.1 typical). "
+        "orpo: the weight (lambda) of the odds-ratio term beside the SFT loss (0.1 typical).", above=0)
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "sppo_hard", "apo_zero", "apo_down"] = _f(
+        "sigmoid", "dpo's loss: sigmoid (the DPO paper), ipo (less prone to overfitting on pairs the model "
+        "already separates), hinge (SLiC), robust (noisy labels: with label_smoothing), sppo_hard, apo_zero / "
+        "apo_down (anchored: apo_zero when the chosen answers are better than the model's, apo_down when not).")
+    label_smoothing: float = _f(
+        0.0, "dpo with loss_type robust: the share of pairs whose labels are believed flipped (0.1 typical).",
+        min=0, max=0.49)
+    precompute_reference: bool = _f(
+        False, "dpo and kto: score the training pairs with the reference model once before training, instead of "
+        "at every step: each step is a bit faster, at the cost of one pass over the data at the start.")
+    desirable_weight: float = _f(
+        1.0, "kto: weight of the loss on good responses; raise it when bad ones far outnumber them.", above=0)
+    undesirable_weight: float = _f(
+        1.0, "kto: weight of the loss on bad responses; raise it when good ones far outnumber them.", above=0)
+
+
+# grpo's built-in rewards (studio.train.rewards), each scoring a completion from 0 to 1.
+REWARD_PRESETS = ("answer_match", "format", "regex", "json", "length")
+
+
+@dataclass(frozen=True)
+class GrpoConfig:
+    num_generations: int = _f(
+        4, "Completions sampled for each prompt. GRPO learns from how their rewards differ within this group: more "
+        "give a clearer signal and cost more time. Each step trains on train.batch_size x train.grad_accum "
+        "completions, which must be a multiple of this (8 completions of 4 each: 2 prompts per step).", min=2)
+    max_completion_length: int = _f(
+        256, "Longest completion in tokens; generation stops there (a cut completion usually earns less).", min=1)
+    temperature: float = _f(
+        1.0, "Sampling temperature of the completions: higher gives more varied completions (more to learn from), "
+        "lower keeps them near the model's first choice.", above=0, max=2)
+    beta: float = _f(
+        0.0, "Weight of the KL penalty that keeps the model near the model before training (with LoRA: the adapter "
+        "switched off, no second copy). 0: no penalty and no reference pass, faster (TRL's default); 0.001 to 0.04 "
+        "when the rewards can be gamed.", min=0)
+    rewards: tuple[Literal[REWARD_PRESETS], ...] = _f(
+        ("answer_match",), "Built-in rewards, each 0 to 1 per completion. answer_match: the completion's answer (the "
+        "part in <answer>...</answer> when there is one) equals the row's answer (grpo.answer_column), as text or as "
+        "a number (42 = 42.0, the last number of the completion). format: <think>...</think><answer>...</answer>. "
+        "regex: contains grpo.regex. json: valid JSON, following grpo.json_schema when set. length: between "
+        "grpo.length_min and grpo.length_max tokens.")
+    reward_weights: tuple[float, ...] = _f(
+        (), "Weight of each reward in the total, in order: grpo.rewards, then the functions of grpo.reward_file "
+        "(empty: all 1).")
+    reward_file: str = _f(
+        "", "A Python file of your own rewards: every public function taking (completions, **kwargs) and returning "
+        "one number (or None: does not apply) per completion. kwargs hold prompts, completion_ids and the data's "
+        "columns (answer, ...). The file runs as code with your rights.")
+    answer_column: str = _f(
+        "answer", "The data column answer_match compares with. Prompt rows keep their columns; instruction, chat "
+        "and pair rows give their response as 'answer'.")
+    regex: str = _f("", "regex reward: a pattern the completion must contain (Python re.search; ^...$ for the whole "
+                        "completion).")
+    json_schema: str = _f(
+        "", "json reward: a JSON schema (a .json file or the JSON text) the completion must follow: type, required, "
+        "properties, items, enum. Empty: any valid JSON.")
+    length_min: int = _f(0, "length reward: fewest tokens for the full reward (a shorter completion earns "
+                            "length / length_min).", min=0)
+    length_max: int = _f(0, "length reward: most tokens for the full reward (a longer one earns less, nothing at "
+                            "twice this; 0: no upper limit).", min=0)
+
+
+@dataclass(frozen=True)
+class GaloreConfig:
+    rank: int = _f(128, "galore: rank of the projected gradients (higher: closer to full AdamW, more memory).", min=1)
+    update_interval: int = _f(
+        200, "galore: steps between recomputing the projection (an SVD per weight matrix).", min=1)
+    scale: float = _f(0.25, "galore: scale of the projected update (like LoRA's alpha / r).", above=0)
+    target_modules: tuple[str, ...] = _f(
+        ("attn", "mlp"), "galore: linear layers whose module names contain one of these get low-rank states; "
+        "the rest (embeddings, norms, output head) train with plain AdamW.")
+    optimizer: Literal["adamw", "adamw_8bit", "adafactor"] = _f(
+        "adamw", "galore: the optimizer run in the low-rank space; adamw_8bit also stores its states in 8 bits "
+        "(CUDA).")
+    layerwise: bool = _f(
+        False, "galore: update each layer during the backward pass, so no layer's gradient is kept after it: "
+        "the least memory, but no gradient accumulation (train.grad_accum=1) and no gradient clipping.")
+
+
+@dataclass(frozen=True)
+class PromptTuningConfig:
+    virtual_tokens: int = _f(
+        20, "prefix and ptuning: learned vectors put before every input (more: more capacity, longer context).",
+        min=1)
+    projection: bool = _f(
+        True, "prefix: learn the prefix through a two-layer network (reparameterization, as in P-Tuning v2: "
+        "steadier training); the adapter is saved without it.")
+    encoder: Literal["mlp", "lstm"] = _f("mlp", "ptuning: the network that makes the virtual tokens' embeddings.")
+    encoder_hidden_size: int = _f(
+        512, "prefix with projection, and ptuning: width of that network's hidden layer.", min=1)
 
 
 @dataclass(frozen=True)
@@ -218,332 +328,18 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "The training data."})
     lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": "Adapter settings."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Training hyper-parameters."})
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig,
+                                         metadata={"help": "Settings of the preference methods: dpo, orpo, kto."})
+    galore: GaloreConfig = field(default_factory=GaloreConfig, metadata={"help": "Settings of train.method=galore."})
+    prompt_tuning: PromptTuningConfig = field(default_factory=PromptTuningConfig,
+                                              metadata={"help": "Settings of train.method=prefix and ptuning."})
+    grpo: GrpoConfig = field(default_factory=GrpoConfig, metadata={"help": "Settings of grpo: sampling and rewards."})
     generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"help": "Chat settings."})
     export: ExportConfig = field(default_factory=ExportConfig, metadata={"help": "Export settings."})
 
 
-# ---------------------------------------------------------------- the fields, for the CLI and the UI
-
-
-@dataclass(frozen=True)
-class FieldInfo:
-    """One config key as the CLI lists it and the UI renders it: type, choices, default, bounds, help."""
-
-    key: str  # "train.learning_rate"
-    hint: Any
-    default: Any
-    help: str
-    min: float | None = None
-    max: float | None = None
-    above: float | None = None
-
-    @property
-    def choices(self) -> tuple | None:
-        """The allowed values of a choice (a Literal), or of each item of a list of choices."""
-        hint = self.hint
-        if typing.get_origin(hint) is tuple:
-            hint = typing.get_args(hint)[0]
-        return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
-
-    @property
-    def kind(self) -> str:
-        """choice, choices (several of a list), bool, int, float, text, list (free items) or mapping."""
-        origin = typing.get_origin(self.hint)
-        if origin is Literal:
-            return "choice"
-        if origin is tuple:
-            return "choices" if self.choices else "list"
-        if origin is dict:
-            return "mapping"
-        return {bool: "bool", int: "int", float: "float"}.get(self.hint, "text")
-
-    def type_text(self) -> str:
-        if self.choices:
-            return ("list of " if self.kind == "choices" else "") + " | ".join(map(str, self.choices))
-        bounds = [f">= {self.min:g}" if self.min is not None else "", f"> {self.above:g}" if self.above is not None else "",
-                  f"<= {self.max:g}" if self.max is not None else ""]
-        return " ".join([self.kind, *filter(None, bounds)])
-
-
-def config_fields(section: str | None = None) -> list[FieldInfo]:
-    """Every key of the config (or of one section), in the order the dataclasses declare them."""
-    out = []
-    for top in dataclasses.fields(RunConfig):
-        hint = typing.get_type_hints(RunConfig)[top.name]
-        if not dataclasses.is_dataclass(hint):
-            if section in (None, ""):
-                out.append(_info(top.name, hint, top))
-            continue
-        if section not in (None, top.name):
-            continue
-        hints = typing.get_type_hints(hint)
-        out += [_info(f"{top.name}.{f.name}", hints[f.name], f) for f in dataclasses.fields(hint)]
-    return out
-
-
-def field_info(key: str) -> FieldInfo:
-    for info in config_fields():
-        if info.key == key:
-            return info
-    _raise_unknown(key, key.rsplit(".", 1)[-1], [i.key for i in config_fields()])
-
-
-def sections() -> list[str]:
-    return [f.name for f in dataclasses.fields(RunConfig) if dataclasses.is_dataclass(typing.get_type_hints(RunConfig)[f.name])]
-
-
-def value_at(cfg: RunConfig, key: str) -> Any:
-    """The value of a dotted key, e.g. value_at(cfg, "lora.r"); an entry of a mapping for "data.columns.x"."""
-    node: Any = cfg
-    for part in key.split("."):
-        node = node.get(part) if isinstance(node, dict) else getattr(node, part)
-    return node
-
-
-def _info(key: str, hint: Any, f: dataclasses.Field) -> FieldInfo:
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    meta = f.metadata
-    return FieldInfo(key, hint, default, meta.get("help", ""), meta.get("min"), meta.get("max"), meta.get("above"))
-
-
-# ---------------------------------------------------------------- loading
-
-
-def load_recipe(path: str | Path, overrides: typing.Sequence[str] = ()) -> RunConfig:
-    """Read a YAML recipe strictly, then apply dotted `key=value` overrides."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"Recipe not found: {path}. Pass the path of a .yaml file, e.g. recipes/quickstart.yaml.")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections (model:, data:, ...), not {type(raw).__name__}.")
-    # Rules between fields are checked once the overrides are in: an override may be what satisfies them.
-    return apply_overrides(_build(RunConfig, raw, prefix="", source=str(path)), overrides)
-
-
-def from_dict(raw: dict, source: str = "config") -> RunConfig:
-    """Build a RunConfig from nested plain data, checking every key, type and bound."""
-    return _check_rules(_build(RunConfig, raw, prefix="", source=source), source)
-
-
-def apply_overrides(cfg: RunConfig, overrides: typing.Sequence[str]) -> RunConfig:
-    """Apply `section.key=value` strings; values are parsed as YAML scalars/lists.
-
-    A key under a mapping field sets one entry of it: data.columns.instruction="Question Text"
-    (an empty value removes the entry).
-    """
-    data = to_dict(cfg)
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"Override {item!r} must look like section.key=value, e.g. lora.r=32.")
-        try:
-            parsed = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
-            parsed = value
-        _set_dotted(data, key.strip().split("."), parsed)
-    return _check_rules(_build(RunConfig, data, prefix="", source="override"), "override")
-
-
-def _set_dotted(data: dict, parts: list[str], value: Any) -> None:
-    """Set data[a][b][c] = value for the key a.b.c, walking the config's types so every name is checked."""
-    node, cls = data, RunConfig
-    for i, part in enumerate(parts):
-        key, last = ".".join(parts[: i + 1]), i == len(parts) - 1
-        if typing.get_origin(cls) is dict:  # a mapping field: any name is an entry of it
-            if not last:
-                raise ConfigError(f"Unknown key {'.'.join(parts)!r}: {'.'.join(parts[:i])} holds plain entries, "
-                                  f"e.g. {'.'.join(parts[:i])}.{part}=value.")
-            if value == "":
-                node.pop(part, None)
-            else:
-                node[part] = value
-            return
-        hints = typing.get_type_hints(cls)
-        sections = [name for name, hint in hints.items() if dataclasses.is_dataclass(hint)]
-        if last:
-            if part not in hints or part in sections:
-                _raise_unknown(key, part, [name for name in hints if name not in sections])
-            node[part] = value
-            return
-        containers = sections + [name for name, hint in hints.items() if typing.get_origin(hint) is dict]
-        if part not in containers:
-            _raise_unknown(key, part, containers)
-        node, cls = node[part], hints[part]
-
-
-def with_changes(section: Any, **changes: Any) -> Any:
-    """A copy of a config section with some fields changed, each checked like a recipe value (type and bounds)."""
-    cls = type(section)
-    hints = typing.get_type_hints(cls)
-    checked = {}
-    for name, value in changes.items():
-        if name not in hints:
-            _raise_unknown(name, name, [f.name for f in dataclasses.fields(cls)])
-        checked[name] = _coerce(value, hints[name], name, cls.__name__)
-        _check_bounds(cls, name, checked[name], name, cls.__name__)
-    return dataclasses.replace(section, **checked)
-
-
-def replace_section(cfg: RunConfig, section: str, **changes: Any) -> RunConfig:
-    """A copy of `cfg` with some fields of one section changed (values already typed)."""
-    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
-
-
-def to_dict(cfg: Any) -> dict:
-    """Plain nested data (tuples become lists) for YAML and JSON."""
-    out = {}
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            value = to_dict(value)
-        elif isinstance(value, tuple):
-            value = list(value)
-        elif isinstance(value, dict):
-            value = dict(value)
-        out[f.name] = value
-    return out
-
-
-def differences(cfg: RunConfig) -> dict:
-    """Only what differs from the defaults, nested: what a recipe needs to say."""
-    ours, defaults = to_dict(cfg), to_dict(RunConfig())
-    out: dict = {}
-    for section, value in ours.items():
-        if isinstance(value, dict):
-            changed = {k: v for k, v in value.items() if v != defaults[section][k]}
-            if changed:
-                out[section] = changed
-        elif value != defaults[section]:
-            out[section] = value
-    return out
-
-
-def recipe_text(cfg: RunConfig) -> str:
-    """A recipe holding only what differs from the defaults."""
-    return yaml.safe_dump(differences(cfg), sort_keys=False, allow_unicode=True)
-
-
-def save_config(cfg: RunConfig, path: str | Path) -> None:
-    """Write the fully resolved config as YAML."""
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
-
-
-def field_help(section: str, name: str) -> str:
-    """Help text of a field, e.g. field_help('lora', 'r')."""
-    section_cls = typing.get_type_hints(RunConfig)[section]
-    return next(f.metadata["help"] for f in dataclasses.fields(section_cls) if f.name == name)
-
-
-def _raise_unknown(full_key: str, name: str, valid: list[str]) -> typing.NoReturn:
-    # Typos by spelling ("lerning_rate"), and by length ("rank" for "r").
-    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5) or [
-        k for k in sorted(valid, key=len, reverse=True) if name.startswith(k) or k.startswith(name)
-    ]
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(f"Unknown key {full_key!r}.{hint} Valid keys here: {', '.join(sorted(valid))}.")
-
-
-def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'the top level'} must be a mapping, got {raw!r}.")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in raw:
-        if key not in names:
-            _raise_unknown(f"{prefix}{key}", str(key), names)
-    kwargs = {}
-    for name in names:
-        if name not in raw:
-            continue
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, raw[name] or {}, f"{prefix}{name}.", source)
-        else:
-            kwargs[name] = _coerce(raw[name], hint, f"{prefix}{name}", source)
-            _check_bounds(cls, name, kwargs[name], f"{prefix}{name}", source)
-    return cls(**kwargs)
-
-
-def _check_rules(cfg: RunConfig, source: str) -> RunConfig:
-    """Rules between fields, checked wherever a config is made (recipe, override, UI form)."""
-    if cfg.data.eval_path and cfg.data.eval_fraction:
-        raise ConfigError(f"{source}: data.eval_path and data.eval_fraction are alternatives: set "
-                          "data.eval_fraction=0 to evaluate on the eval file, or leave data.eval_path empty.")
-    if not cfg.lora.enabled and cfg.model.load_in != "16bit":
-        raise ConfigError(f"{source}: full fine-tuning needs 16-bit weights, but model.load_in is "
-                          f"{cfg.model.load_in}. Set lora.enabled=true (QLoRA) or model.load_in=16bit.")
-    if cfg.train.early_stopping and not (cfg.data.eval_fraction or cfg.data.eval_path):
-        raise ConfigError(f"{source}: train.early_stopping needs eval data: set data.eval_fraction (e.g. 0.1) or "
-                          "data.eval_path, or set train.early_stopping=0.")
-    return cfg
-
-
-def _check_bounds(cls: type, name: str, value: Any, key: str, source: str) -> None:
-    meta = next(f.metadata for f in dataclasses.fields(cls) if f.name == name)
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return
-    low, high, above = meta.get("min"), meta.get("max"), meta.get("above")
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ConfigError(f"{source}: {key} must be a finite number, got {value!r}.")
-    if low is not None and value < low:
-        raise ConfigError(f"{source}: {key} must be at least {low:g}, got {value!r}.")
-    if high is not None and value > high:
-        raise ConfigError(f"{source}: {key} must be at most {high:g}, got {value!r}.")
-    if above is not None and value <= above:
-        raise ConfigError(f"{source}: {key} must be more than {above:g}, got {value!r}.")
-
-
-def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
-    """Check `value` against a field's type hint; convert only where it is lossless."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-
-    def fail(expected: str) -> typing.NoReturn:
-        raise ConfigError(f"{source}: {key} must be {expected}, got {value!r}.")
-
-    if origin is Literal:
-        if value not in args:
-            fail("one of " + ", ".join(repr(a) for a in args))
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key, source)
-    if origin is dict:
-        if not isinstance(value, dict):
-            fail("a mapping (name: value)")
-        return {str(k): _coerce(v, args[1], f"{key}.{k}", source) for k, v in value.items()}
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            fail("a list")
-        return tuple(_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value))
-    if hint is bool:
-        if not isinstance(value, bool):
-            fail("true or false")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            fail("a whole number")
-        return value
-    if hint is float:
-        if isinstance(value, bool):
-            fail("a number")
-        if not isinstance(value, (int, float)):
-            # YAML reads 2e-4 (no dot) as a string: accept numeric strings.
-            try:
-                return float(value)
-            except (TypeError, ValueError):
-                fail("a number")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            fail("text")
-        return str(value)
-    raise AssertionError(f"unsupported config type {hint} for {key}")
+def optimizer_for(setting: str, cuda: bool) -> str:
+    """The optimizer a train.optimizer setting stands for: auto is 8-bit AdamW on CUDA, adamw_torch elsewhere."""
+    if setting != "auto":
+        return setting
+    return "adamw_8bit" if cuda else "adamw_torch"

@@ -24,8 +24,9 @@ EventKind = Literal["start", "log", "eval", "checkpoint", "stage", "warning", "e
 class Event:
     """One thing that happened in a job.
 
-    `kind` says which: "log" carries training metrics of one logging step,
-    "eval" an eval loss, "checkpoint" a saved checkpoint, "stage" a step of an
+    `kind` says which: "log" carries training metrics of one logging step (the
+    method's own values in extra["metrics"]; grpo puts a few of the step's
+    completions with their rewards in extra["samples"]), "eval" an eval loss, "checkpoint" a saved checkpoint, "stage" a step of an
     export, "warning" something a person should look at (a loss spike,
     overfitting, a damaged checkpoint), "end" how the job ended ("completed",
     "stopped", "diverged", "failed", "interrupted").
@@ -115,7 +116,14 @@ def format_event(e: Event) -> str:
             parts.append(f"ETA {_duration(e.eta_s)}")
         if e.memory:
             parts.append(_memory_text(e.memory))
-        return "  " + " | ".join(parts)
+        reward = e.extra.get("metrics", {}).get("reward")
+        if reward is not None:
+            parts.insert(2, f"reward {reward:.3f}")
+        lines = ["  " + " | ".join(parts)]
+        for sample in e.extra.get("samples", ())[:2]:  # grpo: a couple of the step's completions
+            flat = " ".join(str(sample.get("completion", "")).split())
+            lines.append(f"    reward {sample.get('reward', 0):.2f} <- {flat[:100]!r}")
+        return "\n".join(lines)
     if e.kind == "eval":
         return f"  step {e.step}: eval loss {e.eval_loss:.4f}"
     return f"[{e.kind}] {e.message}"

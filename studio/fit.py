@@ -2,7 +2,9 @@
 
 Counts weights (at the chosen precision), the trainable part with its
 gradients and optimizer state, activations for the batch and length (with or
-without checkpointing), the loss over the vocabulary, and runtime overhead.
+without checkpointing; both answers of a preference pair), the loss over the
+vocabulary, and runtime overhead. The reference pass of dpo and kto runs
+without gradients, after the step's own activations are freed, so it adds no peak.
 
     est = estimate_fit(shape, cfg, available_gib=11.6, on_gpu=True)
     est.verdict, est.advice    # "tight", "needs ≈10.9 GiB of 11.6 ..."
@@ -15,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from studio.catalog import Shape, find
-from studio.config import RunConfig, replace_section
+from studio.config import PAIRED_METHODS, RunConfig, optimizer_for
+from studio.recipes import replace_section
 
 GIB = 1024**3
 WEIGHT_BYTES = {"16bit": 2.0, "8bit": 1.06, "4bit": 0.52}  # 4bit: nf4 plus double-quantized scales
@@ -31,6 +34,11 @@ LAYER_WORKSET_INTERMEDIATE = 4  # its feed-forward tensors (capped by train.feed
 FP32_ADAPTER_HIDDEN = 6  # 16-bit LoRA keeps fp32 adapters, whose inputs are saved in fp32
 NO_CHECKPOINT_HIDDEN = 7  # every layer's saved tensors, without checkpointing
 NO_CHECKPOINT_INTERMEDIATE = 4
+# Layer-wise GaLore steps each weight as its gradient arrives: the share of the whole
+# gradient's memory still held at the peak, and GaLore's workspace per targeted weight
+# (each update projected back to full size, the projection's SVD in fp32).
+LAYERWISE_GRADIENT_SHARE = 0.35
+GALORE_WORKSPACE_BYTES = 0.75
 
 
 @dataclass(frozen=True)
@@ -85,40 +93,90 @@ def estimate_fit(shape: Shape, cfg: RunConfig, available_gib: float, on_gpu: boo
     weights = linear * weight_bytes + embeddings * unit
     if on_gpu and cfg.lora.enabled and t.cpu_embeddings and not shape.tied_embeddings:
         weights -= shape.vocab * shape.hidden * unit  # the input table waits in CPU memory
-    eight_bit_optimizer = on_gpu and t.optimizer in ("auto", "adamw_8bit", "paged_adamw_8bit")
+    eight_bit_optimizer = on_gpu and "8bit" in optimizer_for(t.optimizer, on_gpu)  # LoRA's states
     state_bytes = 2.0 if eight_bit_optimizer else 8.0
     fp32_adapters = cfg.model.load_in == "16bit" or not on_gpu  # quantized bases train bf16 adapters
     if cfg.lora.enabled:
         adapter_bytes = 4.0 if fp32_adapters else 2.0
         trainable = lora_parameters(shape, cfg.lora.r) * (2 * adapter_bytes + state_bytes)
     else:
-        trainable = (linear + embeddings) * (unit + (state_bytes if on_gpu else 8.0))
+        trainable = _full_training(shape, cfg, linear, embeddings, unit, on_gpu)
     return FitEstimate(
         weights_gib=weights / GIB,
         trainable_gib=trainable / GIB,
-        activations_gib=_activations(shape, cfg, unit, on_gpu, fp32_adapters) / GIB,
+        activations_gib=(_grpo_activations if t.method == "grpo" else _activations)(
+            shape, cfg, unit, on_gpu, fp32_adapters) / GIB,
         overhead_gib=CUDA_CONTEXT_GIB + ALLOCATOR_SLACK * (weights + trainable) / GIB if on_gpu else 0.5,
         available_gib=available_gib,
         device="GPU" if on_gpu else "RAM",
     )
 
 
+def _full_training(shape: Shape, cfg: RunConfig, linear: int, embeddings: int, unit: float, on_gpu: bool) -> float:
+    """Bytes of every weight's gradient and optimizer state (full fine-tuning, galore included).
+
+    Fitted to the peaks of the 1B shape measured on an H100 (results/methods-h100.md):
+    AdamW keeps two states in the weights' dtype, and its multi-tensor step one more
+    copy of them for a moment; 8-bit AdamW keeps the embedding table's states in 32 bits
+    (transformers asks bitsandbytes to); GaLore keeps the targeted matrices' states at
+    `galore.rank` rows, plus a workspace for projecting each update back.
+    """
+    t, g = cfg.train, cfg.galore
+    params = linear + embeddings
+    gradients = params * unit
+    if t.method != "galore":
+        if on_gpu and t.optimizer in ("auto", "adamw_8bit", "paged_adamw_8bit"):
+            return gradients + linear * 2.0 + embeddings * 8.0
+        return gradients + params * 3 * unit  # two states and the step's temporary copy
+    state_unit = 1.0 if g.optimizer == "adamw_8bit" and on_gpu else unit
+    if g.layerwise:
+        gradients *= LAYERWISE_GRADIENT_SHARE
+    projected = shape.layers * g.rank * _projected_rows(shape)
+    return gradients + 2 * state_unit * (embeddings + projected) + GALORE_WORKSPACE_BYTES * linear
+
+
+def _projected_rows(shape: Shape) -> int:
+    """Rows of one layer's GaLore states: each matrix is projected along its shorter side."""
+    q_out, kv_out = shape.heads * shape.dim_per_head, shape.kv_heads * shape.dim_per_head
+    h, i = shape.hidden, shape.intermediate
+    return max(h, q_out) * 2 + max(h, kv_out) * 2 + max(h, i) * 3
+
+
 def _activations(shape: Shape, cfg: RunConfig, unit: float, on_gpu: bool, fp32_adapters: bool) -> float:
     t = cfg.train
     h, i = shape.hidden, shape.intermediate
-    tokens = t.batch_size * t.max_length
+    rows = t.batch_size * (2 if t.method in PAIRED_METHODS else 1)  # a pair's two answers side by side
+    tokens = rows * t.max_length
     if t.gradient_checkpointing:
         offloaded = on_gpu and t.offload_activations
         per_token = (0 if offloaded else shape.layers * h) + LAYER_WORKSET_HIDDEN * h
         if cfg.lora.enabled and fp32_adapters:
             per_token += FP32_ADAPTER_HIDDEN * h
         sliced = t.feed_forward_slice if 0 < t.feed_forward_slice < t.max_length else t.max_length
-        activations = (tokens * per_token + t.batch_size * sliced * LAYER_WORKSET_INTERMEDIATE * i) * unit
+        activations = (tokens * per_token + rows * sliced * LAYER_WORKSET_INTERMEDIATE * i) * unit
     else:
         activations = tokens * shape.layers * (NO_CHECKPOINT_HIDDEN * h + NO_CHECKPOINT_INTERMEDIATE * i) * unit
     if not on_gpu:
         activations += tokens * 4 * shape.vocab  # the CPU scores the loss a row of fp32 logits at a time
     return activations
+
+
+def _grpo_activations(shape: Shape, cfg: RunConfig, unit: float, on_gpu: bool, fp32_adapters: bool) -> float:
+    """grpo's peak: the larger of generating the step's completions and training on them (they do not overlap).
+
+    Generating: every completion of the step at once (train.batch_size x train.grad_accum sequences of up to
+    train.max_length prompt tokens plus grpo.max_completion_length), holding a KV cache (keys and values of
+    every layer at every position) and the newest position's logits in fp32 (and their probabilities) while
+    sampling. Training: train.batch_size of those sequences at a time, counted as sft counts a row. The
+    reference pass (grpo.beta > 0) runs without gradients in between: no peak of its own.
+    """
+    t, g = cfg.train, cfg.grpo
+    length = t.max_length + g.max_completion_length
+    sequences = t.batch_size * t.grad_accum
+    kv_cache = sequences * length * shape.layers * 2 * shape.kv_heads * shape.dim_per_head * unit
+    sampling = sequences * shape.vocab * 4 * 2
+    training = _activations(shape, replace_section(cfg, "train", max_length=length), unit, on_gpu, fp32_adapters)
+    return max(kv_cache + sampling, training)
 
 
 def advice(shape: Shape, cfg: RunConfig, est: FitEstimate, on_gpu: bool) -> str:

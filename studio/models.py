@@ -20,7 +20,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 
-from studio.config import LoraConfig, ModelConfig
+from studio.config import LoraConfig, ModelConfig, PromptTuningConfig
 from studio.errors import ConfigError, ModelLoadError
 from studio.hardware import has_cuda, resolve_dtype
 
@@ -260,6 +260,21 @@ def attach_lora(model, cfg: LoraConfig):
         use_dora=cfg.use_dora,
         task_type="CAUSAL_LM",
     )
+    return get_peft_model(model, peft_cfg)
+
+
+def attach_prompt_encoder(model, method: str, cfg: PromptTuningConfig):
+    """Wrap `model` in a trainable PEFT prompt: prefix tuning (P-Tuning v2) or a prompt encoder (P-Tuning)."""
+    from peft import PrefixTuningConfig, PromptEncoderConfig, PromptEncoderReparameterizationType, get_peft_model
+
+    if method == "prefix":
+        peft_cfg = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=cfg.virtual_tokens,
+                                      prefix_projection=cfg.projection, encoder_hidden_size=cfg.encoder_hidden_size)
+    else:
+        encoder = {"mlp": PromptEncoderReparameterizationType.MLP, "lstm": PromptEncoderReparameterizationType.LSTM}
+        peft_cfg = PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=cfg.virtual_tokens,
+                                       encoder_reparameterization_type=encoder[cfg.encoder],
+                                       encoder_hidden_size=cfg.encoder_hidden_size)
     return get_peft_model(model, peft_cfg)
 
 

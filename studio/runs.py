@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from studio.config import RunConfig, load_recipe, save_config
+from studio.config import RunConfig
+from studio.recipes import load_saved_config, save_config
 from studio.errors import DiskSpaceError, RunBusyError, RunNotFoundError
 from studio.data.templates import Template, template_from_text
 
@@ -43,14 +44,14 @@ from studio.data.templates import Template, template_from_text
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
-def create_run_dir(cfg: RunConfig) -> Path:
-    """Make a new, uniquely named run folder and store the resolved config in it.
+def create_run_dir(cfg: RunConfig, runs_dir: str | Path) -> Path:
+    """Make a new, uniquely named run folder in `runs_dir` and store the resolved config in it.
 
     A folder that could not be completed (a full disk) is removed again, so no
     run without a config is left behind.
     """
     safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "-", cfg.name).strip("-.") or "run"
-    base = Path(cfg.train.runs_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}_{safe_name}"
+    base = Path(runs_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}_{safe_name}"
     run_dir, n = base, 1
     while run_dir.exists():
         n += 1
@@ -90,13 +91,20 @@ def find_run(name_or_path: str | Path, runs_dir: str | Path = "runs") -> Path:
     )
 
 
+def train_again_command(run_dir: Path, change: str) -> str:
+    """The command that starts a new run from this run's config with one change, in the same runs folder."""
+    where = "" if run_dir.parent == Path("runs") else f" --runs-dir {run_dir.parent}"
+    return f"python launch.py train {run_dir / 'config.yaml'} {change}{where}"
+
+
 def list_runs(runs_dir: str | Path = "runs") -> list[Path]:
     root = Path(runs_dir)
     return sorted(p.parent for p in root.glob("*/config.yaml")) if root.is_dir() else []
 
 
 def load_run_config(run_dir: Path) -> RunConfig:
-    return load_recipe(run_dir / "config.yaml")
+    """The run's resolved config (one written by an older version loads too, its retired keys dropped)."""
+    return load_saved_config(run_dir / "config.yaml")
 
 
 def save_run_config(run_dir: Path, cfg: RunConfig) -> None:

@@ -1,12 +1,13 @@
 """The one services object the studio builds at start and hands to every tab.
 
-It owns the GPU arbiter (one job at a time), the chat session, and the memory
+It owns the GPU arbiter (one job at a time), the chat models, and the memory
 probe. Every method is a plain call on the headless core, so the UI and tests
 drive the same code:
 
-    studio = Studio(runs_dir="runs")
+    studio = Studio(runs_dir=Path("runs"))
     run_dir = studio.start_training(cfg)
     studio.jobs.snapshot()
+    studio.stream_pane("tuned", str(run_dir), None, None, messages, ReplySettings(max_new_tokens=64))
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from studio.config import RunConfig, replace_section, with_changes
-from studio.errors import BusyError, ConfigError, RunNotFoundError, StudioError
+from studio.chat.panes import ChatPanes, ReplySettings
+from studio.config import RunConfig
+from studio.errors import BusyError, ConfigError, RunNotFoundError
 from studio.events import JsonlSink, fan_out
 from studio.hardware import GIB, MemoryProbe, device_name, has_cuda
 from studio.jobs import JobRunner
@@ -75,12 +77,14 @@ class Studio:
     recipes_dir: Path = Path("my_recipes")  # "Save recipe" writes here and nowhere else
     jobs: JobRunner = field(default_factory=JobRunner)
     probe: MemoryProbe = field(default_factory=MemoryProbe)
-    chats: dict = field(default_factory=dict)  # (run, gguf file or None) -> ChatSession
-    other_chat: object = None  # the chat/instruct model of the comparison pane
-    other_key: str | None = None
     # Set to end a streaming reply: by the Stop button, and by any job that needs the GPU.
     chat_stop: threading.Event = field(default_factory=threading.Event)
     gpu: GpuArbiter = field(default_factory=GpuArbiter)
+    chat: ChatPanes = field(init=False)  # what the chat panes have loaded
+
+    def __post_init__(self) -> None:
+        self.runs_dir = Path(self.runs_dir)
+        self.chat = ChatPanes(self.runs_dir)
 
     # ------------------------------------------------------------ hardware
 
@@ -101,10 +105,12 @@ class Studio:
         from studio.models import load_tokenizer
         from studio.data.preview import preview_dataset
         from studio.data.templates import resolve_template
+        from studio.train.methods import method_for
 
         tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
         template = resolve_template(cfg.data.template, tokenizer)
-        return preview_dataset(cfg.data, tokenizer, template, cfg.train.max_length, row)
+        method = method_for(cfg.train.method)
+        return preview_dataset(cfg.data, tokenizer, template, cfg.train.max_length, row, method.shape, method.name)
 
     def list_runs(self) -> list[Path]:
         from studio.runs import list_runs
@@ -113,7 +119,7 @@ class Studio:
 
     def start_config(self) -> RunConfig:
         """What the studio's form shows at first: the quickstart recipe."""
-        from studio.config import load_recipe
+        from studio.recipes import load_recipe
 
         return load_recipe(QUICKSTART)
 
@@ -124,7 +130,7 @@ class Studio:
 
     def load_recipe(self, path: str) -> RunConfig:
         """A recipe for the form: only those listed by recipe_choices (the API reads no other file)."""
-        from studio.config import load_recipe
+        from studio.recipes import load_recipe
 
         if path not in self.recipe_choices():
             raise ConfigError(f"{path} is not one of the studio's recipes ({QUICKSTART.parent}/, {self.recipes_dir}/).")
@@ -158,7 +164,7 @@ class Studio:
 
     def save_recipe(self, cfg: RunConfig) -> Path:
         """Write `cfg` as `<recipes_dir>/<run name>.yaml`; the name cannot lead anywhere else."""
-        from studio.config import recipe_text
+        from studio.recipes import recipe_text
 
         path = self.recipe_path(cfg)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,10 +178,9 @@ class Studio:
         from studio.runs import create_run_dir
         from studio.train.training import run_training
 
-        cfg = replace_section(cfg, "train", runs_dir=str(self.runs_dir))
         self._take_gpu_for("training")
         try:
-            run_dir = create_run_dir(cfg)
+            run_dir = create_run_dir(cfg, self.runs_dir)
             log = JsonlSink(run_dir / "events.jsonl")
             self._run_job("train", run_dir.name, lambda sink, stop: run_training(run_dir, fan_out(log, sink), stop))
         except BaseException:
@@ -245,59 +250,22 @@ class Studio:
 
     # ------------------------------------------------------------ chat
 
-    def open_chat(self, run: str | None, gguf: str | None):
-        """A run's model (gguf None) or a GGUF file, loaded once and reused until training or export."""
-        from studio.chat.session import ChatSession
-
-        key = (run, gguf)
-        if key not in self.chats:
-            self.chats[key] = ChatSession.open(run, gguf, load_hf=gguf is None)
-        return self.chats[key]
-
     def stream_pane(self, mode: str, run: str | None, gguf: str | None, other: str | None,
-                    messages: list[dict], settings: dict | None = None, stop=None) -> Iterator[str]:
+                    messages: list[dict], settings: ReplySettings | None = None, stop=None) -> Iterator[str]:
         """One chat pane: "base" / "tuned" (the run's weights, adapter off / on), "gguf", or "other" (any model).
 
-        `settings` change generation fields for this reply ({"max_new_tokens": 64}),
-        on top of the run's own. The reply holds the GPU while it loads its model
-        and generates; a running training or export job makes it answer Busy at once.
+        `settings` change some generation fields for this reply, on top of the
+        model's own. The reply holds the GPU while it loads its model and
+        generates; a running training or export job makes it answer Busy at once.
         """
         self._refuse_if_busy()
         with self.gpu.held("a chat reply", wait=60):
-            session = self._pane_session(mode, run, gguf, other)
-            generation = with_changes(session.generation, **(settings or {}))
-            yield from session.stream(messages, session.default_mode if mode == "other" else mode, stop, generation)
-
-    def _pane_session(self, mode: str, run: str | None, gguf: str | None, other: str | None):
-        from studio.chat.session import ChatSession
-
-        if mode == "other":
-            if not other:
-                raise StudioError("Type the folder or .gguf file of a chat model for this pane.")
-            if self.other_chat is None or self.other_key != other:
-                self._close_other()
-                self.other_chat, self.other_key = ChatSession.open_model(other, RunConfig().generation), other
-            return self.other_chat
-        if mode == "gguf":
-            if not gguf:
-                raise StudioError("Choose an exported GGUF file for this pane (Export tab, or the GGUF list).")
-            return self.open_chat(run, gguf)
-        if not run:
-            raise StudioError("Choose a trained run for this pane.")
-        return self.open_chat(run, None)
+            yield from self.chat.stream(mode, run, gguf, other, messages, settings or ReplySettings(), stop)
 
     def list_ggufs(self) -> list[str]:
         return sorted(str(p) for p in self.runs_dir.glob("*/exports/*.gguf"))
 
-    def _close_other(self) -> None:
-        if self.other_chat is not None:
-            self.other_chat.close()
-        self.other_chat, self.other_key = None, None
-
     def close_chat(self) -> None:
         """End any reply in flight and free every chat model (training and export need the memory)."""
         self.chat_stop.set()
-        for session in self.chats.values():
-            session.close()
-        self.chats.clear()
-        self._close_other()
+        self.chat.close()

@@ -39,9 +39,9 @@ def tiny_qwen(tmp_path_factory) -> Path:
     return build_model("qwen2", tmp_path_factory.mktemp("tiny") / "qwen2")
 
 
-def tiny_config(model_path: Path, runs_dir: Path, *overrides: str):
+def tiny_config(model_path: Path, *overrides: str):
     """A small, fast run config on a tiny model (10 steps, high LR so the change is visible)."""
-    from studio.config import from_dict, apply_overrides
+    from studio.recipes import apply_overrides, from_dict
 
     cfg = from_dict({
         "name": "tiny",
@@ -49,18 +49,18 @@ def tiny_config(model_path: Path, runs_dir: Path, *overrides: str):
         "data": {"path": str(SAMPLE_DATA), "max_samples": 64},
         "lora": {"r": 8, "alpha": 16},
         "train": {"max_steps": 10, "batch_size": 4, "grad_accum": 1, "learning_rate": 3e-3, "warmup_steps": 0,
-                  "max_length": 128, "save_steps": 5, "runs_dir": str(runs_dir), "gradient_checkpointing": False},
+                  "max_length": 128, "save_steps": 5, "gradient_checkpointing": False},
         "generation": {"max_new_tokens": 12},
     })
     return apply_overrides(cfg, list(overrides))
 
 
-def train_tiny(cfg, stop=None, sink=None):
+def train_tiny(cfg, runs_dir: Path, stop=None, sink=None):
     from studio.events import JsonlSink, fan_out
     from studio.runs import create_run_dir
     from studio.train.training import run_training
 
-    run_dir = create_run_dir(cfg)
+    run_dir = create_run_dir(cfg, runs_dir)
     sinks = [JsonlSink(run_dir / "events.jsonl")] + ([sink] if sink else [])
     return run_training(run_dir, fan_out(*sinks), stop or threading.Event())
 
@@ -68,4 +68,4 @@ def train_tiny(cfg, stop=None, sink=None):
 @pytest.fixture(scope="session")
 def trained_run(tiny_llama, tmp_path_factory) -> Path:
     """One 10-step LoRA run on the tiny Llama, shared by chat and export tests."""
-    return train_tiny(tiny_config(tiny_llama, tmp_path_factory.mktemp("runs"))).run_dir
+    return train_tiny(tiny_config(tiny_llama), tmp_path_factory.mktemp("runs")).run_dir

@@ -134,7 +134,7 @@ def test_null_and_nan_where_text_is_needed_are_bad_rows_but_an_optional_null_is_
     import pandas as pd
     from transformers import AutoTokenizer
 
-    from studio.data.formats import build_dataset
+    from studio.data.building import build_dataset
     from studio.data.templates import resolve_template
 
     frame = pd.DataFrame({"instruction": ["Say hi", "Say bye", "Count", "Add"],
@@ -194,7 +194,7 @@ def test_txt_blocks_over_the_limit_and_a_txt_of_json_lines(tmp_path, tiny_llama)
 
     from transformers import AutoTokenizer
 
-    from studio.data.formats import build_dataset
+    from studio.data.building import build_dataset
     from studio.data.preview import preview_dataset
     from studio.data.templates import resolve_template
 

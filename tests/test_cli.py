@@ -21,35 +21,40 @@ def test_every_command_has_help(command):
     assert done.returncode == 0 and "usage: launch.py " + command in done.stdout
 
 
-def write_recipe(tmp_path, model, extra="") -> Path:
+def write_recipe(tmp_path, model, extra="", train_extra="") -> Path:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
         f"name: cli\nmodel:\n  name_or_path: {model}\ndata:\n  path: {SAMPLE_DATA}\n  max_samples: 32\n"
         f"train:\n  max_steps: 4\n  batch_size: 4\n  grad_accum: 1\n  learning_rate: 3.0e-3\n  max_length: 128\n"
-        f"  runs_dir: {tmp_path / 'runs'}\n  gradient_checkpointing: false\n{extra}"
+        f"  gradient_checkpointing: false\n{train_extra}{extra}"
     )
     return recipe
 
 
 def test_bad_inputs_print_the_named_error_and_exit_2(tmp_path, tiny_llama):
-    done = launch("train", write_recipe(tmp_path, tiny_llama, "lora:\n  rnak: 4\n"))
+    runs = ("--runs-dir", tmp_path / "runs")
+    done = launch("train", write_recipe(tmp_path, tiny_llama, "lora:\n  rnak: 4\n"), *runs)
     assert done.returncode == 2 and "error: Unknown key 'lora.rnak'. Did you mean 'r'?" in done.stderr
-    done = launch("train", write_recipe(tmp_path, tmp_path / "no-model"))
+    done = launch("train", write_recipe(tmp_path, tmp_path / "no-model"), *runs)
     assert done.returncode == 2 and "error: Model not found" in done.stderr
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "a", "output": "b"}\nnot json\n')
-    done = launch("train", write_recipe(tmp_path, tiny_llama), f"data.path={bad}")
+    done = launch("train", write_recipe(tmp_path, tiny_llama), f"data.path={bad}", *runs)
     assert done.returncode == 2 and "bad.jsonl:2: not valid JSON" in done.stderr
     done = launch("export", tmp_path / "nowhere")
     assert done.returncode == 2 and "No run found" in done.stderr
 
 
 def test_train_chat_export_from_the_command_line(tmp_path, tiny_llama):
-    done = launch("train", write_recipe(tmp_path, tiny_llama), "lora.r=4")
+    # A recipe of an older version may still say where runs go: it trains, with a note, into --runs-dir.
+    old_recipe = write_recipe(tmp_path, tiny_llama, train_extra=f"  runs_dir: {tmp_path / 'elsewhere'}\n")
+    done = launch("train", old_recipe, "lora.r=4", "--runs-dir", tmp_path / "runs")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "step 4/4" in done.stdout and "completed at step 4" in done.stdout
+    assert "note: " in done.stderr and "train.runs_dir is ignored" in done.stderr and "--runs-dir" in done.stderr
     run = next((tmp_path / "runs").iterdir())
-    assert "r: 4" in (run / "config.yaml").read_text()
+    assert not (tmp_path / "elsewhere").exists()
+    assert "r: 4" in (run / "config.yaml").read_text() and "runs_dir" not in (run / "config.yaml").read_text()
 
     done = launch("chat", run, "--compare", "--prompt", "What is the capital of Peru?", "generation.max_new_tokens=8")
     assert done.returncode == 0, done.stderr

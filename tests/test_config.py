@@ -1,8 +1,12 @@
+import warnings
 from pathlib import Path
 
 import pytest
 
-from studio.config import RunConfig, apply_overrides, field_help, from_dict, load_recipe, save_config, to_dict
+from studio.config import RunConfig
+from studio.fields import field_help
+from studio.recipes import (RetiredKeyWarning, apply_overrides, from_dict, load_recipe, load_saved_config, save_config,
+                            to_dict)
 from studio.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,3 +109,24 @@ def test_a_dotted_key_under_a_mapping_field_sets_one_entry():
         apply_overrides(RunConfig(), ["data.columns.instruction.x=Q"])
     with pytest.raises(ConfigError, match=r"Unknown key 'data'\..*Valid keys here: .*name"):
         apply_overrides(RunConfig(), ["data=x"])
+
+
+def test_where_runs_go_is_no_setting_but_old_recipes_and_runs_still_load(tmp_path):
+    old = "name: old\ntrain:\n  max_steps: 7\n  runs_dir: /somewhere/runs\n"
+    with pytest.warns(RetiredKeyWarning, match=r"train\.runs_dir is ignored.*--runs-dir"):
+        cfg = load_recipe(write(tmp_path, old))
+    assert cfg.train.max_steps == 7 and "runs_dir" not in to_dict(cfg)["train"]
+    saved = tmp_path / "config.yaml"  # a run folder made by an older version
+    saved.write_text(old)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_saved_config(saved) == cfg
+    with pytest.raises(ConfigError, match=r"train\.runs_dir is no longer a setting.*--runs-dir"):
+        apply_overrides(RunConfig(), ["train.runs_dir=/x"])
+
+
+def test_auto_optimizer_is_one_rule_for_training_the_disk_check_and_the_fit():
+    from studio.config import optimizer_for
+
+    assert (optimizer_for("auto", cuda=True), optimizer_for("auto", cuda=False)) == ("adamw_8bit", "adamw_torch")
+    assert optimizer_for("sgd", cuda=True) == "sgd"

@@ -9,13 +9,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_every_config_field_has_a_control_in_the_studio(tmp_path):
-    from studio.config import config_fields
+    from studio.fields import config_fields
     from studio.services import Studio
     from studio.ui.app import build_app
-    from studio.ui.controls import SERVER_ONLY
 
     keys = set(build_app(Studio(runs_dir=tmp_path)).form_keys)
-    missing = [f.key for f in config_fields() if f.key not in keys and f.key not in SERVER_ONLY and f.kind != "mapping"]
+    missing = [f.key for f in config_fields() if f.key not in keys and f.kind != "mapping"]
     assert missing == [], f"config fields without a control (place them, or they show under 'Advanced'): {missing}"
     assert {k for k in keys if k.startswith("data.columns.")}, "mapping entries have their own dropdowns"
 
@@ -45,7 +44,8 @@ def test_a_field_added_in_one_line_shows_up_in_keys_the_ui_and_a_saved_recipe(tm
     assert "train.flux_capacitor  (int >= 0; default 7)\n    A throwaway setting." in keys.stdout, keys.stderr
     check = (
         "import tempfile, pathlib\n"
-        "from studio.config import RunConfig, apply_overrides, recipe_text\n"
+        "from studio.config import RunConfig\n"
+        "from studio.recipes import apply_overrides, recipe_text\n"
         "from studio.services import Studio\n"
         "from studio.ui.app import build_app\n"
         "app = build_app(Studio(runs_dir=pathlib.Path(tempfile.mkdtemp())))\n"
@@ -62,7 +62,8 @@ def test_a_field_added_in_one_line_shows_up_in_keys_the_ui_and_a_saved_recipe(tm
 
 
 def test_each_gguf_type_has_its_facts():
-    from studio.config import GGUF_TYPES, field_info
+    from studio.config import GGUF_TYPES
+    from studio.fields import field_info
     from studio.export.exporting import BYTES_PER_PARAM
     from studio.export.gguf import CONVERTER_TYPES, EXPECTED_TENSOR_TYPES, QUANTIZER_FTYPES
 

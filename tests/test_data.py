@@ -94,7 +94,7 @@ def test_column_mapping_renames_columns_and_names_a_missing_one(tmp_path):
 
 
 def test_column_mapping_loads_from_a_recipe(tmp_path):
-    from studio.config import load_recipe
+    from studio.recipes import load_recipe
     from studio.errors import ConfigError
 
     recipe = tmp_path / "r.yaml"

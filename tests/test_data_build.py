@@ -6,7 +6,7 @@ import json
 import pytest
 
 from studio.config import DataConfig
-from studio.data.formats import build_dataset
+from studio.data.building import build_dataset
 from studio.errors import DataError
 from studio.data.preview import PREVIEW_ROWS, preview_dataset
 from studio.data.templates import resolve_template
@@ -71,7 +71,9 @@ def test_a_separate_eval_file_replaces_eval_fraction(tok, tmp_path):
     built = build(tok, path=train, eval_path=evaluation)
     assert (len(built.train), len(built.eval)) == (12, 3)
     assert "100 plus 100" in built.eval[0].text
-    from studio.config import ConfigError, RunConfig, apply_overrides
+    from studio.config import RunConfig
+    from studio.errors import ConfigError
+    from studio.recipes import apply_overrides
 
     with pytest.raises(ConfigError, match="data.eval_path and data.eval_fraction are alternatives"):
         apply_overrides(RunConfig(), [f"data.path={train}", f"data.eval_path={evaluation}", "data.eval_fraction=0.2"])
@@ -93,7 +95,8 @@ def test_preference_pairs_train_the_chosen_response_and_preview_both(tok, tmp_pa
     p = preview_dataset(DataConfig(path=path), tok, resolve_template("alpaca", tok), 128, row=0)
     assert (p.format, p.detected) == ("preference", True)
     assert "".join(piece for piece, on, _ in p.tokens if on) == "Paris.</s>"
-    assert "".join(piece for piece, on, _ in p.rejected if on) == "Lyon.</s>"
+    assert not any(on for _, on, _ in p.rejected) and "Lyon." in "".join(piece for piece, _, _ in p.rejected), \
+        "sft shows the rejected side, untrained: it does not use it"
     assert p.stats.identical_pairs == 1 and any("rejected responses are not used" in w for w in p.warnings)
 
 
@@ -127,17 +130,17 @@ def test_the_preview_of_a_big_file_reads_a_sample(tok, tmp_path):
 def test_training_with_a_format_string_template_and_an_eval_file(tiny_llama, tmp_path):
     from conftest import tiny_config, train_tiny
 
-    from studio.config import replace_section
+    from studio.recipes import replace_section
     from studio.events import read_events
     from studio.runs import read_template
 
     rows = [json.dumps({"dialogue": f"A: Meet at {h}?\nB: Yes, {h} works.", "summary": f"They meet at {h}."})
             for h in range(1, 13)]
     train, evaluation = write(tmp_path / "train.jsonl", rows[:10]), write(tmp_path / "eval.jsonl", rows[10:])
-    cfg = tiny_config(tiny_llama, tmp_path, "train.max_steps=2", "train.eval_steps=2", "train.save_steps=100")
+    cfg = tiny_config(tiny_llama, "train.max_steps=2", "train.eval_steps=2", "train.save_steps=100")
     cfg = replace_section(cfg, "data", path=train, eval_path=evaluation, max_samples=0,
                           template="Summarize:\n{dialogue}\n---\nSummary: {summary}")
-    result = train_tiny(cfg)
+    result = train_tiny(cfg, tmp_path)
     assert result.state == "completed"
     assert [e.step for e in read_events(result.run_dir / "events.jsonl") if e.kind == "eval"] == [2]
     assert '"\\n---\\nSummary:"' in read_template(result.run_dir).jinja, "chat and export get the same prompt"

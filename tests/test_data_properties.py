@@ -134,7 +134,7 @@ FINITE = st.floats(allow_nan=False, allow_infinity=False)
 def test_json_arrays_decode_item_by_item_across_any_chunk_size(values, chunk, indent):
     import io
 
-    from studio.data.sources import iter_json_array
+    from studio.data.bounded import iter_json_array
 
     source = io.StringIO(json.dumps(values, indent=1 if indent else None, ensure_ascii=False))
     start = source.read(chunk)

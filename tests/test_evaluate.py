@@ -192,10 +192,10 @@ def test_a_run_without_eval_split_says_what_to_evaluate_on(eval_run):
 @pytest.fixture(scope="module")
 def overfit_run(tiny_llama, tmp_path_factory):
     """Full fine-tuning of 6 rows at a high learning rate: the eval loss is lowest at step 3, then rises."""
-    cfg = tiny_config(tiny_llama, tmp_path_factory.mktemp("overfit-runs"), "name=overfit", "data.max_samples=8",
+    cfg = tiny_config(tiny_llama, "name=overfit", "data.max_samples=8",
                       "data.eval_fraction=0.34", "lora.enabled=false", "train.max_steps=9", "train.learning_rate=1e-2",
                       "train.eval_steps=3", "train.save_steps=3", "train.save_total_limit=0")
-    return train_tiny(cfg).run_dir
+    return train_tiny(cfg, tmp_path_factory.mktemp("overfit-runs")).run_dir
 
 
 def test_the_best_checkpoint_of_a_run_whose_eval_loss_rises(overfit_run):

@@ -31,7 +31,7 @@ def test_every_gguf_reproduces_the_trained_model(exported):
 def test_f16_greedy_output_equals_the_hf_models(exported):
     f16 = next(r for r in exported.reports if r.gguf_type == "f16")
     for sample in f16.samples:
-        assert sample["gguf"] == sample["hf"] and sample["matching_tokens"] == sample["of"]
+        assert sample.gguf == sample.hf and sample.matching_tokens == sample.of
 
 
 def test_files_hold_the_types_asked_for(exported):
@@ -67,7 +67,7 @@ def test_merged_exports_load_and_hold_the_template(exported, trained_run):
 def test_qwen2_model_template_converts_and_verifies(tiny_qwen, tmp_path):
     from conftest import tiny_config, train_tiny
 
-    run = train_tiny(tiny_config(tiny_qwen, tmp_path, "train.max_steps=2")).run_dir
+    run = train_tiny(tiny_config(tiny_qwen, "train.max_steps=2"), tmp_path).run_dir
     result = export_run(run, gguf_types=("f16",))
     assert result.passed, result.reports[0].summary()
 
@@ -105,8 +105,8 @@ def test_a_failed_conversion_leaves_nothing_that_looks_finished(tmp_path):
                        num_attention_heads=2, word_embed_proj_dim=64, bos_token_id=0, eos_token_id=1, pad_token_id=2)
     OPTForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp_path / "opt")
     tokenizer.save_pretrained(tmp_path / "opt")
-    run = train_tiny(tiny_config(tmp_path / "opt", tmp_path / "runs", "train.max_steps=1",
-                                 "lora.target_modules=[q_proj,v_proj]")).run_dir
+    run = train_tiny(tiny_config(tmp_path / "opt", "train.max_steps=1",
+                                 "lora.target_modules=[q_proj,v_proj]"), tmp_path / "runs").run_dir
     with pytest.raises(ExportError, match="llama.cpp failed while converting"):
         export_run(run, gguf_types=("q4_k_m",))
     leftovers = [p.name for p in (run / "exports").iterdir()]

@@ -30,7 +30,7 @@ def recipe(tmp_path, model, steps=40, extra="") -> Path:
     path.write_text(
         f"name: fault\nmodel:\n  name_or_path: {model}\ndata:\n  path: {SAMPLE_DATA}\n  max_samples: 32\n"
         f"lora:\n  r: 4\ntrain:\n  max_steps: {steps}\n  batch_size: 2\n  grad_accum: 1\n  learning_rate: 3.0e-3\n"
-        f"  max_length: 128\n  save_steps: 2\n  runs_dir: {tmp_path / 'runs'}\n  gradient_checkpointing: false\n{extra}")
+        f"  max_length: 128\n  save_steps: 2\n  gradient_checkpointing: false\n{extra}")
     return path
 
 
@@ -54,8 +54,8 @@ def runs_listing(tmp_path) -> str:
 
 
 def test_nan_training_stops_as_diverged_and_keeps_the_last_good_checkpoint(tiny_llama, tmp_path):
-    result = train_tiny(tiny_config(tiny_llama, tmp_path, "train.learning_rate=1e4", "train.max_grad_norm=0",
-                                    "train.max_steps=12", "train.save_steps=2"))
+    result = train_tiny(tiny_config(tiny_llama, "train.learning_rate=1e4", "train.max_grad_norm=0",
+                                    "train.max_steps=12", "train.save_steps=2"), tmp_path)
     run = result.run_dir
     assert result.state == "diverged" and result.step < 12
     status = read_status(run)
@@ -98,8 +98,8 @@ def assert_plots_show_a_gap_and_a_red_mark(result, events):
 
 
 def test_early_stopping_keeps_the_best_weights(tiny_llama, tmp_path):
-    result = train_tiny(tiny_config(tiny_llama, tmp_path, "data.eval_fraction=0.25", "train.eval_steps=2",
-                                    "train.early_stopping=1", "train.learning_rate=3e-2", "train.max_steps=40"))
+    result = train_tiny(tiny_config(tiny_llama, "data.eval_fraction=0.25", "train.eval_steps=2",
+                                    "train.early_stopping=1", "train.learning_rate=3e-2", "train.max_steps=40"), tmp_path)
     evals = [e for e in read_events(result.run_dir / "events.jsonl") if e.kind == "eval"]
     best = min(evals, key=lambda e: e.eval_loss)
     assert result.state == "completed" and result.step < 40, "stopped once the eval loss stopped improving"
@@ -112,7 +112,7 @@ def test_early_stopping_keeps_the_best_weights(tiny_llama, tmp_path):
 
 
 def test_a_killed_run_reads_interrupted_and_resumes(tiny_llama, tmp_path):
-    process = launch("train", recipe(tmp_path, tiny_llama))
+    process = launch("train", recipe(tmp_path, tiny_llama), "--runs-dir", tmp_path / "runs")
     read_until(process, "step 5/40")
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -131,7 +131,7 @@ def test_a_killed_run_reads_interrupted_and_resumes(tiny_llama, tmp_path):
 
 
 def test_a_second_resume_of_a_run_in_training_is_refused_naming_the_holder(tiny_llama, tmp_path):
-    process = launch("train", recipe(tmp_path, tiny_llama, steps=400))
+    process = launch("train", recipe(tmp_path, tiny_llama, steps=400), "--runs-dir", tmp_path / "runs")
     try:
         read_until(process, "step 2/400")
         run = next((tmp_path / "runs").iterdir())
@@ -171,7 +171,7 @@ def test_a_damaged_newest_checkpoint_is_named_and_resume_uses_the_previous_one(t
     from studio.train.training import run_training
 
     stop = threading.Event()
-    result = train_tiny(tiny_config(tiny_llama, tmp_path, "train.save_steps=2", "train.save_total_limit=3"),
+    result = train_tiny(tiny_config(tiny_llama, "train.save_steps=2", "train.save_total_limit=3"), tmp_path,
                         stop=stop, sink=lambda e: e.kind == "log" and e.step == 6 and stop.set())
     run = result.run_dir
     assert latest_checkpoint(run).name == "checkpoint-6"
@@ -231,14 +231,14 @@ def test_a_full_disk_at_start_leaves_no_half_made_run(tiny_llama, small_disk):
 
     fill(small_disk)
     with pytest.raises(DiskSpaceError, match="the disk is full"):
-        create_run_dir(tiny_config(tiny_llama, small_disk / "runs"))
+        create_run_dir(tiny_config(tiny_llama), small_disk / "runs")
     assert not list((small_disk / "runs").glob("*/config.yaml")) and not list((small_disk / "runs").glob("*"))
 
 
 def test_the_disk_check_before_training_refuses_in_the_right_unit(tiny_llama, small_disk):
     fill(small_disk, leave=200 * 1024)
     with pytest.raises(DiskSpaceError) as caught:
-        train_tiny(tiny_config(tiny_llama, small_disk / "runs"))
+        train_tiny(tiny_config(tiny_llama), small_disk / "runs")
     text = str(caught.value)
     assert "Not enough disk space" in text and "KiB is free" in text and "0.0 GiB" not in text
 
@@ -255,7 +255,7 @@ def test_a_disk_that_fills_during_training_gives_one_message_and_the_true_state(
             filled.append(fill(small_disk))
 
     with pytest.raises(DiskSpaceError) as caught:
-        train_tiny(tiny_config(tiny_llama, runs, "train.save_steps=2"), sink=fill_at_step_3)
+        train_tiny(tiny_config(tiny_llama, "train.save_steps=2"), runs, sink=fill_at_step_3)
     run = next(runs.iterdir())
     text = str(caught.value)
     assert "the disk is full" in text and "checkpoint-2" in text and "resume" in text
@@ -270,7 +270,7 @@ def test_a_disk_that_fills_during_training_gives_one_message_and_the_true_state(
 def test_a_second_ctrl_c_aborts_with_a_message_not_a_traceback(tiny_llama, tmp_path):
     import time
 
-    process = launch("train", recipe(tmp_path, tiny_llama, steps=400))
+    process = launch("train", recipe(tmp_path, tiny_llama, steps=400), "--runs-dir", tmp_path / "runs")
     read_until(process, "[stage] Loading")  # the model and data take a few seconds to prepare
     process.send_signal(signal.SIGINT)
     time.sleep(0.3)  # signals sent back to back can arrive as one
@@ -325,8 +325,8 @@ def test_stop_ends_an_export_at_the_next_stage_keeping_only_finished_files(train
 def test_the_export_of_a_diverged_run_says_its_weights_are_a_fallback(tiny_llama, tmp_path):
     from studio.export.exporting import export_run
 
-    result = train_tiny(tiny_config(tiny_llama, tmp_path, "train.learning_rate=1e4", "train.max_grad_norm=0",
-                                    "train.max_steps=12", "train.save_steps=2"))
+    result = train_tiny(tiny_config(tiny_llama, "train.learning_rate=1e4", "train.max_grad_norm=0",
+                                    "train.max_steps=12", "train.save_steps=2"), tmp_path)
     assert result.state == "diverged"
     report = export_run(result.run_dir, ("f16",)).reports[0]
     run_check = next(c for c in report.checks if c.name == "run")

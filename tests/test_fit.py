@@ -1,5 +1,6 @@
 from studio.catalog import CATALOG, GEMMA_3_270M, LLAMA_3_1_8B, LLAMA_3_2_1B
-from studio.config import RunConfig, apply_overrides
+from studio.config import RunConfig
+from studio.recipes import apply_overrides
 from studio.fit import advice, estimate_fit, lora_parameters, parameter_counts, shape_of
 
 
@@ -61,6 +62,38 @@ def _measured_peaks():
         else:
             studio = next(r for r in report["results"] if r["path"] == "studio")
             yield spec.model, studio_config(spec, Path(spec.model)), studio["peak_allocated_gib"]
+
+
+def _measured_method_peaks():
+    """The same for the methods' measurements (results/methods-h100.md): preference methods, full fine-tuning, GaLore."""
+    import json
+    from pathlib import Path
+
+    from studio.bench.paths import BenchSpec, studio_config
+
+    folder = Path(__file__).resolve().parent.parent / "results" / "h100-methods"
+    for path in sorted(folder.glob("*.json")):
+        report = json.loads(path.read_text())
+        if "runs" in report:
+            for run in report["runs"]:
+                spec = BenchSpec(run["model"], run["method"], run["batch"], run["length"],
+                                 overrides=tuple(run["overrides"]), train_method=run["train_method"])
+                yield spec.model, studio_config(spec, Path(spec.model)), run["peak_allocated_gib"]
+            continue
+        spec = BenchSpec(**{**report["spec"], "overrides": tuple(report["spec"]["overrides"])})
+        studio = next(r for r in report["results"] if r["path"] == "studio")
+        yield spec.model, studio_config(spec, Path(spec.model)), studio["peak_allocated_gib"]
+
+
+def test_every_method_estimate_is_within_15_percent_of_its_measured_gpu_peak():
+    from studio.bench.shapes import BENCH_SHAPES
+
+    methods = set()
+    for name, cfg, measured in _measured_method_peaks():
+        estimate = estimate_fit(BENCH_SHAPES[name][1], cfg, available_gib=80.0, on_gpu=True)
+        assert abs(estimate.peak_gib / measured - 1) <= 0.15, (name, cfg.train, cfg.galore, estimate.peak_gib, measured)
+        methods.add(cfg.train.method)
+    assert methods >= {"sft", "dpo", "orpo", "kto", "galore"}
 
 
 def test_estimate_is_within_15_percent_of_every_measured_gpu_peak():

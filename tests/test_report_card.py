@@ -22,9 +22,9 @@ from studio.export.verify import GgufReport, verify_gguf
 def fluent_run(tiny_llama, tmp_path_factory):
     from conftest import tiny_config, train_tiny
 
-    cfg = tiny_config(tiny_llama, tmp_path_factory.mktemp("fluent"), "name=fluent", "lora.enabled=false",
+    cfg = tiny_config(tiny_llama, "name=fluent", "lora.enabled=false",
                       "train.max_steps=40", "train.learning_rate=1e-3", "train.save_steps=40")
-    return train_tiny(cfg).run_dir
+    return train_tiny(cfg, tmp_path_factory.mktemp("fluent")).run_dir
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +75,11 @@ def test_nan_weights_are_refused_before_anything_is_written(trained_run, tmp_pat
 def test_a_fine_tune_that_survives_passes(fluent_run, fluent_export):
     report = fluent_export.reports[0]
     assert report.state == "passed", report.summary()
-    assert all(s["informative"] for s in report.samples), "the fine-tune changes every answer"
-    assert len(report.samples) > 3 and report.samples[-1]["source"].startswith("sample_instructions.jsonl:")
+    assert all(s.informative for s in report.samples), "the fine-tune changes every answer"
+    assert len(report.samples) > 3 and report.samples[-1].source.startswith("sample_instructions.jsonl:")
     saved = json.loads((fluent_run / "exports" / "fluent-f16.report.json").read_text())
     assert (saved["state"], saved["headline"], saved["passed"]) == ("passed", "PASSED", True)
+    assert saved["samples"][-1]["source"] == report.samples[-1].source
 
 
 def test_a_gguf_of_the_base_model_is_not_taken_for_the_fine_tune(fluent_run, fluent_references, tiny_llama, tmp_path):
@@ -124,14 +125,20 @@ def test_a_lost_fine_tune_names_the_closest_type_that_kept_it():
 
 
 def test_the_export_tab_shows_the_headline_first_coloured_by_state(fluent_export):
+    from dataclasses import replace
+
+    from studio.export.verify import Check
     from studio.ui.export_tab import report_card
 
-    saved = fluent_export.reports[0].to_dict()
-    for state, headline, colour in (("passed", "PASSED", "#dcfce7"), ("failed", "FAILED: fine-tune lost", "#fee2e2")):
-        card = report_card({**saved, "state": state, "headline": headline})
+    report = fluent_export.reports[0]
+    passed = replace(report, checks=[Check(c.name, "pass", c.detail) for c in report.checks])
+    lost = replace(passed, checks=[Check(c.name, "fail" if c.name == "fine-tune" else "pass", c.detail)
+                                   for c in report.checks])
+    for shown, headline, colour in ((passed, "PASSED", "#dcfce7"), (lost, "FAILED: fine-tune lost", "#fee2e2")):
+        card = report_card(shown)
         assert card.startswith('<div class="report-headline') and colour in card.split("</div>")[0]
         assert headline in card.split("</div>")[0]
-    assert "| base (HF) |" in card
+    assert "| base (HF) |" in card and report.samples[0].prompt[:20] in card
 
 
 def _check(name, status):

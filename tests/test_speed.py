@@ -121,7 +121,8 @@ def test_bench_names_unknown_shapes_and_bad_memory_caps(capsys):
 def test_embeddings_in_cpu_memory_get_their_ids_from_the_data_loader(tiny_llama, tmp_path):
     from datasets import Dataset
 
-    from studio.config import RunConfig, apply_overrides
+    from studio.config import RunConfig
+    from studio.recipes import apply_overrides
     from studio.models import attach_lora, load_model
     from studio.speed.embeddings import EmbeddingsInCpuMemory
     from studio.train.training import make_trainer

@@ -154,12 +154,12 @@ def test_fused_adapter_saves_the_same_tensors_and_merges(tmp_path):
         assert torch.allclose(merged(x), before, atol=1e-5)
 
 
-def test_fused_lora_setting_is_decided_with_clear_refusals(tiny_llama, tmp_path):
+def test_fused_lora_setting_is_decided_with_clear_refusals(tiny_llama):
     from studio.errors import ConfigError
     from studio.speed.fused import fused_lora_wanted
 
     def cfg(*overrides):
-        return tiny_config(tiny_llama, tmp_path, *overrides)
+        return tiny_config(tiny_llama, *overrides)
 
     assert fused_lora_wanted(cfg()) is False  # auto, and this machine has no CUDA
     assert fused_lora_wanted(cfg("train.fused_lora=on")) is True
@@ -170,21 +170,21 @@ def test_fused_lora_setting_is_decided_with_clear_refusals(tiny_llama, tmp_path)
         fused_lora_wanted(cfg("train.fused_lora=true", "lora.use_dora=true"))
 
 
-def test_other_library_versions_turn_auto_off_with_a_note_and_true_warns(tiny_llama, tmp_path, monkeypatch):
+def test_other_library_versions_turn_auto_off_with_a_note_and_true_warns(tiny_llama, monkeypatch):
     from studio.speed import fused
 
     monkeypatch.setitem(fused.CHECKED_VERSIONS, "peft", "0.0.1")
     monkeypatch.setattr(fused, "has_cuda", lambda: True)
     notes = []
-    assert fused.fused_lora_wanted(tiny_config(tiny_llama, tmp_path), notes.append) is False
+    assert fused.fused_lora_wanted(tiny_config(tiny_llama), notes.append) is False
     assert "Fused LoRA layers off" in notes[0] and "(checked: 0.0.1)" in notes[0]
     assert "train.fused_lora=true" in notes[0]
     notes.clear()
-    assert fused.fused_lora_wanted(tiny_config(tiny_llama, tmp_path, "train.fused_lora=on"), notes.append)
+    assert fused.fused_lora_wanted(tiny_config(tiny_llama, "train.fused_lora=on"), notes.append)
     assert "untested versions" in notes[0] and "train.fused_lora=false" in notes[0]
     notes.clear()
     monkeypatch.setitem(fused.CHECKED_VERSIONS, "peft", importlib.metadata.version("peft"))
-    assert fused.fused_lora_wanted(tiny_config(tiny_llama, tmp_path), notes.append) is True  # auto on CUDA
+    assert fused.fused_lora_wanted(tiny_config(tiny_llama), notes.append) is True  # auto on CUDA
     assert notes == []
 
 
@@ -212,15 +212,15 @@ def test_training_with_fused_layers_gives_the_same_losses(tiny_llama, tmp_path, 
     overrides = ("train.optimizer=sgd", "train.learning_rate=0.5", "train.max_steps=4", *overrides)
     runs = {}
     for setting in ("false", "true"):
-        cfg = tiny_config(tiny_llama, tmp_path / setting, f"train.fused_lora={setting}", *overrides)
-        result = train_tiny(cfg)
+        cfg = tiny_config(tiny_llama, f"train.fused_lora={setting}", *overrides)
+        result = train_tiny(cfg, tmp_path / setting)
         assert result.state == "completed"
         runs[setting] = _step_losses(result.run_dir)
         # The run said whether its layers were fused: all 14 adapted layers of the tiny Llama, or none.
         assert _fused_notes(result.run_dir) == (["Fused LoRA layers: 14 (the LoRA term accumulated into the base "
                                                  "matrix multiply)."] if setting == "true" else [])
     plain, fused = runs["false"], runs["true"]
-    assert len(plain) == len(fused) == tiny_config(tiny_llama, tmp_path, *overrides).train.max_steps
+    assert len(plain) == len(fused) == tiny_config(tiny_llama, *overrides).train.max_steps
     assert plain[-1] < plain[0] - 0.05, plain  # the adapter learned: the comparison has power
     assert max(abs(a - b) for a, b in zip(plain, fused)) < 1e-4, (plain, fused)
 

@@ -53,7 +53,7 @@ def test_stop_saves_a_checkpoint_and_resume_continues_from_it(tiny_llama, tmp_pa
         if event.kind == "log" and event.step == 3:
             stop.set()
 
-    result = train_tiny(tiny_config(tiny_llama, tmp_path, "train.save_steps=100"), stop=stop, sink=stop_at_step_3)
+    result = train_tiny(tiny_config(tiny_llama, "train.save_steps=100"), tmp_path, stop=stop, sink=stop_at_step_3)
     run_dir = result.run_dir
     assert (result.state, result.step) == ("stopped", 3)
     assert read_status(run_dir)["state"] == "stopped"
@@ -69,14 +69,14 @@ def test_stop_saves_a_checkpoint_and_resume_continues_from_it(tiny_llama, tmp_pa
 
 
 def test_full_finetuning_trains_all_weights(tiny_llama, tmp_path):
-    result = train_tiny(tiny_config(tiny_llama, tmp_path, "lora.enabled=false", "train.max_steps=2",
-                                    "train.learning_rate=1e-4"))
+    result = train_tiny(tiny_config(tiny_llama, "lora.enabled=false", "train.max_steps=2",
+                                    "train.learning_rate=1e-4"), tmp_path)
     assert (result.run_dir / "model" / "model.safetensors").is_file()
     assert not (result.run_dir / "adapter").exists()
 
 
 def test_qlora_on_a_4bit_base_trains_on_cpu(tiny_llama, tmp_path):
-    result = train_tiny(tiny_config(tiny_llama, tmp_path, "model.load_in=4bit", "train.max_steps=2"))
+    result = train_tiny(tiny_config(tiny_llama, "model.load_in=4bit", "train.max_steps=2"), tmp_path)
     assert result.state == "completed" and (result.run_dir / "adapter" / "adapter_model.safetensors").is_file()
 
 
@@ -84,11 +84,11 @@ def test_bad_inputs_fail_with_named_errors_and_a_failed_status(tiny_llama, tmp_p
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": \n')
     with pytest.raises(DataError, match=r"bad\.jsonl:2"):
-        train_tiny(tiny_config(tiny_llama, tmp_path, f"data.path={bad}"))
+        train_tiny(tiny_config(tiny_llama, f"data.path={bad}"), tmp_path)
     with pytest.raises(ConfigError, match="no module named wq_proj"):
-        train_tiny(tiny_config(tiny_llama, tmp_path, "lora.target_modules=[wq_proj]"))
+        train_tiny(tiny_config(tiny_llama, "lora.target_modules=[wq_proj]"), tmp_path)
     with pytest.raises(ConfigError, match="full fine-tuning needs 16-bit weights"):
-        train_tiny(tiny_config(tiny_llama, tmp_path, "lora.enabled=false", "model.load_in=4bit"))
+        train_tiny(tiny_config(tiny_llama, "lora.enabled=false", "model.load_in=4bit"), tmp_path)
     states = {read_status(p.parent)["state"] for p in tmp_path.glob("*/config.yaml")}
     assert states == {"failed"}
 
@@ -96,20 +96,20 @@ def test_bad_inputs_fail_with_named_errors_and_a_failed_status(tiny_llama, tmp_p
 @pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_recipe_trains_on_a_tiny_model(recipe, tiny_qwen, tmp_path):
     """Each recipe as written, with only the model swapped for a tiny one and the run cut short."""
-    from studio.config import load_recipe
+    from studio.recipes import load_recipe
     from studio.events import MemorySink
     from studio.runs import create_run_dir
     from studio.train.training import run_training
 
     cfg = load_recipe(recipe, [f"model.name_or_path={tiny_qwen}", "train.max_steps=2", "data.max_samples=16",
-                               f"train.runs_dir={tmp_path}", "train.max_length=128"])
-    result = run_training(create_run_dir(cfg), MemorySink(), threading.Event())
+                               "train.max_length=128", "grpo.max_completion_length=16"])
+    result = run_training(create_run_dir(cfg, tmp_path), MemorySink(), threading.Event())
     assert result.state == "completed" and result.step == 2
 
 
 def test_eval_split_reports_eval_loss_and_packing_trains(tiny_llama, tmp_path):
-    result = train_tiny(tiny_config(tiny_llama, tmp_path, "data.eval_fraction=0.25", "train.eval_steps=5",
-                                    "train.packing=true", "train.max_steps=5"))
+    result = train_tiny(tiny_config(tiny_llama, "data.eval_fraction=0.25", "train.eval_steps=5",
+                                    "train.packing=true", "train.max_steps=5"), tmp_path)
     evals = [e for e in read_events(result.run_dir / "events.jsonl") if e.kind == "eval"]
     assert evals and evals[0].step == 5 and evals[0].eval_loss > 0
 

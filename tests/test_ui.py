@@ -118,7 +118,8 @@ def test_data_tab_shows_detection_skipped_rows_and_both_sides_of_a_pair(client, 
     assert "- `pairs.jsonl:13`: not valid JSON" in skipped
     assert rejected["visible"] is True, "the rejected side is shown for preference rows"
     trained = lambda box: "".join(item["token"] for item in box if item["class_or_confidence"].endswith("trained"))
-    assert trained(tokens) == "Paris.</s>" and trained(rejected["value"]) == "Lyon.</s>"
+    assert trained(tokens) == "Paris.</s>" and trained(rejected["value"]) == "", "sft does not train the rejected side"
+    assert "Lyon." in "".join(item["token"] for item in rejected["value"])
 
 
 def test_the_mapping_dropdowns_list_the_loaded_files_columns_and_keep_the_choice(client, tiny_llama, tmp_path):
@@ -164,3 +165,20 @@ def test_launch_py_opens_the_studio(tmp_path):
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_dpo_from_the_train_tab_previews_both_sides_and_plots_its_rewards(client, tiny_llama):
+    client, runs_dir = client
+    form = {"model_name_or_path": str(tiny_llama), "train_method": "dpo",
+            "data_path": str(ROOT / "assets" / "sample_preferences.jsonl")}
+    summary, tokens, rejected, histogram, *_ = client.predict(api_name="/preview_data", row=1, **form)
+    assert "format **preference**" in summary
+    assert "trained" in {item["class_or_confidence"] for item in rejected["value"]}, "dpo trains the rejected side"
+    assert "rejected ≤" in str(histogram["data"]) and "chosen ≤" in str(histogram["data"]), "a histogram per side"
+
+    notice = client.predict(api_name="/start_training", **form, name="ui-dpo", train_max_steps=4,
+                            train_learning_rate=5e-3, train_batch_size=4, data_max_samples=32)[0]
+    assert notice.startswith("Started **"), notice
+    final = wait_for(client, "/training_snapshot", ("Completed", "Failed"))[-1]
+    assert "Completed" in final[0], final[0]
+    assert "rewards/chosen" in str(final[6]) and "rewards/margins" in str(final[6]), "the method's curves are plotted"

@@ -45,8 +45,8 @@ def run_bench(spec: BenchSpec, reference: bool = True, progress=print) -> dict:
     flops = flops_per_token(config, spec.length)
     results = []
     for name, run in (("studio", run_studio), ("reference", run_reference)):
-        if name == "reference" and not reference:
-            continue
+        if name == "reference" and not (reference and spec.train_method == "sft" and spec.method != "full"):
+            continue  # the textbook path is LoRA SFT
         progress(f"{name}: {spec.warmup} warm-up + {spec.steps} measured steps of {spec.batch} x {spec.length} tokens")
         started = time.perf_counter()
         result = run(spec, folder, rows)
@@ -141,7 +141,8 @@ def describe(report: dict) -> str:
     """What a person reads: the setup in one line, then the table (or the search's verdict)."""
     spec, env = report["spec"], report["environment"]
     where = env["gpu"] or "CPU"
-    head = (f"{spec['model']} {spec['method']}, batch {spec['batch']}, length {spec['length']}, "
+    method = spec.get("train_method", "sft")
+    head = (f"{spec['model']} {spec['method']}{'' if method == 'sft' else ' ' + method}, batch {spec['batch']}, length {spec['length']}, "
             f"LoRA r{spec['rank']}, on {where}") + (f"; studio path with {' '.join(spec['overrides'])}"
                                                      if spec["overrides"] else "")
     if report["kind"] == "longest_sequence":

@@ -18,8 +18,11 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from studio.config import RunConfig, apply_overrides
+from studio.config import RunConfig
+from studio.data.building import LABELLED, PAIRS
+from studio.recipes import apply_overrides
 from studio.hardware import free_accelerator_memory, has_cuda, resolve_dtype
+from studio.train.methods import method_for
 from studio.train.training import load_for_training
 
 GIB = 1024**3
@@ -29,7 +32,7 @@ LEARNING_RATE = 1e-4
 @dataclass(frozen=True)
 class BenchSpec:
     model: str  # a shape name (studio.bench.shapes) or a model folder
-    method: str  # "qlora" (4-bit base + LoRA) or "lora" (16-bit base + LoRA)
+    method: str  # "qlora" (4-bit base + LoRA), "lora" (16-bit base + LoRA) or "full" (all weights, 16-bit)
     batch: int
     length: int
     steps: int = 10  # measured steps, after `warmup`
@@ -38,6 +41,7 @@ class BenchSpec:
     seed: int = 0
     profile: bool = False  # record where the GPU time of the measured steps goes
     overrides: tuple[str, ...] = ()  # dotted config overrides for the studio path, e.g. train.kernels=none
+    train_method: str = "sft"  # train.method: a preference method reads two rows per pair
 
 
 @dataclass
@@ -59,20 +63,20 @@ def studio_config(spec: BenchSpec, folder: Path) -> RunConfig:
     """The run config `launch.py train` would use for this shape, batch and length."""
     return apply_overrides(RunConfig(), [
         f"model.name_or_path={folder}",
-        f"model.load_in={'4bit' if spec.method == 'qlora' else '16bit'}",
+        f"model.load_in={'4bit' if spec.method == 'qlora' else '16bit'}", f"lora.enabled={spec.method != 'full'}",
         f"lora.r={spec.rank}", f"lora.alpha={spec.rank}",
         f"train.batch_size={spec.batch}", "train.grad_accum=1",
         f"train.max_length={spec.length}", f"train.max_steps={spec.warmup + spec.steps}",
         "train.warmup_steps=0", "train.scheduler=constant", f"train.learning_rate={LEARNING_RATE}",
         "train.logging_steps=1", "train.gradient_checkpointing=true", f"train.seed={spec.seed}",
-        *spec.overrides,
+        f"train.method={spec.train_method}", *spec.overrides,
     ])
 
 
 def token_rows(spec: BenchSpec, vocab: int) -> torch.Tensor:
     """(steps * batch, length) random token ids: every token real, every token trained."""
     generator = torch.Generator().manual_seed(spec.seed)
-    count = (spec.warmup + spec.steps) * spec.batch
+    count = (spec.warmup + spec.steps) * spec.batch * (2 if method_for(spec.train_method).shape is PAIRS else 1)
     return torch.randint(4, vocab, (count, spec.length), generator=generator)
 
 
@@ -100,9 +104,8 @@ def train_studio(cfg: RunConfig, model, tokenizer, rows: torch.Tensor, warmup: i
     from studio.train.training import make_trainer
 
     result = PathResult("studio")
-    ids = rows.tolist()
-    dataset = Dataset(InMemoryTable.from_pydict({"input_ids": ids, "labels": ids}),
-                      fingerprint=f"bench-{rows.shape[0]}x{rows.shape[1]}-{int(rows[0, 0])}")
+    dataset = Dataset(InMemoryTable.from_pydict(_columns(rows, method_for(cfg.train.method).shape)),
+                      fingerprint=f"bench-{cfg.train.method}-{rows.shape[0]}x{rows.shape[1]}-{int(rows[0, 0])}")
     trainer = None
     try:
         with tempfile.TemporaryDirectory() as scratch:
@@ -120,6 +123,19 @@ def train_studio(cfg: RunConfig, model, tokenizer, rows: torch.Tensor, warmup: i
         free_accelerator_memory()
     result.step_seconds = result.step_seconds[warmup:]
     return result
+
+
+def _columns(rows: torch.Tensor, shape) -> dict[str, list]:
+    """The rows in the method's shape: every token trained (a pair: one row's first half as the prompt,
+    its second half chosen, the next row's second half rejected; each side as long as a row)."""
+    ids, half = rows.tolist(), rows.shape[1] // 2
+    if shape is PAIRS:
+        return {"prompt_ids": [a[:half] for a in ids[0::2]], "chosen_ids": [a[half:] for a in ids[0::2]],
+                "rejected_ids": [b[half:] for b in ids[1::2]]}
+    if shape is LABELLED:
+        return {"prompt_ids": [r[:half] for r in ids], "completion_ids": [r[half:] for r in ids],
+                "label": [i % 2 == 0 for i in range(len(ids))]}
+    return {"input_ids": ids, "labels": ids}
 
 
 def run_reference(spec: BenchSpec, folder: Path, rows: torch.Tensor) -> PathResult:

@@ -6,6 +6,7 @@ import platform
 import time
 from dataclasses import asdict
 
+from studio.config import PAIRED_METHODS
 from studio.bench.paths import BenchSpec, PathResult
 
 
@@ -56,7 +57,9 @@ def summarize(result: PathResult, spec: BenchSpec, flops: float, ceiling: float 
     """One path's row: measured numbers plus the derived ones."""
     row = asdict(result)
     step = result.median_step_s
-    tokens_per_s = spec.batch * spec.length / step if step else None
+    # A preference pair is two sequences of spec.length tokens (its prompt read on both sides).
+    sequences = 2 if spec.train_method in PAIRED_METHODS else 1
+    tokens_per_s = spec.batch * sequences * spec.length / step if step else None
     tflops = tokens_per_s * flops / 1e12 if tokens_per_s else None
     row.update(
         median_step_s=step,

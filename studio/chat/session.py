@@ -1,120 +1,171 @@
-"""What is loaded for chat: a run's model (adapter switchable) and/or a GGUF file.
+"""What one chat has loaded, and how each loaded model answers.
 
-    session = ChatSession.open("runs/..._quickstart", gguf=None, overrides=[])
-    for piece in session.stream([{"role": "user", "content": "Hi"}], mode="tuned"):
+How a model answers is decided once, when it loads: each one becomes a
+`Replier` (HF weights through transformers, or a GGUF file through llama.cpp),
+and the session maps a mode to its replier:
+
+    "tuned"   the run's weights, adapter on
+    "base"    the same weights with the adapter off (for a full fine-tune: the original base, loaded on first use)
+    "gguf"    a GGUF file, its prompt built with the run's tokenizer and template (a loose file: its own template)
+    "model"   a model opened on its own (ChatSession.open_model), e.g. a chat model to compare with
+
+    session = ChatSession.open(run_dir, gguf=None)
+    for piece in session.stream([{"role": "user", "content": "Hi"}], "tuned"):
         ...
     session.close()
-
-Modes: "tuned" (adapter on), "base" (same weights, adapter off), "gguf".
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Protocol
 
-from studio.config import GenerationConfig, RunConfig, apply_overrides
+from studio.chat.stream import open_gguf, stream_gguf_reply, stream_reply
+from studio.config import GenerationConfig, ModelConfig, RunConfig
+from studio.data.templates import Template
 from studio.errors import StudioError
+
+
+class Replier(Protocol):
+    """A loaded model that answers a conversation as text pieces."""
+
+    def reply(self, messages: list[dict], generation: GenerationConfig,
+              stop: threading.Event | None = None) -> Iterator[str]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class HfReplier:
+    """HF weights through transformers; `use_adapter=False` answers as the base from the same weights."""
+
+    model: Any
+    tokenizer: Any
+    template: Template
+    use_adapter: bool = True
+
+    def reply(self, messages: list[dict], generation: GenerationConfig,
+              stop: threading.Event | None = None) -> Iterator[str]:
+        return stream_reply(self.model, self.tokenizer, self.template, messages, generation,
+                            use_adapter=self.use_adapter, stop=stop)
+
+    def close(self) -> None:
+        self.model = None
+
+
+@dataclass
+class OriginalBase:
+    """The model a full fine-tune started from (its weights have no adapter to switch off), loaded on first use."""
+
+    model_config: ModelConfig
+    template: Template
+    loaded: HfReplier | None = None
+
+    def reply(self, messages: list[dict], generation: GenerationConfig,
+              stop: threading.Event | None = None) -> Iterator[str]:
+        from studio.models import load_model
+
+        if self.loaded is None:
+            model, tokenizer = load_model(self.model_config)
+            self.loaded = HfReplier(model.eval(), tokenizer, self.template)
+        return self.loaded.reply(messages, generation, stop)
+
+    def close(self) -> None:
+        self.loaded = None
+
+
+@dataclass
+class GgufReplier:
+    """A GGUF file through llama.cpp: with a run's tokenizer and template, the prompt is built exactly as in
+    training; without them (a loose file), the chat template embedded in the file applies."""
+
+    llm: Any
+    tokenizer: Any = None
+    template: Template | None = None
+
+    def reply(self, messages: list[dict], generation: GenerationConfig,
+              stop: threading.Event | None = None) -> Iterator[str]:
+        return stream_gguf_reply(self.llm, messages, generation, self.tokenizer, self.template, stop)
+
+    def close(self) -> None:
+        if self.llm is not None:
+            self.llm.close()
+        self.llm = None
 
 
 @dataclass
 class ChatSession:
-    generation: GenerationConfig
+    generation: GenerationConfig  # the run's (or the defaults): each reply may change some fields
+    repliers: dict[str, Replier] = field(default_factory=dict)  # mode -> how that model answers
     run_dir: Path | None = None
-    model: object = None
-    tokenizer: object = None
-    template: object = None
-    llm: object = None
-    base_config: object = None  # the run's ModelConfig: the original base of a full fine-tune
-    base: tuple | None = None  # (model, tokenizer) of that base, loaded on first use
-
-    @property
-    def full_finetune(self) -> bool:
-        return self.model is not None and self.run_dir is not None and not hasattr(self.model, "disable_adapter")
-
-    def _original_base(self) -> tuple:
-        from studio.models import load_model
-
-        if self.base is None:
-            model, tokenizer = load_model(self.base_config)
-            self.base = (model.eval(), tokenizer)
-        return self.base
 
     @classmethod
-    def open(cls, run: str | None, gguf: str | None = None, overrides: list[str] = (),
+    def open(cls, run_dir: str | Path | None, gguf: str | Path | None = None, cfg: RunConfig | None = None,
              load_hf: bool = True) -> "ChatSession":
-        """A run's model (unless load_hf is False) and/or a GGUF file; a run brings its template."""
+        """A run's model (tuned and base; unless load_hf is False) and/or a GGUF file; a run brings its template.
+
+        `cfg` is the run's config with any changes (default: as the run stored it).
+        """
         from transformers import AutoTokenizer
 
-        from studio.chat.stream import open_gguf
         from studio.models import load_trained
-        from studio.runs import find_run, load_run_config, read_template, weights_dir
+        from studio.runs import load_run_config, read_template, weights_dir
 
-        if not run and not gguf:
+        if not run_dir and not gguf:
             raise StudioError("Name a run to chat with, or a GGUF file with --gguf.")
-        run_dir = find_run(run) if run else None
-        cfg = apply_overrides(load_run_config(run_dir) if run_dir else RunConfig(), overrides)
-        session = cls(generation=cfg.generation, run_dir=run_dir, base_config=cfg.model)
+        run_dir = Path(run_dir) if run_dir else None
+        cfg = cfg or (load_run_config(run_dir) if run_dir else RunConfig())
+        session = cls(generation=cfg.generation, run_dir=run_dir)
+        tokenizer = template = None
         if run_dir:
-            session.template = read_template(session.run_dir)
+            template = read_template(run_dir)
             if load_hf:
-                session.model, session.tokenizer = load_trained(session.run_dir, cfg.model)
-                session.model.eval()
+                model, tokenizer = load_trained(run_dir, cfg.model)
+                model.eval()
+                session.repliers["tuned"] = HfReplier(model, tokenizer, template)
+                session.repliers["base"] = (HfReplier(model, tokenizer, template, use_adapter=False)
+                                            if hasattr(model, "disable_adapter") else OriginalBase(cfg.model, template))
             else:  # only the tokenizer, to build prompts for the GGUF exactly as in training
-                session.tokenizer = AutoTokenizer.from_pretrained(weights_dir(session.run_dir),
-                                                                  trust_remote_code=cfg.model.trust_remote_code)
+                tokenizer = AutoTokenizer.from_pretrained(weights_dir(run_dir),
+                                                          trust_remote_code=cfg.model.trust_remote_code)
         if gguf:
-            session.llm = open_gguf(Path(gguf))
+            session.repliers["gguf"] = GgufReplier(open_gguf(Path(gguf)), tokenizer, template)
         return session
 
     @classmethod
     def open_model(cls, name_or_path: str, generation: GenerationConfig) -> "ChatSession":
-        """Any model on its own (a chat/instruct model to compare with): HF folder or GGUF file."""
-        from studio.chat.stream import open_gguf
-        from studio.config import ModelConfig
-        from studio.models import load_model
+        """Any model on its own (a chat/instruct model to compare with): HF folder or GGUF file, mode "model"."""
         from studio.data.templates import resolve_template
+        from studio.models import load_model
 
-        session = cls(generation=generation)
         if name_or_path.endswith(".gguf"):
-            session.llm = open_gguf(Path(name_or_path))  # its embedded chat template applies
-            return session
-        session.model, session.tokenizer = load_model(ModelConfig(name_or_path=name_or_path))
-        session.model.eval()
-        session.template = resolve_template("auto", session.tokenizer)
-        return session
+            replier: Replier = GgufReplier(open_gguf(Path(name_or_path)))  # its embedded chat template applies
+        else:
+            model, tokenizer = load_model(ModelConfig(name_or_path=name_or_path))
+            replier = HfReplier(model.eval(), tokenizer, resolve_template("auto", tokenizer))
+        return cls(generation=generation, repliers={"model": replier})
 
     @property
     def default_mode(self) -> str:
-        return "gguf" if self.model is None else "tuned"
+        """The fine-tuned model when one is loaded, else the one model there is."""
+        return "tuned" if "tuned" in self.repliers else next(iter(self.repliers))
 
     def describe(self) -> str:
-        return str(self.run_dir or "") + (" (GGUF)" if self.llm is not None else "")
+        return str(self.run_dir or "") + (" (GGUF)" if "gguf" in self.repliers else "")
 
     def stream(self, messages: list[dict], mode: str, stop: threading.Event | None = None,
                generation: GenerationConfig | None = None) -> Iterator[str]:
-        """A reply as text pieces; `generation` replaces the session's settings for this reply."""
-        from studio.chat.stream import stream_gguf_reply, stream_reply
-
-        generation = generation or self.generation
-        if mode == "gguf" or self.model is None:
-            if self.llm is None:
-                raise StudioError("No GGUF file is loaded for chat.")
-            # A run's GGUF gets the prompt built exactly as in training; a loose GGUF uses its own template.
-            tokenizer, template = (self.tokenizer, self.template) if self.run_dir else (None, None)
-            return stream_gguf_reply(self.llm, messages, generation, tokenizer, template, stop)
-        if mode == "base" and self.full_finetune:
-            # A fully fine-tuned model has no adapter to switch off: the base is the original model.
-            return stream_reply(*self._original_base(), self.template, messages, generation, stop=stop)
-        return stream_reply(self.model, self.tokenizer, self.template, messages, generation,
-                            use_adapter=(mode != "base"), stop=stop)
+        """A reply as text pieces from the model of `mode`; `generation` replaces the session's settings for it."""
+        if mode not in self.repliers:
+            raise StudioError(f"No {mode} model is loaded in this chat (loaded: {', '.join(self.repliers) or 'none'}).")
+        return self.repliers[mode].reply(messages, generation or self.generation, stop)
 
     def close(self) -> None:
         from studio.hardware import free_accelerator_memory
 
-        if self.llm is not None:
-            self.llm.close()
-        self.model = self.llm = self.base = None
+        for replier in self.repliers.values():
+            replier.close()
+        self.repliers = {}
         free_accelerator_memory()

@@ -1,4 +1,4 @@
-"""Detect a dataset's format, and turn its rows into trainable token ids.
+"""Detect a dataset's format, and turn its rows into conversations (studio.data.building tokenizes them).
 
 Rows come from studio.data.sources (files, globs, saved folders, hub datasets).
 Every row becomes a conversation (a list of {"role", "content"} messages) or a
@@ -11,23 +11,19 @@ or when more than `data.max_bad_fraction` of the rows are malformed (then the
 data or its mapping is wrong, not a row here and there).
 
     loaded = load_rows(cfg.data)                    # rows, skipped, format
-    built = build_dataset(cfg.data, tokenizer, template, max_length=1024)
+    messages = to_messages(loaded.rows[0], loaded.format)
 """
 
 from __future__ import annotations
 
 import math
-import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from studio.config import DataConfig
-from studio.errors import DataError, StudioError
-from studio.data.sources import Row, Skipped, read_sources
-from studio.data.templates import (FieldTemplate, Template, TokenizedRow, is_format_string, tokenize_conversation,
-                              tokenize_text)
-
-PREFERENCE_NOTE = ("Preference pairs: SFT trains on the prompt and the chosen response; the rejected responses are "
-                   "not used.")
+from studio.errors import DataError
+from studio.data.files import Row, Skipped
+from studio.data.sources import read_sources
+from studio.data.templates import FieldTemplate, is_format_string
 
 
 @dataclass(frozen=True)
@@ -107,12 +103,15 @@ def check_bad_rows(kept: int, skipped: list[Skipped], max_fraction: float) -> No
 
 
 def detect_format(rows: list[Row]) -> str:
-    """alpaca, preference, messages, sharegpt, prompt_completion or text, from the first row's columns."""
+    """alpaca, preference, labelled, messages, sharegpt, prompt_completion, text or prompts, from the first row's
+    columns."""
     columns = set(rows[0].fields)
     if {"instruction", "output"} <= columns:
         return "alpaca"
     if {"chosen", "rejected"} <= columns:
         return "preference"
+    if {"prompt", "completion", "label"} <= columns:
+        return "labelled"
     if "messages" in columns:
         return "messages"
     if "conversations" in columns:
@@ -121,10 +120,13 @@ def detect_format(rows: list[Row]) -> str:
         return "prompt_completion"
     if "text" in columns:
         return "text"
+    if "prompt" in columns:
+        return "prompts"
     raise DataError(
         f"{rows[0].where}: cannot tell the format from the columns {sorted(columns)}. Expected instruction/output "
-        "(Alpaca), prompt/chosen/rejected (preference), messages, conversations (ShareGPT), prompt/completion or "
-        "text; map yours with data.columns, set data.format, or write a format-string template with your columns."
+        "(Alpaca), prompt/chosen/rejected (preference), prompt/completion/label (labelled), messages, conversations "
+        "(ShareGPT), prompt/completion, text, or prompt alone (prompts, for grpo); map yours with data.columns, set "
+        "data.format, or write a format-string template with your columns."
     )
 
 
@@ -135,16 +137,16 @@ def to_messages(row: Row, fmt: str) -> list[dict]:
     """A row as a conversation in the OpenAI `messages` shape (for preference pairs: the chosen one)."""
     f = row.fields
     if fmt == "alpaca":
-        instruction, extra, output = _text(row, "instruction"), _text(row, "input", ""), _text(row, "output")
+        instruction, extra, output = column_text(row, "instruction"), column_text(row, "input", ""), column_text(row, "output")
         user = f"{instruction}\n\n### Input:\n{extra}" if extra.strip() else instruction
         return [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
-    if fmt in ("prompt_completion", "fields"):
-        return [{"role": "user", "content": _text(row, "prompt")}, {"role": "assistant", "content": _text(row, "completion")}]
+    if fmt in ("prompt_completion", "fields", "labelled"):
+        return [{"role": "user", "content": column_text(row, "prompt")}, {"role": "assistant", "content": column_text(row, "completion")}]
     if fmt == "preference":
         return preference_pair(row)[0]
     if fmt in ("messages", "sharegpt"):
         key = "messages" if fmt == "messages" else "conversations"
-        return _conversation(row, key, f.get(key))
+        return conversation_turns(row, key, f.get(key))
     raise AssertionError(f"to_messages called for format {fmt}")
 
 
@@ -156,18 +158,18 @@ def preference_pair(row: Row) -> tuple[list[dict], list[dict]]:
     """
     prompt = row.fields.get("prompt")
     if isinstance(prompt, list):
-        before = _conversation(row, "prompt", prompt, needs_answer=False)
+        before = conversation_turns(row, "prompt", prompt, needs_answer=False)
     else:
-        before = [{"role": "user", "content": _text(row, "prompt")}] if prompt is not None else []
+        before = [{"role": "user", "content": column_text(row, "prompt")}] if prompt is not None else []
     pair = []
     for side in ("chosen", "rejected"):
         value = row.fields.get(side)
         if isinstance(value, list):
-            turns = _conversation(row, side, value, needs_answer=False)
+            turns = conversation_turns(row, side, value, needs_answer=False)
         else:
             if not before:
                 raise DataError(f"{row.where}: {side!r} is a text, so the row needs a 'prompt' column too.")
-            turns = [{"role": "assistant", "content": _text(row, side)}]
+            turns = [{"role": "assistant", "content": column_text(row, side)}]
         conversation = before + turns
         if conversation[-1]["role"] != "assistant":
             raise DataError(f"{row.where}: the {side} conversation must end with an assistant turn.")
@@ -175,7 +177,7 @@ def preference_pair(row: Row) -> tuple[list[dict], list[dict]]:
     return pair[0], pair[1]
 
 
-def _conversation(row: Row, key: str, turns, needs_answer: bool = True) -> list[dict]:
+def conversation_turns(row: Row, key: str, turns, needs_answer: bool = True) -> list[dict]:
     """Turns given as {role, content} (OpenAI) or {from, value} (ShareGPT), checked."""
     if not isinstance(turns, list) or not turns:
         raise DataError(f"{row.where}: {key!r} must be a non-empty list of turns.")
@@ -193,7 +195,7 @@ def _conversation(row: Row, key: str, turns, needs_answer: bool = True) -> list[
     return messages
 
 
-def _text(row: Row, key: str, default: str | None = None) -> str:
+def column_text(row: Row, key: str, default: str | None = None) -> str:
     """The text of a column; `default` stands in for an optional column that is absent or null."""
     value = row.fields.get(key)
     if value is None and default is not None:
@@ -221,123 +223,14 @@ def _rows_from_fields(rows: list[Row], format_string: str) -> tuple[list[Row], l
                                               "map one with data.columns"))
             continue
         try:
-            values = {f: _text(row, f) for f in template.fields}
+            values = {f: column_text(row, f) for f in template.fields}
         except DataError as exc:
-            skipped.append(_as_skipped(row, exc))
+            skipped.append(as_skipped(row, exc))
             continue
         out.append(Row({"prompt": template.user_text(values), "completion": values[template.response]}, row.where))
     return out, skipped
 
 
-# ---------------------------------------------------------------- building
-
-
-@dataclass(frozen=True)
-class BuiltDataset:
-    """Tokenized rows for training, with what happened on the way."""
-
-    format: str
-    train: list[TokenizedRow]
-    eval: list[TokenizedRow]
-    truncated: int
-    skipped: list[Skipped]  # malformed rows, left out
-    nothing_to_learn: int  # rows dropped: every label masked once cut to max_length
-    notes: list[str]  # what a person should know about how the data trains
-
-    @property
-    def summary(self) -> str:
-        """"Kept 98 of 100 rows; 2 skipped: ..." for the training log."""
-        dropped = (f" {self.nothing_to_learn} rows dropped: nothing left to learn once cut to max_length."
-                   if self.nothing_to_learn else "")
-        return summarize(len(self.train) + len(self.eval) + self.nothing_to_learn, self.skipped) + dropped
-
-
-def tokenize_row(row: Row, fmt: str, tokenizer, template: Template, train_on: str) -> TokenizedRow:
-    if fmt == "text":
-        return tokenize_text(tokenizer, _text(row, "text"))
-    return tokenize_conversation(tokenizer, template, to_messages(row, fmt), train_on)
-
-
-def tokenize_rows(rows: list[Row], fmt: str, tokenizer, template: Template,
-                  train_on: str) -> tuple[list[TokenizedRow], list[Skipped]]:
-    """Every row tokenized; a row that cannot be (malformed, or the template fails on it) is skipped."""
-    done, skipped = [], []
-    for row in rows:
-        try:
-            done.append(replace(tokenize_row(row, fmt, tokenizer, template, train_on), where=row.where))
-        except StudioError as exc:  # DataError for the row, TemplateError for the template on this row
-            skipped.append(_as_skipped(row, exc))
-    return done, skipped
-
-
-def _as_skipped(row: Row, exc: Exception) -> Skipped:
+def as_skipped(row: Row, exc: Exception) -> Skipped:
+    """A row's error as a skipped row (its file:line said once)."""
     return Skipped(row.where, str(exc).removeprefix(f"{row.where}: ").rstrip("."))
-
-
-def build_dataset(cfg: DataConfig, tokenizer, template: Template, max_length: int) -> BuiltDataset:
-    """Read, shuffle, tokenize and split; skip malformed rows; refuse data that would teach nothing."""
-    loaded = load_rows(cfg)
-    rows = list(loaded.rows)
-    random.Random(cfg.shuffle_seed).shuffle(rows)
-    if cfg.max_samples:
-        rows = rows[: cfg.max_samples]
-    tokenized, bad = tokenize_rows(rows, loaded.format, tokenizer, template, cfg.train_on)
-    skipped = loaded.skipped + bad
-    check_bad_rows(len(tokenized), skipped, cfg.max_bad_fraction)
-    truncated = sum(len(t.input_ids) > max_length for t in tokenized)
-    train = _learnable(tokenized, max_length)
-    if not train:
-        raise DataError(
-            f"{cfg.path}: every row has all its labels masked after cutting to max_length={max_length}: "
-            "the model would learn nothing. Raise train.max_length or shorten the prompts."
-        )
-    dropped = len(tokenized) - len(train)
-    if cfg.eval_path:
-        evaluation, eval_skipped, eval_dropped = _eval_rows(cfg, loaded.format, tokenizer, template, max_length)
-        skipped, dropped = skipped + eval_skipped, dropped + eval_dropped
-    else:
-        n_eval = int(len(train) * cfg.eval_fraction)
-        evaluation, train = train[:n_eval], train[n_eval:]
-    notes = loaded.notes + ([PREFERENCE_NOTE] if loaded.format == "preference" else [])
-    return BuiltDataset(loaded.format, train, evaluation, truncated, skipped, dropped, notes)
-
-
-def _eval_rows(cfg: DataConfig, fmt: str, tokenizer, template: Template, max_length: int):
-    """The rows of data.eval_path, tokenized and cut like the training rows: (rows, skipped, dropped)."""
-    loaded = load_rows(cfg, path=cfg.eval_path)
-    if loaded.format != fmt:
-        raise DataError(f"{cfg.eval_path} holds {loaded.format} rows, but the training data is {fmt}: "
-                        "give an eval file of the same format.")
-    tokenized, bad = tokenize_rows(loaded.rows, fmt, tokenizer, template, cfg.train_on)
-    skipped = loaded.skipped + bad
-    check_bad_rows(len(tokenized), skipped, cfg.max_bad_fraction)
-    rows = _learnable(tokenized, max_length)
-    return rows, skipped, len(tokenized) - len(rows)
-
-
-def _learnable(rows: list[TokenizedRow], max_length: int) -> list[TokenizedRow]:
-    """Rows cut to max_length, without those that have nothing left to learn."""
-    return [t for t in (_truncate(r, max_length) for r in rows) if any(t.trained[1:])]
-
-
-def _truncate(row: TokenizedRow, max_length: int) -> TokenizedRow:
-    if len(row.input_ids) <= max_length:
-        return row
-    return TokenizedRow(row.text, row.input_ids[:max_length], row.trained[:max_length], row.where)
-
-
-def to_hf_dataset(rows: list[TokenizedRow]):
-    """A `datasets.Dataset` with input_ids and labels (-100 where masked): TRL trains on it as it is."""
-    import hashlib
-
-    from datasets import Dataset
-    from datasets.table import InMemoryTable
-
-    columns = {
-        "input_ids": [r.input_ids for r in rows],
-        "labels": [[tok if on else -100 for tok, on in zip(r.input_ids, r.trained)] for r in rows],
-    }
-    # Name the data by its content ourselves: `datasets` would otherwise pickle the whole
-    # table to hash it, which is slow on big data and fails outright on some Python/pyarrow pairs.
-    digest = hashlib.sha256(repr(columns).encode()).hexdigest()[:16]
-    return Dataset(InMemoryTable.from_pydict(columns), fingerprint=digest)

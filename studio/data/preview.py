@@ -6,8 +6,10 @@ says whether the preview saw all of the data or its beginning.
 
     p = preview_dataset(cfg.data, tokenizer, template, max_length=1024, row=0)
     p.tokens      # [(piece, trained, special), ...] for row 0, as training sees it
-    p.rejected    # the same for the rejected response of a preference pair
-    p.lengths     # token length of every row read
+    p.rejected    # the same for the rejected side of a pair: sft shows it untrained, dpo/orpo train both sides
+    p.label       # kto: whether the row shown is a good (True) or a bad (False) answer
+    p.reward_columns  # grpo: what the rewards read beside the prompt shown ({"answer": "42"})
+    p.lengths     # token length of every row read (of the chosen side of a pair; p.rejected_lengths the other)
     p.stats       # rows, tokens, trained tokens, rows cut, responses cut, empty and duplicate rows
     p.skipped     # malformed rows, each with file:line and the reason
     p.count_line  # "Kept 60 of 63 rows (3 skipped)": the one count of rows, for every view
@@ -20,9 +22,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from studio.config import DataConfig
-from studio.data.formats import PREFERENCE_NOTE, check_bad_rows, load_rows, preference_pair, tokenize_row, tokenize_rows
+from studio.data.building import PREFERENCE_NOTE, SEQUENCES, RowShape, check_shape, tokenize_rows
+from studio.data.formats import check_bad_rows, load_rows, preference_pair
+from studio.data.pairs import LabelledRow, PairRow
+from studio.data.prompts import PromptRow
 from studio.errors import StudioError
-from studio.data.sources import Skipped, read_sources
+from studio.data.files import Skipped
+from studio.data.sources import read_sources
 from studio.data.templates import Template, TokenizedRow, template_warnings, tokenize_conversation
 
 PREVIEW_ROWS = 2000  # rows read and tokenized for the preview and its statistics
@@ -63,7 +69,7 @@ class DataPreview:
     tokens: Tokens  # pieces of the row: all of them, or both ends of a very long row (SHOWN_TOKENS each)
     row_tokens: int  # tokens of the row shown
     trained_tokens: int  # of those, trained
-    rejected: Tokens  # the rejected conversation of a preference row, else empty
+    rejected: Tokens  # the rejected side of a preference row, else empty
     row_error: str  # why the row shown cannot be trained on (it is skipped), else ""
     skipped: list[Skipped]
     lengths: list[int]
@@ -71,6 +77,9 @@ class DataPreview:
     template: str
     stats: DataStats
     warnings: list[str]
+    rejected_lengths: list[int] = ()  # token lengths of the rejected sides (dpo, orpo)
+    label: bool | None = None  # kto: the label of the row shown
+    reward_columns: dict | None = None  # grpo: what the rewards read beside the prompt shown (answer, ...)
 
     @property
     def count_line(self) -> str:
@@ -88,37 +97,76 @@ class DataPreview:
         return f"A sample: the preview read the first {self.read:,} rows{of}; training reads all of it."
 
 
-def preview_dataset(cfg: DataConfig, tokenizer, template: Template, max_length: int, row: int = 0) -> DataPreview:
+def preview_dataset(cfg: DataConfig, tokenizer, template: Template, max_length: int, row: int = 0,
+                    shape: RowShape = SEQUENCES, method: str = "sft") -> DataPreview:
+    """The data as `method` trains on it: one row token by token and statistics over the rows read."""
     loaded = load_rows(cfg, limit=max(PREVIEW_ROWS, row + 1))
+    check_shape(loaded.format, shape, method, cfg.path)
     rows = loaded.rows
     row = max(0, min(row, len(rows) - 1))
-    text, tokens, rejected, row_error, counts = "", [], [], "", (0, 0)
+    text, tokens, rejected, row_error, counts, label, columns = "", [], [], "", (0, 0), None, None
     try:
-        shown = tokenize_row(rows[row], loaded.format, tokenizer, template, cfg.train_on)
-        text, tokens, counts = shown.text, _pieces(tokenizer, shown), (len(shown.input_ids), sum(shown.trained))
-        if loaded.format == "preference":
-            other = tokenize_conversation(tokenizer, template, preference_pair(rows[row])[1], cfg.train_on)
-            rejected = _pieces(tokenizer, other)
+        shown = tokenize_rows([rows[row]], loaded.format, tokenizer, template, cfg.train_on, shape)
+        if not shown[0]:
+            raise StudioError(str(shown[1][0]))
+        views = _views(shown[0][0], rows[row], loaded.format, tokenizer, template, cfg.train_on)
+        first = views[0]
+        text, tokens, counts = first.text, _pieces(tokenizer, first), (len(first.input_ids), sum(first.trained))
+        rejected = _pieces(tokenizer, views[1]) if len(views) > 1 else []
+        label = shown[0][0].label if isinstance(shown[0][0], LabelledRow) else None
+        columns = shown[0][0].columns if isinstance(shown[0][0], PromptRow) else None
     except StudioError as exc:
         row_error = str(exc)
-    tokenized, bad = tokenize_rows(rows, loaded.format, tokenizer, template, cfg.train_on)
+    tokenized, bad = tokenize_rows(rows, loaded.format, tokenizer, template, cfg.train_on, shape)
     skipped = loaded.skipped + bad
     if not tokenized:
         check_bad_rows(0, skipped, cfg.max_bad_fraction)  # nothing to show: the reason, as training would give it
     warnings = loaded.notes + template_warnings(tokenizer, template)
-    if loaded.format == "preference":
+    if loaded.format == "preference" and shape is SEQUENCES:
         warnings.append(PREFERENCE_NOTE)
     try:
         check_bad_rows(len(tokenized), skipped, cfg.max_bad_fraction)
     except StudioError as exc:
         warnings.append(f"Training would refuse this data: {exc}")
     identical = _identical_pairs(rows) if loaded.format == "preference" else 0
+    sides = [_side_views(t) for t in tokenized]
+    chosen_sides = [s[0] for s in sides]
     return DataPreview(
         loaded.format, loaded.detected, len(tokenized), len(tokenized) + len(skipped), loaded.complete, loaded.size,
         loaded.sources, loaded.columns,
-        row, text, tokens, *counts, rejected, row_error, skipped, [len(t.input_ids) for t in tokenized], max_length,
-        template.name, _stats(tokenized, max_length, not loaded.complete, identical), warnings,
+        row, text, tokens, *counts, rejected, row_error, skipped, [len(t.input_ids) for t in chosen_sides], max_length,
+        template.name, _stats(chosen_sides, max_length, not loaded.complete, identical,
+                              bool(tokenized) and isinstance(tokenized[0], PromptRow)), warnings,
+        [len(s[1].input_ids) for s in sides if len(s) > 1], label, columns,
     )
+
+
+def _views(tokenized, row, fmt: str, tokenizer, template: Template, train_on: str) -> list[TokenizedRow]:
+    """The row as token sequences with their trained tokens: one, or a pair's two sides.
+
+    For sft on a preference pair the rejected side is shown untrained: it is not used.
+    """
+    if isinstance(tokenized, TokenizedRow):
+        if fmt != "preference":
+            return [tokenized]
+        other = tokenize_conversation(tokenizer, template, preference_pair(row)[1], train_on)
+        return [tokenized, TokenizedRow(other.text, other.input_ids, [0] * len(other.input_ids))]
+    views = _side_views(tokenized)
+    return [TokenizedRow(tokenizer.decode(v.input_ids), v.input_ids, v.trained, v.where) for v in views]
+
+
+def _side_views(row) -> tuple[TokenizedRow, ...]:
+    """Each sequence a row trains on, with its answer tokens marked trained (text left empty: not decoded)."""
+    if isinstance(row, PairRow):
+        prompt = [0] * len(row.prompt_ids)
+        return (TokenizedRow("", row.prompt_ids + row.chosen_ids, prompt + [1] * len(row.chosen_ids), row.where),
+                TokenizedRow("", row.prompt_ids + row.rejected_ids, prompt + [1] * len(row.rejected_ids), row.where))
+    if isinstance(row, LabelledRow):
+        return (TokenizedRow("", row.prompt_ids + row.completion_ids,
+                             [0] * len(row.prompt_ids) + [1] * len(row.completion_ids), row.where),)
+    if isinstance(row, PromptRow):  # nothing of it trains: the model's own completions do
+        return (TokenizedRow(row.text, row.prompt_ids, [0] * len(row.prompt_ids), row.where),)
+    return (row,)
 
 
 def data_columns(cfg: DataConfig, rows: int = 100) -> list[str]:
@@ -173,12 +221,14 @@ def _identical_pairs(rows) -> int:
     return count
 
 
-def _stats(tokenized, max_length: int, sampled: bool, identical_pairs: int) -> DataStats:
-    seen: set[str] = set()
+def _stats(tokenized, max_length: int, sampled: bool, identical_pairs: int, prompts: bool = False) -> DataStats:
+    """Statistics over the rows; of prompts (grpo), those with nothing to learn are the ones longer than max_length."""
+    seen: set[tuple] = set()
     duplicates = 0
     for t in tokenized:
-        duplicates += t.text in seen
-        seen.add(t.text)
+        key = tuple(t.input_ids)
+        duplicates += key in seen
+        seen.add(key)
     return DataStats(
         rows=len(tokenized),
         sampled=sampled,
@@ -186,7 +236,8 @@ def _stats(tokenized, max_length: int, sampled: bool, identical_pairs: int) -> D
         trained_tokens=sum(sum(t.trained) for t in tokenized),
         rows_cut=sum(len(t.input_ids) > max_length for t in tokenized),
         responses_cut=sum(any(t.trained[max_length:]) for t in tokenized),
-        fully_masked=sum(not any(t.trained[1:max_length]) for t in tokenized),
+        fully_masked=sum((len(t.input_ids) > max_length) if prompts else not any(t.trained[1:max_length])
+                         for t in tokenized),
         duplicates=duplicates,
         identical_pairs=identical_pairs,
     )

@@ -272,6 +272,21 @@ class TokenizedRow:
     trained: list[int]
     where: str = ""  # the row's source ("data.jsonl:12"), to name it when training goes wrong
 
+    @property
+    def sequences(self) -> tuple[list[int], ...]:
+        """The token sequences the model reads for this row (to name it when training goes wrong)."""
+        return (self.input_ids,)
+
+    @property
+    def length(self) -> int:
+        return len(self.input_ids)
+
+    def cut(self, max_length: int) -> "TokenizedRow | None":
+        """The row cut to max_length tokens; None when nothing is left to learn (no trained token but the first)."""
+        cut = self if len(self.input_ids) <= max_length else TokenizedRow(
+            self.text, self.input_ids[:max_length], self.trained[:max_length], self.where)
+        return cut if any(cut.trained[1:]) else None
+
 
 def tokenize_conversation(tokenizer, template: Template, messages: list[dict], train_on: str) -> TokenizedRow:
     """Render a conversation and mark the tokens of every assistant turn as trained, each ending in a stop token."""
@@ -342,7 +357,12 @@ def _adds_bos(tokenizer) -> bool:
 
 def prompt_ids(tokenizer, template: Template, messages: list[dict]) -> list[int]:
     """Token ids that ask the model for the next assistant turn (for chat and verification)."""
-    text = render(tokenizer, template, messages, add_generation_prompt=True)
+    return rendered_ids(tokenizer, render(tokenizer, template, messages, add_generation_prompt=True))
+
+
+def rendered_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of text a template rendered, as training reads it: BOS in front where the tokenizer adds one
+    and the text does not start with it."""
     return _tokenize_with_spans(tokenizer, text, []).input_ids
 
 

@@ -52,11 +52,11 @@ def run_curves(run_dir: Path) -> list[tuple[str, int, str, float]]:
 
 def config_differences(run_dirs: list[Path]) -> dict[str, list[str]]:
     """Dotted config keys whose values are not the same in every run, with each run's value."""
-    from studio.config import to_dict
+    from studio.recipes import to_dict
     from studio.runs import load_run_config
 
     flat = [_flatten(to_dict(load_run_config(r))) for r in run_dirs]
-    keys = sorted({k for f in flat for k in f} - {"train.runs_dir"})
+    keys = sorted({k for f in flat for k in f})
     return {k: [str(f.get(k, "")) for f in flat] for k in keys if len({repr(f.get(k)) for f in flat}) > 1}
 
 

@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
-from studio.config import ModelConfig, RunConfig, apply_overrides
+from studio.config import ModelConfig, RunConfig
+from studio.recipes import apply_overrides
 from studio.errors import ConfigError, StudioError
 from studio.evaluate import generate as gen_lib
 from studio.evaluate.rows import EvalRow, select_rows

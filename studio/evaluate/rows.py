@@ -16,10 +16,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from studio.config import DataConfig, RunConfig
-from studio.data.formats import build_dataset, load_rows, to_messages
+from studio.data.building import build_dataset
+from studio.data.formats import column_text, load_rows, to_messages
+from studio.data.pairs import label_of
+from studio.data.prompts import prompt_messages
 from studio.errors import DataError, StudioError
-from studio.data.sources import Row
+from studio.data.files import Row
 from studio.data.templates import Template
+from studio.train.methods import method_for
 
 SOURCES = ("eval", "train")  # or the path of a data file
 
@@ -75,11 +79,14 @@ def select_rows(run_dir: Path, cfg: RunConfig, tokenizer, template: Template, so
 
 def _split_rows(cfg: RunConfig, tokenizer, template: Template, split: str) -> list[EvalRow]:
     """The raw rows behind the run's train or eval split, found by where each tokenized row came from."""
-    built = build_dataset(cfg.data, tokenizer, template, cfg.train.max_length)
+    method = method_for(cfg.train.method)
+    built = build_dataset(cfg.data, tokenizer, template, cfg.train.max_length, method.shape, method.name)
     _refuse_text(built.format)
     chosen = built.eval if split == "eval" else built.train
     by_where = {row.where: row for row in _raw_rows(cfg.data)}
-    return [_eval_row(by_where[t.where], built.format) for t in chosen if t.where in by_where]
+    wheres = dict.fromkeys(t.where for t in chosen if t.where in by_where)  # a pair unpaired for kto: once
+    return [_eval_row(by_where[where], built.format) for where in wheres
+            if built.format != "labelled" or label_of(by_where[where])]  # a bad answer is no reference
 
 
 def _raw_rows(data: DataConfig) -> list[Row]:
@@ -99,6 +106,8 @@ def _file_rows(data: DataConfig, path: str) -> list[EvalRow]:
     rows, problems = [], []
     for row in loaded.rows:
         try:
+            if loaded.format == "labelled" and not label_of(row):
+                continue  # an answer labelled bad is no reference to score against
             rows.append(_eval_row(row, loaded.format))
         except StudioError as exc:
             problems.append(str(exc))
@@ -109,6 +118,8 @@ def _file_rows(data: DataConfig, path: str) -> list[EvalRow]:
 
 
 def _eval_row(row: Row, fmt: str) -> EvalRow:
+    if fmt == "prompts":  # grpo's prompt rows: the reference is their answer, when they have one
+        return EvalRow(row.where, tuple(prompt_messages(row)), column_text(row, "answer", ""))
     messages = to_messages(row, fmt)
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
     return EvalRow(row.where, tuple(messages[:last]), messages[last]["content"])

@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from studio.config import ModelConfig, RunConfig
+from studio.config import PROMPT_METHODS, ModelConfig, RunConfig
 from studio.errors import ExportError
 from studio.events import Event, Sink
 from studio.export.gguf import CONVERTER_TYPES, GGUF_PRECISION, QUANTIZER_FTYPES, convert_to_gguf, quantize_gguf
@@ -84,6 +84,9 @@ def _export(run_dir: Path, gguf_types, formats, stage, verify_tokens: int, check
     cfg = load_run_config(run_dir)
     weights = export_weights(run_dir, checkpoint)
     gguf_types = tuple(recommended_gguf_type(run_dir) if t == "auto" else t for t in gguf_types)
+    note = ""
+    if cfg.train.method in PROMPT_METHODS:
+        gguf_types, formats, note = _adapter_only(cfg, gguf_types, formats)
     unknown = [t for t in gguf_types if t not in CONVERTER_TYPES + tuple(QUANTIZER_FTYPES)]
     if unknown:
         raise ExportError(f"Unknown GGUF type {unknown[0]!r}. Choose from: {', '.join(CONVERTER_TYPES + tuple(QUANTIZER_FTYPES))}.")
@@ -97,6 +100,8 @@ def _export(run_dir: Path, gguf_types, formats, stage, verify_tokens: int, check
     try:
         if checkpoint:
             stage(f"Exporting {checkpoint} (not the final weights)", result)
+        if note:
+            stage(note, result, warning=True)
         if "adapter" in formats:
             stage("Copying the adapter", result)
             result.files.append(_export_adapter(run_dir, weights, out_dir / f"{prefix}-adapter"))
@@ -147,6 +152,16 @@ def run_checkpoints(run_dir: Path, whole: bool = True) -> list[str]:
 def is_adapter(weights: Path) -> bool:
     """A LoRA adapter (merged into its base on export), not whole weights."""
     return (weights / "adapter_config.json").is_file()
+
+
+def _adapter_only(cfg: RunConfig, gguf_types, formats) -> tuple[tuple, tuple, str]:
+    """A learned prompt cannot be merged into the weights: its export is the adapter, with a note saying why."""
+    left_out = [*gguf_types, *(f for f in formats if f != "adapter")]
+    note = (f"No {', '.join(left_out)}: train.method={cfg.train.method} learns a prompt put in front of the "
+            "model, which cannot be merged into its weights, and llama.cpp cannot load such an adapter. The "
+            "adapter is exported instead: load it with PEFT on top of the base model (PeftModel.from_pretrained), "
+            "or chat with it in the studio." if left_out else "")
+    return (), ("adapter",), note
 
 
 def recommended_gguf_type(run_dir: Path) -> str:
@@ -270,7 +285,7 @@ def _export_ggufs(merged, cfg, template, gguf_types, out_dir, work, prefix, veri
         report.path = str(final)
         report.save(out_dir / f"{prefix}-{gguf_type}.report.json")
         result.reports.append(report)
-        stage(report.summary(), result, report=report.to_dict())
+        stage(report.summary(), result, report=report)
         if not report.passed:
             tmp.unlink()
             continue

@@ -20,6 +20,9 @@ type to export instead.
     refs = reference_answers(cfg, merged_dir, template, n_tokens=16)
     report = verify_gguf(path, "q4_k_m", refs, tokenizer, template)
     report.state, report.headline, report.save(path.with_suffix(".report.json"))
+
+The report is what the UI's card and the CLI's lines are drawn from; export
+events carry it as it is (`event.extra["report"]`).
 """
 
 from __future__ import annotations
@@ -60,6 +63,21 @@ class Check:
     detail: str
 
 
+@dataclass(frozen=True)
+class Sample:
+    """One prompt of the card: the greedy answers of the fine-tuned and base HF models and of the GGUF."""
+
+    prompt: str
+    source: str  # a fixed prompt, or a row of the run's data
+    hf: str  # the fine-tuned model's answer
+    base: str
+    gguf: str
+    matching_tokens: int  # tokens the GGUF's answer shares with the fine-tuned one, from the start
+    of: int  # tokens in the longer of the two
+    base_matching_tokens: int  # the same against the base model's answer
+    informative: bool  # base and fine-tuned answer differently: the prompt tells whether the fine-tune survived
+
+
 @dataclass
 class GgufReport:
     path: str
@@ -67,7 +85,7 @@ class GgufReport:
     size_bytes: int
     tensor_types: dict[str, int] = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
-    samples: list[dict] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
     use_instead: str = ""  # the type to export when this one lost the fine-tune
 
     @property
@@ -204,18 +222,17 @@ def _gguf_answers(llm, references: References) -> tuple[list[list[int]], float]:
     return answers, max_logit_diff
 
 
-def _sample(ref, gguf: list[int], tokenizer) -> dict:
-    return {"prompt": ref.prompt.text, "source": ref.prompt.source, "hf": tokenizer.decode(ref.tuned),
-            "base": tokenizer.decode(ref.base), "gguf": tokenizer.decode(gguf),
-            "matching_tokens": _common_prefix(ref.tuned, gguf), "of": max(len(ref.tuned), len(gguf)),
-            "base_matching_tokens": _common_prefix(ref.base, gguf), "informative": ref.informative}
+def _sample(ref, gguf: list[int], tokenizer) -> Sample:
+    return Sample(ref.prompt.text, ref.prompt.source, tokenizer.decode(ref.tuned), tokenizer.decode(ref.base),
+                  tokenizer.decode(gguf), _common_prefix(ref.tuned, gguf), max(len(ref.tuned), len(gguf)),
+                  _common_prefix(ref.base, gguf), ref.informative)
 
 
-def _check_greedy(samples: list[dict], gguf_type: str, max_logit_diff: float) -> Check:
+def _check_greedy(samples: list[Sample], gguf_type: str, max_logit_diff: float) -> Check:
     """The GGUF against the merged weights it was made from."""
-    matched = sum(s["matching_tokens"] for s in samples)
-    total = sum(max(s["of"], 1) for s in samples)
-    first_agree = sum(s["matching_tokens"] > 0 or s["of"] == 0 for s in samples)
+    matched = sum(s.matching_tokens for s in samples)
+    total = sum(max(s.of, 1) for s in samples)
+    first_agree = sum(s.matching_tokens > 0 or s.of == 0 for s in samples)
     detail = (f"{matched}/{total} greedy tokens identical to the fine-tuned model over {len(samples)} prompts; "
               f"max first-step logit diff {max_logit_diff:.3g}")
     if matched == total:
@@ -259,15 +276,15 @@ def degenerate(tokens: list[int], stops: set[int], tokenizer) -> str:
     return ""
 
 
-def _check_fine_tune(samples: list[dict]) -> Check:
+def _check_fine_tune(samples: list[Sample]) -> Check:
     """Does the GGUF answer like the fine-tuned model or like the base, where the two differ?"""
-    informative = [s for s in samples if s["informative"]]
+    informative = [s for s in samples if s.informative]
     if not informative:
         return Check("fine-tune", "warn",
                      f"base and fine-tuned models answer alike on all {len(samples)} prompts: the card cannot tell "
                      "whether the fine-tune survived (compare the models in Chat, or train longer)")
-    kept = sum(s["matching_tokens"] > s["base_matching_tokens"] for s in informative)
-    lost = sum(s["base_matching_tokens"] > s["matching_tokens"] for s in informative)
+    kept = sum(s.matching_tokens > s.base_matching_tokens for s in informative)
+    lost = sum(s.base_matching_tokens > s.matching_tokens for s in informative)
     n = len(informative)
     detail = (f"on the {n} prompts where base and fine-tuned answer differently, the GGUF follows the fine-tuned "
               f"model on {kept}, the base model on {lost}, neither on {n - kept - lost}")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from studio.config import RunConfig
-from studio.models import attach_lora
+from studio.config import PROMPT_METHODS, RunConfig
+from studio.models import attach_lora, attach_prompt_encoder
 from studio.speed.embeddings import keep_input_embeddings_on_cpu
 from studio.speed.fused import setup_fused_lora
 from studio.speed.long_rows import slice_feed_forward
@@ -17,7 +17,10 @@ from studio.speed.long_rows import slice_feed_forward
 
 def prepare_for_training(model, cfg: RunConfig, note=lambda text: None):
     """Place the embeddings, attach the adapter (fused where it can be), slice long feed-forward blocks."""
-    if cfg.lora.enabled:
+    if cfg.train.method in PROMPT_METHODS:
+        torch.manual_seed(cfg.train.seed)
+        model = attach_prompt_encoder(model, cfg.train.method, cfg.prompt_tuning)
+    elif cfg.lora.enabled:
         if cfg.train.cpu_embeddings and keep_input_embeddings_on_cpu(model):
             table = model.get_input_embeddings().weight
             note(f"Input embeddings kept in CPU memory ({table.numel() * table.element_size() / 1024**3:.1f} GiB "

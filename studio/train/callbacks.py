@@ -2,7 +2,7 @@
 
     ProgressCallback   logs -> "log"/"eval"/"checkpoint" events; Stop -> a checkpoint at this step, then out
     HealthCallback     non-finite values stop the run as diverged (no checkpoint of bad weights is written);
-                       rising or spiking losses and overfitting become "warning" events
+                       rising or spiking losses, overfitting and rewards that never vary become "warning" events
     RecentBatches      remembers the token ids of the last step's batches, to name their rows on divergence
 """
 
@@ -18,12 +18,16 @@ from studio.events import Event, Sink
 from studio.hardware import MemoryProbe
 from studio.train.health import Divergence, TrainingHealth
 
+# A trainer's log entry holding a few of the step's completions with their rewards (grpo), sent with the log event.
+SAMPLES_KEY = "completion_samples"
+
 
 class ProgressCallback(TrainerCallback):
     """Turns trainer logs into events, and checks the stop event after every step."""
 
-    def __init__(self, sink: Sink, stop: threading.Event, probe: MemoryProbe) -> None:
+    def __init__(self, sink: Sink, stop: threading.Event, probe: MemoryProbe, curves: tuple[str, ...] = ()) -> None:
         self.sink, self.stop, self.probe = sink, stop, probe
+        self.curves = curves  # the method's own logged values, passed on with each log
         self.started_at = time.time()
         self.first_step = 0
         self.last_time = self.started_at
@@ -50,9 +54,15 @@ class ProgressCallback(TrainerCallback):
         logs = logs or {}
         now = time.time()
         if "eval_loss" in logs:
-            self.sink(Event("eval", step=state.global_step, max_steps=state.max_steps, eval_loss=logs["eval_loss"]))
+            evals = method_metrics(logs, self.curves, prefix="eval_")
+            self.sink(Event("eval", step=state.global_step, max_steps=state.max_steps, eval_loss=logs["eval_loss"],
+                            extra={"metrics": evals} if evals else {}))
         if "loss" not in logs:
             return
+        metrics = method_metrics(logs, self.curves)
+        extra = {"metrics": metrics} if metrics else {}
+        if logs.get(SAMPLES_KEY):
+            extra["samples"] = logs[SAMPLES_KEY]
         tokens = state.num_input_tokens_seen - self.last_tokens
         tokens_per_second = tokens / max(now - self.last_time, 1e-9)
         self.last_time, self.last_tokens = now, state.num_input_tokens_seen
@@ -71,12 +81,27 @@ class ProgressCallback(TrainerCallback):
             elapsed_s=elapsed,
             eta_s=eta,
             memory=self.probe.snapshot().to_dict(),
+            extra=extra,
         ))
         # A stop asked for while this step's numbers were shown still stops at this step.
         return self._stop_if_asked(control)
 
     def on_save(self, args, state, control, **kwargs):
         self.sink(Event("checkpoint", message=f"Checkpoint saved at step {state.global_step}", step=state.global_step))
+
+
+def method_metrics(logs: dict, names: tuple[str, ...], prefix: str = "") -> dict[str, float]:
+    """The method's own values in one trainer log (rewards, margins, KL ...), under their names without `prefix`.
+
+    A name ending in "/" takes every value logged under it ("rewards/": each reward function's mean and std).
+    """
+    out = {}
+    for key, value in logs.items():
+        name = key[len(prefix):] if key.startswith(prefix) else None
+        wanted = name is not None and (name in names or any(n.endswith("/") and name.startswith(n) for n in names))
+        if wanted and isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
 
 
 class RecentBatches:
@@ -87,7 +112,7 @@ class RecentBatches:
     """
 
     def __init__(self, model, train_rows) -> None:
-        self.train_rows = train_rows  # TokenizedRow with .input_ids and .where
+        self.train_rows = train_rows  # training rows of any shape: .sequences (token ids) and .where
         self.batches: list[tuple[torch.Tensor, torch.Tensor | None]] = []
         self.hook = model.register_forward_pre_hook(self._record, with_kwargs=True)
 
@@ -101,7 +126,7 @@ class RecentBatches:
 
     def rows(self) -> tuple[str, ...]:
         """file:line of each row in the recorded batches that is found among the training rows."""
-        known = {hash(tuple(r.input_ids)): r.where for r in self.train_rows if getattr(r, "where", "")}
+        known = {hash(tuple(ids)): r.where for r in self.train_rows if r.where for ids in r.sequences}
         found: list[str] = []
         for ids, mask in self.batches:
             lengths = mask.sum(dim=1).tolist() if mask is not None else [ids.shape[1]] * ids.shape[0]
@@ -122,8 +147,10 @@ class HealthCallback(TrainerCallback):
     that asked for a checkpoint at the same step.
     """
 
-    def __init__(self, health: TrainingHealth, sink: Sink, batches: RecentBatches | None = None) -> None:
+    def __init__(self, health: TrainingHealth, sink: Sink, batches: RecentBatches | None = None,
+                 grad_norms: bool = True) -> None:
         self.health, self.sink, self.batches = health, sink, batches
+        self.grad_norms = grad_norms  # False: the trainer's grad norm means nothing (layer-wise updates)
         self.bad_weights_at: int | None = None
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
@@ -139,7 +166,8 @@ class HealthCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
         if "loss" in logs or "grad_norm" in logs:
-            verdict = self.health.observe(state.global_step, logs.get("loss"), logs.get("grad_norm"))
+            grad_norm = logs.get("grad_norm") if self.grad_norms else None
+            verdict = self.health.observe(state.global_step, logs.get("loss"), grad_norm)
             if isinstance(verdict, Divergence):
                 self._stop_without_saving(control)
                 self._diverged(verdict)
@@ -149,6 +177,8 @@ class HealthCallback(TrainerCallback):
                 self.batches.step_done()
         if "eval_loss" in logs:
             self._warn(self.health.observe_eval(state.global_step, logs["eval_loss"]), state.global_step)
+        if "reward" in logs:
+            self._warn(self.health.observe_rewards(state.global_step, logs), state.global_step)
         return control
 
     def _diverged(self, verdict: Divergence) -> None:

@@ -110,8 +110,8 @@ def prepare_resume(run_dir: Path, changes: Sequence[str], sink: Sink) -> Path | 
     A finished run continues only with a higher train.max_steps (or train.epochs);
     a diverged one not at all (the same settings would diverge again).
     """
-    from studio.config import apply_overrides
-    from studio.runs import load_run_config, read_status, save_run_config
+    from studio.recipes import apply_overrides
+    from studio.runs import load_run_config, read_status, save_run_config, train_again_command
 
     cfg = load_run_config(run_dir)
     status = read_status(run_dir)
@@ -120,12 +120,12 @@ def prepare_resume(run_dir: Path, changes: Sequence[str], sink: Sink) -> Path | 
     if refused:
         raise TrainingError(f"Only {' and '.join(allowed)} can change when a run is resumed, not "
                             f"{refused[0].partition('=')[0]!r}. For other changes start a new run from its "
-                            f"recipe: python launch.py train {run_dir / 'config.yaml'} {refused[0]}")
+                            f"recipe: {train_again_command(run_dir, refused[0])}")
     if status.get("state") == "diverged":
         raise TrainingError(
             f"{run_dir.name} diverged at step {status.get('step')}; resuming it with the same settings would "
-            f"diverge again. Start a new run with a lower learning rate: python launch.py train "
-            f"{run_dir / 'config.yaml'} train.learning_rate={cfg.train.learning_rate / 10:g}")
+            "diverge again. Start a new run with a lower learning rate: "
+            + train_again_command(run_dir, f"train.learning_rate={cfg.train.learning_rate / 10:g}"))
     extended = apply_overrides(cfg, list(changes))
     done = status.get("step") or 0
     if status.get("state") == "completed" and not _more_to_do(cfg, extended, done):
@@ -185,12 +185,15 @@ TRAINER_ONLY_FILES = {"optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_stat
 
 def check_disk_for_run(run_dir: Path, cfg, model) -> None:
     """Refuse to start when the checkpoints the run will keep, and its final weights, cannot fit on the disk."""
+    from studio.config import optimizer_for
+    from studio.hardware import has_cuda
     from studio.runs import check_free_disk, human_bytes
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     weight_bytes = sum(p.numel() * p.element_size() for p in trainable)
     # Adam keeps two states per trained weight: 4 bytes each, 1 byte each for the 8-bit optimizers.
-    state_bytes_per_value = 0 if cfg.train.optimizer == "sgd" else (2 if "8bit" in _optimizer_name(cfg) else 8)
+    optimizer = optimizer_for(cfg.train.optimizer, has_cuda())
+    state_bytes_per_value = 0 if optimizer == "sgd" else (2 if "8bit" in optimizer else 8)
     checkpoint = weight_bytes + sum(p.numel() for p in trainable) * state_bytes_per_value
     steps = cfg.train.max_steps or 10**9
     kept = min(cfg.train.save_total_limit or 10**9, max(1, steps // max(cfg.train.save_steps, 1)))
@@ -199,9 +202,3 @@ def check_disk_for_run(run_dir: Path, cfg, model) -> None:
     needed = count * checkpoint + weight_bytes
     check_free_disk(run_dir, needed, f"{count} checkpoints of about {human_bytes(checkpoint)} and the final weights "
                                      "(lower train.save_total_limit to keep fewer)")
-
-
-def _optimizer_name(cfg) -> str:
-    from studio.hardware import has_cuda
-
-    return cfg.train.optimizer if cfg.train.optimizer != "auto" else ("adamw_8bit" if has_cuda() else "adamw_torch")

@@ -9,7 +9,14 @@ answers with what a person should know:
   level, is a warning;
 - an eval loss that keeps rising after its best is overfitting, with the best
   step named;
+- a reward that has been the same for every completion from the first logged
+  step on (grpo) is a warning: it gives nothing to learn from (one that
+  varied, then stays at its best, has taught what it could);
 - at the end, `summary()` says in a sentence or two how the run went.
+
+With `rewarded=True` (grpo) the reward, not the loss, shows progress: GRPO's
+loss sits near zero and changes sign, so the loss rules are left out and the
+summary follows the reward.
 
     health = TrainingHealth(learning_rate=2e-4)
     health.observe(step=3, loss=float("nan"), grad_norm=float("nan"))   # -> Divergence
@@ -27,8 +34,10 @@ SPIKE_FACTOR = 3.0  # loss this many times its recent median: a spike
 SPIKE_WINDOW = 10  # logged losses the recent median is taken over
 SPIKE_QUIET_STEPS = 10  # no second spike warning within this many steps
 USUAL_MAX_LEARNING_RATE = 1e-2  # above this, fine-tuning rates are a likely cause of divergence by themselves
-OVERFIT_RISES = 2
-LITTLE_LEARNED = 0.15  # a loss that fell by less than this fraction: the run learned little  # consecutive eval losses above the previous one, after the best, that count as overfitting
+OVERFIT_RISES = 2  # consecutive eval losses above the previous one, after the best, that count as overfitting
+LITTLE_LEARNED = 0.15  # a loss that fell by less than this fraction: the run learned little
+NO_SIGNAL_LOGS = 3  # logged steps from the start with a reward the same for every completion: no learning signal
+REWARD_ENDS = 3  # logged rewards averaged at each end for the summary (a single step's reward is noisy)
 
 
 def is_finite(value: float | None) -> bool:
@@ -71,7 +80,9 @@ class TrainingHealth:
     """Watches logged values; returns warnings (text) as they arise, and a Divergence when the run goes bad."""
 
     learning_rate: float
+    rewarded: bool = False  # grpo: follow the reward; the loss rules do not apply
     losses: list[tuple[int, float]] = field(default_factory=list)
+    rewards: list[tuple[int, float]] = field(default_factory=list)  # the total reward of each logged step
     grad_norms: list[float] = field(default_factory=list)
     evals: list[tuple[int, float]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -80,6 +91,9 @@ class TrainingHealth:
     _last_spike_step: int = -SPIKE_QUIET_STEPS
     _warned_overfit_at: int | None = None
     _warned_no_gradient: bool = False
+    _flat_logs: dict = field(default_factory=dict)  # reward name -> logged steps so far, while it never varied
+    _varied: set = field(default_factory=set)  # rewards that told completions apart at least once
+    _warned_flat: set = field(default_factory=set)
 
     def observe(self, step: int, loss: float | None, grad_norm: float | None) -> Divergence | list[str]:
         """One logged step: its Divergence if a value is non-finite, else the warnings it raises (maybe none)."""
@@ -88,17 +102,61 @@ class TrainingHealth:
             return self.divergence
         new = []
         if loss is not None:
-            new += self._rise_or_spike(step, loss)
+            new += [] if self.rewarded else self._rise_or_spike(step, loss)
             self.losses.append((step, loss))
         if grad_norm is not None:
             self.grad_norms.append(grad_norm)
-            new += self._no_gradient(step)
+            new += [] if self.rewarded else self._no_gradient(step)
         self.warnings += new
         return new
+
+    def observe_rewards(self, step: int, logs: dict) -> list[str]:
+        """One logged grpo step: its total reward, and a warning for each reward that has never varied.
+
+        `logs` holds TRL's values: reward, frac_reward_zero_std, rewards/<name>/mean and rewards/<name>/std.
+        """
+        reward = logs.get("reward")
+        if isinstance(reward, (int, float)) and math.isfinite(reward):
+            self.rewards.append((step, float(reward)))
+        stds = {key[len("rewards/"):-len("/std")]: std for key, std in logs.items()
+                if key.startswith("rewards/") and key.endswith("/std") and isinstance(std, (int, float))}
+        for name, std in stds.items():
+            self._count_flat(name, std < 1e-9)
+        zero = logs.get("frac_reward_zero_std")
+        self._count_flat("", isinstance(zero, (int, float)) and zero >= 1)  # "": the total reward within each group
+        new = [self._no_signal(name, logs.get(f"rewards/{name}/mean")) for name in stds if self._silent(name)]
+        if self._silent("") and not all(name in self._warned_flat for name in stds):  # else those warnings say it
+            self._warned_flat.add("")
+            new.append("No learning signal: the completions of each prompt have all got the same total reward since "
+                       "the start, so there is nothing to prefer among them. Try more grpo.num_generations, a higher "
+                       "grpo.temperature, or rewards that tell completions apart.")
+        self.warnings += new
+        return new
+
+    def _count_flat(self, name: str, flat: bool) -> None:
+        if not flat:
+            self._varied.add(name)
+        self._flat_logs[name] = self._flat_logs.get(name, 0) + 1
+
+    def _silent(self, name: str) -> bool:
+        """A reward that has never varied for NO_SIGNAL_LOGS logged steps, not warned about yet."""
+        return (name not in self._varied and self._flat_logs.get(name, 0) >= NO_SIGNAL_LOGS
+                and name not in self._warned_flat)
+
+    def _no_signal(self, name: str, mean) -> str:
+        self._warned_flat.add(name)
+        value = f" ({mean:g})" if isinstance(mean, (int, float)) else ""
+        why = ("no completion earns it: give the model an easier reward beside it (format, length), a higher "
+               "grpo.temperature or more grpo.num_generations, or start from a stronger model"
+               if isinstance(mean, (int, float)) and mean <= 0 else
+               "it cannot tell completions apart: check the reward and its settings")
+        return f"No learning signal: reward {name} has been the same{value} for every completion since the start; {why}."
 
     def observe_eval(self, step: int, eval_loss: float) -> list[str]:
         """One evaluation: an overfitting warning when the eval loss keeps rising after its best."""
         self.evals.append((step, eval_loss))
+        if self.rewarded:
+            return []  # grpo's eval loss stays near zero: it says nothing about overfitting
         best_step, best = min(self.evals, key=lambda e: e[1])
         after_best = [loss for s, loss in self.evals if s >= best_step]
         rises = sum(b > a for a, b in zip(after_best, after_best[1:]))
@@ -119,6 +177,8 @@ class TrainingHealth:
         """How the run went, in plain words, for the end of the log, status.json and the UI."""
         if state == "diverged" and self.divergence:
             return self.divergence.message(last_good)
+        if self.rewarded:
+            return self._reward_summary(step)
         parts = []
         finite = [loss for _, loss in self.losses]
         if len(finite) >= 2:
@@ -138,6 +198,25 @@ class TrainingHealth:
             parts.append(f"No warnings, but the loss fell only {100 * (1 - finite[-1] / finite[0]):.0f}%: little "
                          "was learned (more steps, or another learning rate, may help).")
         elif finite:
+            parts.append("No warnings.")
+        return " ".join(parts) or f"Ended at step {step} with nothing logged."
+
+    def _reward_summary(self, step: int) -> str:
+        parts = []
+        rewards = [r for _, r in self.rewards]
+        if len(rewards) >= 2:
+            ends = max(1, min(REWARD_ENDS, len(rewards) // 2))
+            first, last = sum(rewards[:ends]) / ends, sum(rewards[-ends:]) / ends
+            parts.append(f"The reward {'rose' if last > first else 'did not rise'} from {first:.3g} to {last:.3g} "
+                         f"over {step} steps.")
+        elif rewards:
+            parts.append(f"Reward {rewards[-1]:.3g} after {step} steps.")
+        if self.warnings:
+            parts.append(f"{len(self.warnings)} warning{'s' * (len(self.warnings) > 1)}: " +
+                         " ".join(self.warnings[:3]) + (" …" if len(self.warnings) > 3 else ""))
+        elif len(rewards) >= 2 and last <= first:
+            parts.append("No warnings, but the reward did not rise: nothing was learned yet.")
+        elif rewards:
             parts.append("No warnings.")
         return " ".join(parts) or f"Ended at step {step} with nothing logged."
 

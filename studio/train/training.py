@@ -1,6 +1,6 @@
-"""Supervised fine-tuning through TRL, reported as events, stoppable, resumable.
+"""A run's training through TRL (the method's trainer), reported as events, stoppable, resumable.
 
-    run_dir = create_run_dir(cfg)
+    run_dir = create_run_dir(cfg, runs_dir="runs")
     result = run_training(run_dir, sink=ConsoleSink(), stop=threading.Event())
     result = run_training(run_dir, sink, stop, resume=True)   # after a stop or crash
 
@@ -17,21 +17,21 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from transformers import EarlyStoppingCallback, PrinterCallback
+from transformers import EarlyStoppingCallback
 
 from studio.train.callbacks import HealthCallback, ProgressCallback, RecentBatches
 from studio.train.checkpoints import (check_disk_for_run, keep_last_good_checkpoint, latest_checkpoint, prepare_resume,
                                 remove_unfinished_checkpoints)
 from studio.config import RunConfig
-from studio.data.formats import build_dataset, to_hf_dataset
+from studio.data.building import build_dataset, to_hf_dataset
 from studio.errors import ConfigError, DiskSpaceError, StudioError, TrainingError
 from studio.events import Event, Sink
-from studio.hardware import MemoryProbe, free_accelerator_memory, has_cuda, resolve_dtype
+from studio.hardware import MemoryProbe, free_accelerator_memory
 from studio.train.health import Divergence, TrainingHealth
 from studio.models import load_model
 from studio.speed.apply import prepare_for_training
-from studio.speed.embeddings import EmbeddingsInCpuMemory, feed_cpu_ids
-from studio.speed.patches import cuda_speedups, scoring_only_trained_positions
+from studio.speed.patches import scoring_only_trained_positions
+from studio.train.methods import method_for
 from studio.runs import disk_full_text, is_disk_full, load_run_config, lock_run, read_template, write_status
 from studio.data.templates import Template, resolve_template, template_warnings
 
@@ -70,7 +70,8 @@ def _train(run_dir: Path, sink: Sink, stop: threading.Event, checkpoint: Path | 
         template = _run_template(run_dir, cfg, tokenizer)
         for warning in template_warnings(tokenizer, template):
             sink(Event("stage", message=f"Note: {warning}"))
-        built = build_dataset(cfg.data, tokenizer, template, cfg.train.max_length)
+        method = method_for(cfg.train.method)
+        built = build_dataset(cfg.data, tokenizer, template, cfg.train.max_length, method.shape, method.name)
         sink(Event("stage", message=f"Data: {len(built.train)} training rows, {len(built.eval)} eval rows "
                    f"({built.format}, template {template.name}); {built.truncated} rows cut at {cfg.train.max_length} tokens"))
         if built.skipped or built.nothing_to_learn:
@@ -164,13 +165,15 @@ def _run_template(run_dir: Path, cfg: RunConfig, tokenizer) -> Template:
 def _make_trainer(cfg: RunConfig, run_dir: Path, model, tokenizer, built, sink: Sink, stop: threading.Event):
     from trl import pack_dataset
 
-    train_dataset = to_hf_dataset(built.train)
-    eval_dataset = to_hf_dataset(built.eval) if built.eval else None
+    method = method_for(cfg.train.method)
+    train_dataset = to_hf_dataset(built.train, method.shape)
+    eval_dataset = to_hf_dataset(built.eval, method.shape) if built.eval else None
     if cfg.train.packing:
         # Best-fit packing keeps rows whole; the trainer then keeps them apart in attention.
         train_dataset = pack_dataset(train_dataset, cfg.train.max_length, "bfd")
-    watch = HealthCallback(TrainingHealth(cfg.train.learning_rate), sink, RecentBatches(model, built.train))
-    callbacks = [ProgressCallback(sink, stop, MemoryProbe()), watch]
+    health = TrainingHealth(cfg.train.learning_rate, rewarded=method.rewarded)
+    watch = HealthCallback(health, sink, RecentBatches(model, built.train), grad_norms=not _steps_inside_backward(cfg))
+    callbacks = [ProgressCallback(sink, stop, MemoryProbe(), method.curves), watch]
     if cfg.train.early_stopping:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping))
     trainer = make_trainer(cfg, run_dir / "checkpoints", model, tokenizer, train_dataset, eval_dataset,
@@ -180,68 +183,13 @@ def _make_trainer(cfg: RunConfig, run_dir: Path, model, tokenizer, built, sink: 
 
 def make_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_dataset, eval_dataset=None,
                  callbacks=(), **overrides):
-    """TRL's SFTTrainer set up as the studio trains: the one place training options are decided.
+    """The trainer of the run's method (train.method) set up as the studio trains.
 
-    `train_dataset` holds finished rows (input_ids, labels). `overrides` replace
-    SFTConfig fields (the benchmark turns saving off, for instance).
+    The datasets hold finished rows in the method's shape (studio.data.building);
+    `overrides` replace trainer config fields (the benchmark turns saving off).
     """
-    from trl import SFTConfig, SFTTrainer
-
-    t = cfg.train
-    dtype = resolve_dtype(cfg.model.dtype)
-    has_eval = eval_dataset is not None
-    options = dict(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.grad_accum,
-        max_steps=t.max_steps if t.max_steps > 0 else -1,
-        num_train_epochs=t.epochs,
-        learning_rate=t.learning_rate,
-        warmup_steps=t.warmup_steps,
-        lr_scheduler_type=t.scheduler,
-        optim=_optimizer(t.optimizer),
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        seed=t.seed,
-        max_length=t.max_length,
-        packing=t.packing,
-        activation_checkpointing=t.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False, "selective": t.selective_checkpointing},
-        logging_steps=t.logging_steps,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=t.eval_steps,
-        save_strategy="steps",
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
-        bf16=has_cuda() and dtype == torch.bfloat16,
-        fp16=has_cuda() and dtype == torch.float16,
-        use_cpu=not has_cuda(),
-        report_to="none",
-        disable_tqdm=True,
-        # A non-finite loss must reach the health check as it is: the trainer would otherwise
-        # log the average of earlier losses in its place (0.0 right after a log).
-        logging_nan_inf_filter=False,
-        include_num_input_tokens_seen="non_padding",
-        dataloader_num_workers=0,
-        # Rows arrive tokenized, masked (labels) and cut to max_length by studio.data.formats: the
-        # preview shows exactly what trains, and TRL has nothing left to redo.
-        dataset_kwargs={"skip_prepare_dataset": True},
-        **cuda_speedups(t),
-    )
-    options.update(overrides)
-    trainer = SFTTrainer(
-        model=model,
-        args=SFTConfig(**options),
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        callbacks=list(callbacks),
-    )
-    trainer.remove_callback(PrinterCallback)  # progress goes through the callbacks instead
-    if isinstance(model.get_input_embeddings(), EmbeddingsInCpuMemory):
-        trainer.data_collator = feed_cpu_ids(trainer.model, trainer.data_collator)
-    return trainer
+    return method_for(cfg.train.method).make_trainer(cfg, output_dir, model, tokenizer, train_dataset, eval_dataset,
+                                                     callbacks, **overrides)
 
 
 def early_stopping_options(cfg: RunConfig, has_eval: bool, sink: Sink) -> dict:
@@ -267,10 +215,9 @@ def early_stopping_options(cfg: RunConfig, has_eval: bool, sink: Sink) -> dict:
     return options
 
 
-def _optimizer(name: str) -> str:
-    if name == "auto":
-        return "adamw_bnb_8bit" if has_cuda() else "adamw_torch"
-    return {"adamw_8bit": "adamw_bnb_8bit"}.get(name, name)
+def _steps_inside_backward(cfg: RunConfig) -> bool:
+    """Layer-wise GaLore steps each layer as its gradient arrives: the trainer's grad norm then reads 0."""
+    return cfg.train.method == "galore" and cfg.galore.layerwise
 
 
 def _save_weights(trainer, tokenizer, template: Template, run_dir: Path, cfg: RunConfig) -> None:

@@ -47,17 +47,16 @@ def build_app(studio: Studio) -> gr.Blocks:
         chat_tab.wire(studio, form, chat)
         export_tab.wire(studio, form, export, chat, tabs)
         evaluate_tab.wire(studio, form, evaluate, export, tabs)
-        app.load(model["fit_event"], list(form.values()), model["fit"], api_visibility="private")
+        app.load(*model.fit_estimate, api_visibility="private")
         # Run lists are refreshed when a tab is opened, not by the timers: an open dropdown stays still.
-        for page, refs, name in ((train_page, train, "train_runs"), (chat_page, chat, "chat_sources"),
-                                 (export_page, export, "export_runs"), (evaluate_page, evaluate, "evaluation_runs")):
-            handler, outputs = refs["refresh"]
-            page.select(handler, None, outputs, api_name=name)
-        app.load(chat["refresh"][0], None, chat["refresh"][1], api_visibility="private")
+        for page, tab, name in ((train_page, train, "train_runs"), (chat_page, chat, "chat_sources"),
+                                (export_page, export, "export_runs"), (evaluate_page, evaluate, "evaluation_runs")):
+            page.select(*tab.refresh, api_name=name)
+        app.load(*chat.refresh, api_visibility="private")
         # A reload re-attaches: one poll draws the current (or last) job and restarts polling if it runs.
         for tab in (train, export, evaluate):
-            app.load(*tab["poll"], api_visibility="private")
-        app.load(*train["restore"], api_visibility="private")
+            app.load(*tab.poll, api_visibility="private")
+        app.load(*train.restore, api_visibility="private")
     app.form_keys = list(form)  # the config keys the page can set (tests check that none is missing)
     return app
 

@@ -7,16 +7,39 @@ switched off and on.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import gradio as gr
 
+from studio.chat.panes import ReplySettings
 from studio.errors import StudioError
+from studio.ui.hook import Hook
 
 PANES = ("Base", "Chat model", "Fine-tuned", "GGUF")
 EMPTY_REPLY = "∅ (the model ended its reply at once)"
 MODES = {"Base": "base", "Chat model": "other", "Fine-tuned": "tuned", "GGUF": "gguf"}
 
 
-def build(studio, form: dict) -> dict:
+@dataclass
+class ChatTab:
+    run: gr.Dropdown
+    gguf: gr.Dropdown
+    other: gr.Textbox
+    panes: gr.CheckboxGroup
+    system: gr.Textbox
+    max_tokens: gr.Number
+    temperature: gr.Slider
+    raw: gr.Checkbox
+    boards: list[gr.Chatbot]  # one per pane, in the order of PANES
+    prompt: gr.Textbox
+    send: gr.Button
+    stop: gr.Button
+    clear: gr.Button
+    notice: gr.Markdown
+    refresh: Hook = field(init=False)  # the run and GGUF choices
+
+
+def build(studio, form: dict) -> ChatTab:
     with gr.Row():
         run = gr.Dropdown([], label="Run", allow_custom_value=True, scale=2, elem_id="chat-run")
         gguf = gr.Dropdown([], label="GGUF file", allow_custom_value=True, scale=2, elem_id="chat-gguf")
@@ -36,20 +59,18 @@ def build(studio, form: dict) -> dict:
         stop = gr.Button("Stop", variant="stop", scale=1)
         clear = gr.Button("Clear", scale=1)
     notice = gr.Markdown(elem_id="chat-notice")
-    return {"run": run, "gguf": gguf, "other": other, "panes": panes, "system": system, "max_tokens": max_tokens,
-            "temperature": temperature, "raw": raw, "boards": boards, "prompt": prompt, "send": send, "stop": stop,
-            "clear": clear, "notice": notice}
+    return ChatTab(run, gguf, other, panes, system, max_tokens, temperature, raw, boards, prompt, send, stop, clear, notice)
 
 
-def wire(studio, form: dict, refs: dict) -> None:
+def wire(studio, form: dict, tab: ChatTab) -> None:
     stop_event = studio.chat_stop
 
     def answer(prompt, run, gguf, other, panes, system, max_tokens, temperature, *histories):
         """Inputs: prompt, sources, settings, the four histories. Outputs (streamed): histories, notice."""
         stop_event.clear()
         histories = [list(h or []) for h in histories]
-        settings = {"max_new_tokens": int(max_tokens or 1), "temperature": float(temperature),
-                    "system_prompt": system or ""}
+        settings = ReplySettings(max_new_tokens=int(max_tokens or 1), temperature=float(temperature),
+                                 system_prompt=system or "")
         for index, name in enumerate(PANES):
             if name not in panes:
                 continue
@@ -71,16 +92,16 @@ def wire(studio, form: dict, refs: dict) -> None:
         runs = [str(p) for p in studio.list_runs()]
         return gr.update(choices=runs, value=runs[-1] if runs else None), gr.update(choices=studio.list_ggufs())
 
-    inputs = [refs["prompt"], refs["run"], refs["gguf"], refs["other"], refs["panes"], refs["system"],
-              refs["max_tokens"], refs["temperature"], *refs["boards"]]
-    outputs = [*refs["boards"], refs["notice"]]
-    refs["send"].click(answer, inputs, outputs, api_name="chat")
-    refs["prompt"].submit(answer, inputs, outputs, api_visibility="private")
-    refs["stop"].click(lambda: stop_event.set(), None, None, api_name="stop_chat")
-    refs["clear"].click(lambda: [[] for _ in PANES], None, refs["boards"], api_visibility="private")
-    refs["raw"].change(lambda raw: [gr.update(render_markdown=not raw) for _ in PANES], refs["raw"], refs["boards"],
-                       api_visibility="private")
-    refs["refresh"] = (sources, [refs["run"], refs["gguf"]])
+    inputs = [tab.prompt, tab.run, tab.gguf, tab.other, tab.panes, tab.system, tab.max_tokens, tab.temperature,
+              *tab.boards]
+    outputs = [*tab.boards, tab.notice]
+    tab.send.click(answer, inputs, outputs, api_name="chat")
+    tab.prompt.submit(answer, inputs, outputs, api_visibility="private")
+    tab.stop.click(lambda: stop_event.set(), None, None, api_name="stop_chat")
+    tab.clear.click(lambda: [[] for _ in PANES], None, tab.boards, api_visibility="private")
+    tab.raw.change(lambda raw: [gr.update(render_markdown=not raw) for _ in PANES], tab.raw, tab.boards,
+                   api_visibility="private")
+    tab.refresh = Hook(sources, None, [tab.run, tab.gguf])
 
 
 def _plain(history: list[dict]) -> list[dict]:

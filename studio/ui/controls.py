@@ -6,17 +6,16 @@
 
 A tab places the controls it wants in its layout; `more_settings` renders the
 rest of its sections, so a field added to the config shows up in the UI with
-no other edit. Fields the server decides (where runs are kept) are never shown.
+no other edit.
 """
 
 from __future__ import annotations
 
 import gradio as gr
 
-from studio.config import FieldInfo, RunConfig, config_fields, field_info, value_at
+from studio.config import RunConfig
+from studio.fields import FieldInfo, config_fields, field_info, value_at
 
-# Where run folders go is the server's choice (--runs-dir), not a request's.
-SERVER_ONLY = {"train.runs_dir"}
 # Short labels where the field's name says too little.
 LABELS = {"name": "Run name", "lora.r": "LoRA rank r", "lora.alpha": "LoRA alpha", "lora.enabled": "LoRA (off: full fine-tuning)",
           "train.max_steps": "Max steps (0: epochs)", "train.grad_accum": "Grad accumulation",
@@ -64,4 +63,4 @@ def more_settings(form: dict, start: RunConfig, sections: tuple[str, ...]) -> No
 
 def unplaced(form: dict, sections: tuple[str, ...]) -> list[FieldInfo]:
     return [info for section in sections for info in config_fields(section)
-            if info.key not in form and info.key not in SERVER_ONLY and info.kind != "mapping"]
+            if info.key not in form and info.kind != "mapping"]

@@ -5,6 +5,8 @@ A big file is previewed from its first rows (the summary says so); training read
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import gradio as gr
 import pandas as pd
 
@@ -20,7 +22,20 @@ SHOWN_SKIPPED = 50  # malformed rows listed by name; the count covers all
 TOKEN_COLOURS = {"trained": "#16a34a", "masked": "#9ca3af", "special, trained": "#7c3aed", "special, masked": "#c4b5fd"}
 
 
-def build(studio, form: dict, start: RunConfig) -> dict:
+@dataclass
+class DataTab:
+    upload: gr.File
+    custom: gr.Textbox  # a custom template, typed in its own box
+    row: gr.Number
+    preview: gr.Button
+    summary: gr.Markdown
+    tokens: gr.HighlightedText
+    rejected: gr.HighlightedText
+    histogram: gr.BarPlot
+    skipped: gr.Markdown
+
+
+def build(studio, form: dict, start: RunConfig) -> DataTab:
     with gr.Row():
         with gr.Column(scale=2):
             form["data.path"] = control("data.path", start, label="Dataset", elem_id="data-path")
@@ -62,17 +77,16 @@ def build(studio, form: dict, start: RunConfig) -> dict:
             tokens = gr.HighlightedText(label="What the model sees: trained tokens green, masked grey, special tokens purple",
                                         color_map=TOKEN_COLOURS, show_legend=True, combine_adjacent=False,
                                         elem_id="token-preview")
-            rejected = gr.HighlightedText(label="Rejected response of this pair (shown for comparison; SFT does not "
-                                          "train on it)", color_map=TOKEN_COLOURS, show_legend=True, combine_adjacent=False,
+            rejected = gr.HighlightedText(label="Rejected side of this pair: dpo and orpo train it (pushed down); sft "
+                                          "shows it for comparison only", color_map=TOKEN_COLOURS, show_legend=True, combine_adjacent=False,
                                           visible=False, elem_id="rejected-preview")
             histogram = gr.BarPlot(x="tokens", y="rows", color="fits", title="Token length per row",
                                    x_title="tokens (bins)", y_title="rows", height=260, elem_id="length-histogram")
             skipped = gr.Markdown(elem_id="data-skipped")
-    return {"upload": upload, "row": row, "preview": preview, "summary": summary, "tokens": tokens,
-            "rejected": rejected, "histogram": histogram, "skipped": skipped, "custom": custom}
+    return DataTab(upload, custom, row, preview, summary, tokens, rejected, histogram, skipped)
 
 
-def wire(studio, form: dict, refs: dict) -> None:
+def wire(studio, form: dict, tab: DataTab) -> None:
     keys, inputs = list(form), list(form.values())
 
     mapping = [form[f"data.columns.{name}"] for name in MAPPED_FIELDS]
@@ -94,11 +108,11 @@ def wire(studio, form: dict, refs: dict) -> None:
                 *_mapping_choices(cfg, p.columns, chosen))
 
     named(show, keys, ("row",))
-    refs["upload"].upload(lambda f: f, refs["upload"], form["data.path"], api_visibility="private")
+    tab.upload.upload(lambda f: f, tab.upload, form["data.path"], api_visibility="private")
     # A custom template is typed in its own box (several lines) and becomes the template choice.
-    refs["custom"].change(lambda text: text or "auto", refs["custom"], form["data.template"], api_visibility="private")
-    outputs = [refs["summary"], refs["tokens"], refs["rejected"], refs["histogram"], refs["skipped"], *mapping]
-    refs["preview"].click(show, [refs["row"], *inputs], outputs, api_name="preview_data")
+    tab.custom.change(lambda text: text or "auto", tab.custom, form["data.template"], api_visibility="private")
+    outputs = [tab.summary, tab.tokens, tab.rejected, tab.histogram, tab.skipped, *mapping]
+    tab.preview.click(show, [tab.row, *inputs], outputs, api_name="preview_data")
 
 
 def _mapping_choices(cfg, columns: list[str] | None, chosen: list[str]) -> list:
@@ -120,8 +134,9 @@ def _summary(p) -> str:
     warnings += [f"{st.duplicates} duplicate rows"] if st.duplicates else []
     warnings += [f"{st.identical_pairs} pairs have the same chosen and rejected response"] if st.identical_pairs else []
     scope = " (of the sample)" if st.sampled else ""
+    label = {True: ", labelled **good**", False: ", labelled **bad**"}.get(p.label, "")
     row = (f"⚠️ Row {p.row} is skipped: {p.row_error}" if p.row_error
-           else f"Row {p.row}: {p.row_tokens:,} tokens, {p.trained_tokens:,} trained")
+           else f"Row {p.row}{label}: {p.row_tokens:,} tokens, {p.trained_tokens:,} trained")
     return (f"**{p.count_line}** · format **{p.format}** · template **{p.template}** · columns {', '.join(p.columns)}\n\n"
             + _reading(p)
             + f"Tokens{scope}: {st.tokens:,}, of which **{st.trained_tokens:,} trained** · {cut}"
@@ -159,7 +174,12 @@ def _highlights(tokens) -> list[tuple[str, str]]:
 
 
 def _histogram(p) -> pd.DataFrame:
-    width = max(8, (max(p.lengths) // 20) or 1)
-    frame = pd.DataFrame({"tokens": [(n // width) * width for n in p.lengths]})
-    frame["fits"] = ["cut" if n > p.max_length else f"≤ {p.max_length}" for n in p.lengths]
-    return frame.groupby(["tokens", "fits"]).size().reset_index(name="rows")
+    """Rows per length bin, coloured by whether they fit; a pair's two sides as two series."""
+    sides = [("", p.lengths)] if not p.rejected_lengths else [("chosen ", p.lengths), ("rejected ", p.rejected_lengths)]
+    width = max(8, (max(max(lengths) for _, lengths in sides) // 20) or 1)
+    frames = []
+    for side, lengths in sides:
+        frame = pd.DataFrame({"tokens": [(n // width) * width for n in lengths]})
+        frame["fits"] = [side + ("cut" if n > p.max_length else f"≤ {p.max_length}") for n in lengths]
+        frames.append(frame)
+    return pd.concat(frames).groupby(["tokens", "fits"]).size().reset_index(name="rows")

@@ -7,6 +7,7 @@ Every action has an API name, so the tab is driven by gradio_client as by a pers
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
@@ -17,65 +18,103 @@ from studio.evaluate.evaluation import MODEL_CHOICES, EvalSpec
 from studio.evaluate.scorecard import ModelRow, Scorecard, build_scorecard, table_rows
 from studio.evaluate.scores import METRICS
 from studio.evaluate.store import ROW_FILTERS, list_evals, load_eval, side_by_side
+from studio.ui.export_tab import ExportTab
+from studio.ui.hook import Hook
 from studio.ui.live import IDLE_POLL_S, poll_outputs
 
 EMPTY = pd.DataFrame()
 EMPTY_CURVE = pd.DataFrame({"step": [], "value": [], "run": []})
 
 
-def build(studio, form: dict) -> dict:
-    refs = {"timer": gr.Timer(IDLE_POLL_S)}
+@dataclass
+class EvaluateTab:
+    timer: gr.Timer
+    run: gr.Dropdown
+    rows: gr.Dropdown
+    limit: gr.Number
+    models: gr.CheckboxGroup
+    other: gr.Textbox
+    metric: gr.Dropdown
+    batch: gr.Number
+    max_new: gr.Number
+    checks: gr.Textbox
+    start: gr.Button
+    stop: gr.Button
+    notice: gr.Markdown
+    status: gr.Markdown
+    table: gr.Dataframe  # the scorecard
+    verdict: gr.Markdown
+    export_best: gr.Button  # sends the weights the verdict ships (a checkpoint, or the final ones) to the Export tab
+    saved: gr.Dropdown  # saved evaluations of the run
+    filter: gr.Radio  # which rows the answers table shows
+    first: gr.Dropdown
+    second: gr.Dropdown
+    answers: gr.Dataframe
+    compare_runs: gr.Dropdown
+    compare: gr.Button
+    loss_plot: gr.LinePlot
+    eval_plot: gr.LinePlot
+    differences: gr.Dataframe
+    finals: gr.Dataframe
+    poll: Hook = field(init=False)  # draws the evaluation job's snapshot (a reload re-attaches through it)
+    refresh: Hook = field(init=False)  # the run choices of the form and of the comparison
+
+
+def build(studio, form: dict) -> EvaluateTab:
+    timer = gr.Timer(IDLE_POLL_S)
     with gr.Row():
         with gr.Column(scale=2):
-            refs["run"] = gr.Dropdown([], label="Run", allow_custom_value=True, elem_id="eval-run")
-            refs["rows"] = gr.Dropdown(["eval", "train"], value="eval", allow_custom_value=True, label="Rows",
-                                       info="eval: the run's held-out split · train: a sample of the training rows "
-                                            "(memorisation check) · or type the path of a data file")
-            refs["limit"] = gr.Number(0, precision=0, minimum=0, label="At most this many rows (0: all)",
-                                      elem_id="eval-limit")
-            refs["models"] = gr.CheckboxGroup(list(MODEL_CHOICES), value=list(MODEL_CHOICES), label="Models",
-                                              info="gguf: every exported .gguf of the run")
-            refs["other"] = gr.Textbox("", label="Another chat model (folder, optional)")
+            run = gr.Dropdown([], label="Run", allow_custom_value=True, elem_id="eval-run")
+            rows = gr.Dropdown(["eval", "train"], value="eval", allow_custom_value=True, label="Rows",
+                               info="eval: the run's held-out split · train: a sample of the training rows "
+                                    "(memorisation check) · or type the path of a data file")
+            limit = gr.Number(0, precision=0, minimum=0, label="At most this many rows (0: all)",
+                               elem_id="eval-limit")
+            models = gr.CheckboxGroup(list(MODEL_CHOICES), value=list(MODEL_CHOICES), label="Models",
+                                      info="gguf: every exported .gguf of the run")
+            other = gr.Textbox("", label="Another chat model (folder, optional)")
             with gr.Row():
-                refs["metric"] = gr.Dropdown(list(METRICS), value="loss", allow_custom_value=True,
-                                             label="Best checkpoint by")
-                refs["batch"] = gr.Number(8, precision=0, minimum=1, label="Batch size")
-                refs["max_new"] = gr.Number(0, precision=0, minimum=0, label="Max new tokens (0: the run's)",
-                                            elem_id="eval-max-new")
-            refs["checks"] = gr.Textbox("", lines=2, label="Checks (one per line, kept with the run)",
-                                        placeholder="regex:^The\njson\ncontains")
+                metric = gr.Dropdown(list(METRICS), value="loss", allow_custom_value=True,
+                                     label="Best checkpoint by")
+                batch = gr.Number(8, precision=0, minimum=1, label="Batch size")
+                max_new = gr.Number(0, precision=0, minimum=0, label="Max new tokens (0: the run's)",
+                                    elem_id="eval-max-new")
+            checks = gr.Textbox("", lines=2, label="Checks (one per line, kept with the run)",
+                                placeholder="regex:^The\njson\ncontains")
             with gr.Row():
-                refs["start"] = gr.Button("Evaluate", variant="primary", elem_id="eval-start")
-                refs["stop"] = gr.Button("Stop", elem_id="eval-stop")
-            refs["notice"] = gr.Markdown(elem_id="eval-notice")
+                start = gr.Button("Evaluate", variant="primary", elem_id="eval-start")
+                stop = gr.Button("Stop", elem_id="eval-stop")
+            notice = gr.Markdown(elem_id="eval-notice")
         with gr.Column(scale=3):
-            refs["status"] = gr.Markdown("No evaluation yet.", elem_id="eval-status")
-            refs["table"] = gr.Dataframe(EMPTY, label="Scorecard", interactive=False, elem_id="eval-scorecard")
-            refs["verdict"] = gr.Markdown(elem_id="eval-verdict")
-            # The weights the verdict ships (a checkpoint, or the final ones), set in the Export tab.
-            refs["export_best"] = gr.Button("Export this checkpoint", elem_id="eval-export-best")
+            status = gr.Markdown("No evaluation yet.", elem_id="eval-status")
+            table = gr.Dataframe(EMPTY, label="Scorecard", interactive=False, elem_id="eval-scorecard")
+            verdict = gr.Markdown(elem_id="eval-verdict")
+            export_best = gr.Button("Export this checkpoint", elem_id="eval-export-best")
+            export_best = gr.Button("Export this checkpoint", elem_id="eval-export-best")
     with gr.Accordion("Answers side by side", open=False):
         with gr.Row():
-            refs["saved"] = gr.Dropdown([], label="Saved evaluation", elem_id="eval-saved")
-            refs["filter"] = gr.Radio(list(ROW_FILTERS), value="all", label="Rows",
-                                      info="differ: the answers are not all the same · dropped: the second model "
-                                           "scores a lower ROUGE-L than the first")
-            refs["first"] = gr.Dropdown([], label="First model")
-            refs["second"] = gr.Dropdown([], label="Second model")
-        refs["answers"] = gr.Dataframe(EMPTY, interactive=False, wrap=True, elem_id="eval-answers")
+            saved = gr.Dropdown([], label="Saved evaluation", elem_id="eval-saved")
+            row_filter = gr.Radio(list(ROW_FILTERS), value="all", label="Rows",
+                                  info="differ: the answers are not all the same · dropped: the second model "
+                                       "scores a lower ROUGE-L than the first")
+            first = gr.Dropdown([], label="First model")
+            second = gr.Dropdown([], label="Second model")
+        answers = gr.Dataframe(EMPTY, interactive=False, wrap=True, elem_id="eval-answers")
     with gr.Accordion("Compare runs", open=False):
         with gr.Row():
-            refs["compare_runs"] = gr.Dropdown([], multiselect=True, label="Runs", scale=4)
-            refs["compare"] = gr.Button("Compare", scale=1)
+            compare_runs = gr.Dropdown([], multiselect=True, label="Runs", scale=4)
+            compare = gr.Button("Compare", scale=1)
         with gr.Row():
-            refs["loss_plot"] = gr.LinePlot(EMPTY_CURVE, x="step", y="value", color="run", title="Training loss")
-            refs["eval_plot"] = gr.LinePlot(EMPTY_CURVE, x="step", y="value", color="run", title="Eval loss")
-        refs["differences"] = gr.Dataframe(EMPTY, label="Config differences", interactive=False)
-        refs["finals"] = gr.Dataframe(EMPTY, label="How each run ended", interactive=False)
-    return refs
+            loss_plot = gr.LinePlot(EMPTY_CURVE, x="step", y="value", color="run", title="Training loss")
+            eval_plot = gr.LinePlot(EMPTY_CURVE, x="step", y="value", color="run", title="Eval loss")
+        differences = gr.Dataframe(EMPTY, label="Config differences", interactive=False)
+        finals = gr.Dataframe(EMPTY, label="How each run ended", interactive=False)
+    return EvaluateTab(timer, run, rows, limit, models, other, metric, batch, max_new, checks, start, stop, notice,
+                       status, table, verdict, export_best, saved, row_filter, first, second, answers, compare_runs,
+                       compare, loss_plot, eval_plot, differences, finals)
 
 
-def wire(studio, form: dict, refs: dict, export_refs: dict, tabs) -> None:
+def wire(studio, form: dict, tab: EvaluateTab, export: ExportTab, tabs: gr.Tabs) -> None:
     def start(run: str, rows: str, limit: float, models: list[str], other: str, metric: str, batch: float,
               max_new: float, checks: str):
         """Inputs: the form above. Outputs: notice, the polling timer switched on."""
@@ -149,26 +188,23 @@ def wire(studio, form: dict, refs: dict, export_refs: dict, tabs) -> None:
             raise gr.Error(str(exc)) from None
         return comparison_frames(found)
 
-    form_inputs = [refs[k] for k in ("run", "rows", "limit", "models", "other", "metric", "batch", "max_new", "checks")]
-    refs["start"].click(start, form_inputs, [refs["notice"], refs["timer"]], api_name="start_evaluation")
-    refs["stop"].click(stop, None, refs["notice"], api_name="stop_evaluation")
+    form_inputs = [tab.run, tab.rows, tab.limit, tab.models, tab.other, tab.metric, tab.batch, tab.max_new, tab.checks]
+    tab.start.click(start, form_inputs, [tab.notice, tab.timer], api_name="start_evaluation")
+    tab.stop.click(stop, None, tab.notice, api_name="stop_evaluation")
     shown = gr.State(())
-    outputs = [refs["status"], refs["table"], refs["verdict"], refs["saved"], shown, refs["timer"]]
-    refs["timer"].tick(poll, shown, outputs, api_name="evaluation_snapshot", show_progress="hidden")
-    refs["poll"] = (poll, shown, outputs)
-    refs["refresh"] = (runs, [refs["run"], refs["compare_runs"]])
-    refs["run"].change(saved, refs["run"], refs["saved"], api_name="saved_evaluations")
-    refs["saved"].change(show, refs["saved"], [refs["table"], refs["verdict"], refs["first"], refs["second"]],
-                         api_name="show_evaluation")
-    refs["export_best"].click(export_best, refs["saved"], [export_refs["run"], export_refs["checkpoint"], tabs],
-                              api_name="export_best")
-    viewer = [refs["saved"], refs["filter"], refs["first"], refs["second"]]
-    refs["filter"].change(rows_view, viewer, refs["answers"], api_name="show_rows")
-    for control in (refs["first"], refs["second"]):
-        control.change(rows_view, viewer, refs["answers"], api_visibility="private")
-    refs["compare"].click(compare, refs["compare_runs"],
-                          [refs["loss_plot"], refs["eval_plot"], refs["differences"], refs["finals"]],
-                          api_name="compare_runs")
+    outputs = [tab.status, tab.table, tab.verdict, tab.saved, shown, tab.timer]
+    tab.timer.tick(poll, shown, outputs, api_name="evaluation_snapshot", show_progress="hidden")
+    tab.poll = Hook(poll, shown, outputs)
+    tab.refresh = Hook(runs, None, [tab.run, tab.compare_runs])
+    tab.run.change(saved, tab.run, tab.saved, api_name="saved_evaluations")
+    tab.saved.change(show, tab.saved, [tab.table, tab.verdict, tab.first, tab.second], api_name="show_evaluation")
+    tab.export_best.click(export_best, tab.saved, [export.run, export.checkpoint, tabs], api_name="export_best")
+    viewer = [tab.saved, tab.filter, tab.first, tab.second]
+    tab.filter.change(rows_view, viewer, tab.answers, api_name="show_rows")
+    for control in (tab.first, tab.second):
+        control.change(rows_view, viewer, tab.answers, api_visibility="private")
+    tab.compare.click(compare, tab.compare_runs, [tab.loss_plot, tab.eval_plot, tab.differences, tab.finals],
+                      api_name="compare_runs")
 
 
 # ---------------------------------------------------------------- views

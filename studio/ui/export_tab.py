@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import html
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
 
-from studio.config import GGUF_TYPES, field_info
+from studio.config import GGUF_TYPES
+from studio.fields import field_info
 from studio.errors import StudioError
+from studio.export.verify import GgufReport
 from studio.hardware import GIB
+from studio.ui.chat_tab import ChatTab
+from studio.ui.hook import Hook
 from studio.ui.live import IDLE_POLL_S, poll_outputs
 
 STATUS_ICON = {"pass": "✅", "warn": "🟡", "fail": "⛔"}
@@ -22,7 +27,32 @@ HEADLINE_STYLE = {
 }
 
 
-def build(studio, form: dict) -> dict:
+@dataclass
+class ExportTab:
+    run: gr.Dropdown
+    checkpoint: gr.Dropdown
+    formats: gr.CheckboxGroup
+    gguf: gr.CheckboxGroup
+    disk: gr.Markdown
+    start: gr.Button
+    stop: gr.Button
+    notice: gr.Markdown
+    status: gr.Markdown
+    cards: gr.Markdown
+    files: gr.Markdown
+    modelfile: gr.Code
+    open_chat: gr.Button
+    repo: gr.Textbox
+    what: gr.Radio
+    private: gr.Checkbox
+    share: gr.Button
+    shared: gr.Markdown
+    timer: gr.Timer
+    poll: Hook = field(init=False)  # draws the export job's snapshot (a reload re-attaches through it)
+    refresh: Hook = field(init=False)  # the run choices, the newest run with weights selected
+
+
+def build(studio, form: dict) -> ExportTab:
     with gr.Row():
         with gr.Column(scale=2):
             run = gr.Dropdown([], label="Run", allow_custom_value=True, elem_id="export-run")
@@ -52,13 +82,11 @@ def build(studio, form: dict) -> dict:
             private = gr.Checkbox(True, label="Private repo", elem_id="share-private")
             share = gr.Button("Share", elem_id="share-start")
         shared = gr.Markdown(elem_id="share-result")
-    return {"run": run, "checkpoint": checkpoint, "formats": formats, "gguf": gguf, "disk": disk, "start": start,
-            "stop": stop, "notice": notice, "status": status, "cards": cards, "files": files, "modelfile": modelfile,
-            "open_chat": open_chat, "repo": repo, "what": what, "private": private, "share": share, "shared": shared,
-            "timer": gr.Timer(IDLE_POLL_S)}
+    return ExportTab(run, checkpoint, formats, gguf, disk, start, stop, notice, status, cards, files, modelfile,
+                     open_chat, repo, what, private, share, shared, gr.Timer(IDLE_POLL_S))
 
 
-def wire(studio, form: dict, refs: dict, chat_refs: dict, tabs) -> None:
+def wire(studio, form: dict, tab: ExportTab, chat: ChatTab, tabs: gr.Tabs) -> None:
     def start(run: str, checkpoint: str, formats: list[str], gguf: list[str]):
         """Inputs: run, checkpoint ("" for the final weights), weight formats, GGUF types. Outputs: notice, timer on."""
         try:
@@ -121,28 +149,25 @@ def wire(studio, form: dict, refs: dict, chat_refs: dict, tabs) -> None:
         choice = ggufs[-1] if ggufs else None
         return gr.update(value=run), gr.update(choices=studio.list_ggufs(), value=choice), gr.Tabs(selected="chat")
 
-    refs["stop"].click(stop, None, refs["notice"], api_name="stop_export")
-    refs["start"].click(start, [refs["run"], refs["checkpoint"], refs["formats"], refs["gguf"]],
-                        [refs["notice"], refs["timer"]], api_name="export")
-    refs["share"].click(share, [refs["run"], refs["repo"], refs["what"], refs["private"]], refs["shared"],
-                        api_name="share")
+    tab.stop.click(stop, None, tab.notice, api_name="stop_export")
+    tab.start.click(start, [tab.run, tab.checkpoint, tab.formats, tab.gguf], [tab.notice, tab.timer], api_name="export")
+    tab.share.click(share, [tab.run, tab.repo, tab.what, tab.private], tab.shared, api_name="share")
     shown = gr.State(())
-    outputs = [refs["status"], refs["cards"], refs["files"], refs["modelfile"], shown, refs["timer"]]
-    refs["timer"].tick(poll, shown, outputs, api_name="export_snapshot", show_progress="hidden")
-    refs["poll"] = (poll, shown, outputs)
-    refs["refresh"] = (runs, [refs["run"]])
-    refs["run"].change(suggest_type, refs["run"], refs["gguf"], show_progress="hidden")
-    refs["run"].change(checkpoints, [refs["run"], refs["checkpoint"]], refs["checkpoint"], show_progress="hidden",
-                       api_name="export_checkpoints")
-    refs["open_chat"].click(open_in_chat, refs["run"], [chat_refs["run"], chat_refs["gguf"], tabs],
-                            api_name="open_in_chat")
+    outputs = [tab.status, tab.cards, tab.files, tab.modelfile, shown, tab.timer]
+    tab.timer.tick(poll, shown, outputs, api_name="export_snapshot", show_progress="hidden")
+    tab.poll = Hook(poll, shown, outputs)
+    tab.refresh = Hook(runs, None, [tab.run])
+    tab.run.change(suggest_type, tab.run, tab.gguf, show_progress="hidden")
+    tab.run.change(checkpoints, [tab.run, tab.checkpoint], tab.checkpoint, show_progress="hidden",
+                   api_name="export_checkpoints")
+    tab.open_chat.click(open_in_chat, tab.run, [chat.run, chat.gguf, tabs], api_name="open_in_chat")
 
 
 def export_view(snap) -> tuple[str, str, str, str]:
     if snap.kind != "export":
         return "No export yet.", "", "", ""
     stages = [e for e in snap.events if e.kind == "stage"]
-    reports = [e.extra["report"] for e in stages if "report" in e.extra]
+    reports: list[GgufReport] = [e.extra["report"] for e in stages if "report" in e.extra]
     head = {"running": "⏳ Exporting", "completed": "✅ Done", "failed": "⛔ Failed",
             "stopped": "⏸️ Stopped (finished files kept)"}.get(snap.state, snap.state)
     status = f"{head} **{snap.name}**"
@@ -157,16 +182,16 @@ def export_view(snap) -> tuple[str, str, str, str]:
         (Path(modelfiles[-1]).read_text() if modelfiles else "")
 
 
-def report_card(report: dict) -> str:
+def report_card(report: GgufReport) -> str:
     """Markdown: the headline first, coloured by state, then the checks and the answers side by side."""
-    state, headline = report["state"], report["headline"]
-    kept = "" if report["passed"] else " · file not kept"
-    rows = "\n".join(f"| {STATUS_ICON[c['status']]} {c['name']} | {_cell(c['detail'])} |" for c in report["checks"])
-    samples = "\n".join(f"| {_cell(s['prompt'][:80])} | {_cell(repr(s['hf']))} | {_cell(repr(s['base']))} | "
-                        f"{_cell(repr(s['gguf']))} | {s['matching_tokens']}/{s['of']} |" for s in report["samples"])
+    state = report.state
+    kept = "" if report.passed else " · file not kept"
+    rows = "\n".join(f"| {STATUS_ICON[c.status]} {c.name} | {_cell(c.detail)} |" for c in report.checks)
+    samples = "\n".join(f"| {_cell(s.prompt[:80])} | {_cell(repr(s.hf))} | {_cell(repr(s.base))} | "
+                        f"{_cell(repr(s.gguf))} | {s.matching_tokens}/{s.of} |" for s in report.samples)
     return (f'<div class="report-headline report-{state}" style="{HEADLINE_STYLE[state]}">'
-            f"{STATE_ICON[state]} {html.escape(headline)}</div>\n\n"
-            f"**{Path(report['path']).name}** · {report['size_bytes'] / 2**20:.1f} MiB{kept}\n\n"
+            f"{STATE_ICON[state]} {html.escape(report.headline)}</div>\n\n"
+            f"**{Path(report.path).name}** · {report.size_bytes / 2**20:.1f} MiB{kept}\n\n"
             f"| check | result |\n|---|---|\n{rows}\n\n"
             f"| prompt | fine-tuned (HF) | base (HF) | GGUF | same tokens as fine-tuned |\n|---|---|---|---|---|\n{samples}")
 

@@ -7,7 +7,9 @@ Each tab registers its form components under their dotted config keys
 
 from __future__ import annotations
 
-from studio.config import RunConfig, from_dict, value_at
+from studio.config import RunConfig
+from studio.fields import value_at
+from studio.recipes import from_dict
 
 
 def config_from_form(keys: list[str], values: tuple) -> RunConfig:

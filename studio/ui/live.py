@@ -83,6 +83,7 @@ def _status(snap, last: Event | None) -> str:
         text += f" · {stages[-1]}" if stages else ""
     for warning in warnings[-3:]:
         text += f"\n\n⚠️ {warning}"
+    text += _samples(last)
     ends = [e for e in snap.events if e.kind == "end"]
     health = ends[-1].extra.get("health") if ends else getattr(snap.result, "health", "")
     if health:
@@ -90,6 +91,19 @@ def _status(snap, last: Event | None) -> str:
     if snap.error:
         text += f"\n\n⚠️ {snap.error}"
     return text
+
+
+def _samples(last: Event | None) -> str:
+    """grpo: a few of the latest step's completions with their rewards, as a small table."""
+    samples = last.extra.get("samples") if last is not None else None
+    if not samples:
+        return ""
+    rows = "\n".join(f"| {s['reward']:.2f} | {_cell(s['completion'])} |" for s in samples)
+    return f"\n\n**Latest completions** (step {last.step})\n\n| reward | completion |\n|---|---|\n{rows}"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ↵ ") or "*(empty)*"
 
 
 def _number(value: float | None) -> str:
@@ -107,6 +121,18 @@ def _lr_grad(logs: list[Event]) -> pd.DataFrame:
     # Learning rate is scaled x1000 to share the axis with grad norm; the legend says so.
     rows = _series([(e.step, e.learning_rate * 1000) for e in logs if e.learning_rate is not None], "lr x1000")
     rows += _series([(e.step, e.grad_norm) for e in logs if e.grad_norm is not None], "grad norm")
+    return _frame(rows)
+
+
+def method_curves(snap) -> pd.DataFrame:
+    """The method's own logged values (dpo's rewards and margins, kto's KL ...), one series each."""
+    if snap.kind != "train":
+        return EMPTY_CURVE
+    rows: list[tuple] = []
+    for event in snap.events:
+        if event.kind == "log":
+            for name, value in event.extra.get("metrics", {}).items():
+                rows += _series([(event.step, value)], name)
     return _frame(rows)
 
 

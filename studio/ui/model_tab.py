@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import gradio as gr
 
 from studio.catalog import CATALOG
@@ -11,11 +13,21 @@ from studio.model_info import describe_model
 from studio.config import RunConfig
 from studio.ui.controls import control, more_settings
 from studio.ui.form import config_from_form, named
+from studio.ui.hook import Hook
 
 CUSTOM = "Other: hub id, local folder or .gguf file"
 
 
-def build(studio, form: dict, start: RunConfig) -> dict:
+@dataclass
+class ModelTab:
+    choice: gr.Dropdown
+    load: gr.Button
+    fit: gr.Markdown
+    info: gr.Markdown
+    fit_estimate: Hook = field(init=False)  # the fit verdict from the whole run form (also drawn when the page loads)
+
+
+def build(studio, form: dict, start: RunConfig) -> ModelTab:
     hw = studio.hardware()
     with gr.Row():
         with gr.Column(scale=3):
@@ -31,10 +43,10 @@ def build(studio, form: dict, start: RunConfig) -> dict:
                         f"{'VRAM' if hw['gpu'] else 'RAM'}", elem_id="hardware")
             fit = gr.Markdown(elem_id="fit-estimate")
             info = gr.Markdown(elem_id="model-info")
-    return {"choice": choice, "load": load, "fit": fit, "info": info}
+    return ModelTab(choice, load, fit, info)
 
 
-def wire(studio, form: dict, refs: dict) -> None:
+def wire(studio, form: dict, tab: ModelTab) -> None:
     keys, inputs = list(form), list(form.values())
 
     def pick(label: str):
@@ -64,13 +76,13 @@ def wire(studio, form: dict, refs: dict) -> None:
             return f"⚠️ {exc}"
 
     named(estimate, keys)
-    refs["choice"].change(pick, refs["choice"], form["model.name_or_path"], api_name="pick_model")
+    tab.choice.change(pick, tab.choice, form["model.name_or_path"], api_name="pick_model")
     for key in ("model.name_or_path", "model.load_in", "lora.enabled", "lora.r", "train.batch_size",
                 "train.max_length", "train.gradient_checkpointing", "train.offload_activations", "train.cpu_embeddings",
                 "train.optimizer"):
-        form[key].change(estimate, inputs, refs["fit"], api_visibility="private")
-    refs["load"].click(check, form["model.name_or_path"], refs["info"], api_name="check_model")
-    refs["fit_event"] = estimate
+        form[key].change(estimate, inputs, tab.fit, api_visibility="private")
+    tab.load.click(check, form["model.name_or_path"], tab.info, api_name="check_model")
+    tab.fit_estimate = Hook(estimate, inputs, tab.fit)
 
 
 def _description(info) -> str:

@@ -6,16 +6,47 @@ re-attaches to whatever is running.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import gradio as gr
 
-from studio.config import RunConfig, recipe_text
+from studio.config import RunConfig
+from studio.recipes import recipe_text
 from studio.errors import StudioError
 from studio.ui import live
 from studio.ui.controls import control, more_settings
 from studio.ui.form import config_from_form, form_values, named
+from studio.train.methods import settings_sections
+from studio.ui.hook import Hook
 
 
-def build(studio, form: dict, start: RunConfig) -> dict:
+@dataclass
+class TrainTab:
+    recipe: gr.Dropdown
+    start: gr.Button
+    stop: gr.Button
+    resume_run: gr.Dropdown
+    train_to: gr.Number
+    resume: gr.Button
+    show: gr.Button
+    save: gr.Button
+    command: gr.Code
+    notice: gr.Markdown
+    status: gr.Markdown
+    progress: gr.HTML
+    loss: gr.LinePlot
+    lr: gr.LinePlot
+    memory: gr.Markdown
+    memory_plot: gr.LinePlot
+    method_plot: gr.LinePlot
+    method_settings: dict[str, gr.Group]  # config section -> its group, shown for the methods that use it
+    timer: gr.Timer
+    poll: Hook = field(init=False)  # draws the job's snapshot (a reload re-attaches through it)
+    restore: Hook = field(init=False)  # after a reload, the form shows the running job's settings
+    refresh: Hook = field(init=False)  # the runs that can be resumed
+
+
+def build(studio, form: dict, start: RunConfig) -> TrainTab:
     """The Train tab, its form controls showing `start` (the quickstart recipe, or a recipe picked here)."""
     with gr.Row():
         with gr.Column(scale=2):
@@ -35,6 +66,12 @@ def build(studio, form: dict, start: RunConfig) -> dict:
             with gr.Row():
                 form["train.learning_rate"] = control("train.learning_rate", start, elem_id="learning-rate")
                 form["train.max_length"] = control("train.max_length", start)
+            method_settings = {}
+            for section, methods in settings_sections().items():
+                with gr.Group(visible=start.train.method in methods) as group:
+                    gr.Markdown(f"**{', '.join(methods)} settings**")
+                    more_settings(form, start, (section,))
+                method_settings[section] = group
             with gr.Accordion("Advanced: every other training, chat and export setting of the recipe", open=False):
                 more_settings(form, start, ("train", "lora", "generation", "export"))
             with gr.Row():
@@ -58,16 +95,16 @@ def build(studio, form: dict, start: RunConfig) -> dict:
                                    color_map=live.CURVE_COLORS)
                 lr = gr.LinePlot(x="step", y="value", color="series", title="Learning rate · grad norm", height=240,
                                  color_map=live.CURVE_COLORS)
+            method_plot = gr.LinePlot(x="step", y="value", color="series", title="The method's own values: rewards, "
+                                      "margins, KL", height=240, elem_id="method-plot", visible=False)
             memory = gr.Markdown(elem_id="memory-panel")
             memory_plot = gr.LinePlot(x="seconds", y="GiB", color="series", title="Memory", height=200,
                                       elem_id="memory-plot")
-    return {"recipe": recipe, "start": start, "stop": stop, "resume_run": resume_run, "train_to": train_to, "resume": resume,
-            "show": show, "save": save,
-            "command": command, "notice": notice, "status": status, "progress": progress, "loss": loss, "lr": lr, "memory": memory,
-            "memory_plot": memory_plot, "timer": gr.Timer(live.IDLE_POLL_S)}
+    return TrainTab(recipe, start, stop, resume_run, train_to, resume, show, save, command, notice, status, progress, loss,
+                    lr, memory, memory_plot, method_plot, method_settings, gr.Timer(live.IDLE_POLL_S))
 
 
-def wire(studio, form: dict, refs: dict) -> None:
+def wire(studio, form: dict, tab: TrainTab) -> None:
     keys, inputs = list(form), list(form.values())
 
     def start(*values):
@@ -112,12 +149,19 @@ def wire(studio, form: dict, refs: dict) -> None:
         return f"Saved **{path}** · run it with `python launch.py train {path}`"
 
     def poll(shown: tuple):
-        """Inputs: what the page shows. Outputs: status, progress, loss, lr, memory text, memory plot, Start, shown, timer."""
-        return live.poll_outputs(studio.jobs.snapshot(), shown, view, 7, fast_s=0.5, plots=(2, 3, 5))
+        """Inputs: what the page shows. Outputs: status, progress, loss, lr, memory text, memory plot, method plot,
+        Start, shown, timer."""
+        return live.poll_outputs(studio.jobs.snapshot(), shown, view, 8, fast_s=0.5, plots=(2, 3, 5, 6))
 
     def view(snap) -> tuple:
+        curves = live.method_curves(snap)
         # Start is disabled while a job runs: one GPU job at a time.
-        return (*live.training_view(snap), gr.update(interactive=not snap.running))
+        return (*live.training_view(snap), gr.update(value=curves, visible=not curves.empty),
+                gr.update(interactive=not snap.running))
+
+    def show_method_settings(method: str):
+        """Inputs: the method. Outputs: each method settings group, shown when the method uses it."""
+        return tuple(gr.update(visible=method in methods) for methods in settings_sections().values())
 
     def restore():
         """Inputs: none. Outputs: every form control, Start. After a reload, the form shows the running job's settings."""
@@ -143,17 +187,18 @@ def wire(studio, form: dict, refs: dict) -> None:
     named(start, keys)
     named(command, keys)
     named(save, keys)
-    refs["start"].click(start, inputs, [refs["notice"], refs["timer"]], api_name="start_training")
-    refs["stop"].click(stop, None, refs["notice"], api_name="stop_training")
-    refs["resume"].click(resume, [refs["resume_run"], refs["train_to"]], [refs["notice"], refs["timer"]],
-                         api_name="resume_training")
-    refs["show"].click(command, inputs, refs["command"], api_name="show_command")
-    refs["save"].click(save, inputs, refs["notice"], api_name="save_recipe")
+    tab.start.click(start, inputs, [tab.notice, tab.timer], api_name="start_training")
+    tab.stop.click(stop, None, tab.notice, api_name="stop_training")
+    tab.resume.click(resume, [tab.resume_run, tab.train_to], [tab.notice, tab.timer], api_name="resume_training")
+    tab.show.click(command, inputs, tab.command, api_name="show_command")
+    tab.save.click(save, inputs, tab.notice, api_name="save_recipe")
     shown = gr.State(())
-    outputs = [refs["status"], refs["progress"], refs["loss"], refs["lr"], refs["memory"], refs["memory_plot"],
-               refs["start"], shown, refs["timer"]]
-    refs["timer"].tick(poll, shown, outputs, api_name="training_snapshot", show_progress="hidden")
-    refs["poll"] = (poll, shown, outputs)
-    refs["restore"] = (restore, None, [*inputs, refs["start"]])
-    refs["recipe"].input(load, refs["recipe"], [*inputs, refs["notice"]], api_name="load_recipe")
-    refs["refresh"] = (runs, [refs["resume_run"]])
+    outputs = [tab.status, tab.progress, tab.loss, tab.lr, tab.memory, tab.memory_plot, tab.method_plot, tab.start,
+               shown, tab.timer]
+    form["train.method"].change(show_method_settings, form["train.method"], list(tab.method_settings.values()),
+                                api_visibility="private")
+    tab.timer.tick(poll, shown, outputs, api_name="training_snapshot", show_progress="hidden")
+    tab.poll = Hook(poll, shown, outputs)
+    tab.restore = Hook(restore, None, [*inputs, tab.start])
+    tab.recipe.input(load, tab.recipe, [*inputs, tab.notice], api_name="load_recipe")
+    tab.refresh = Hook(runs, None, [tab.resume_run])

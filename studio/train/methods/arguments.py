@@ -1,0 +1,82 @@
+"""The trainer options every method shares, decided in one place from the run's config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import PrinterCallback
+
+from studio.config import RunConfig, optimizer_for
+from studio.errors import TrainingError
+from studio.hardware import has_cuda, resolve_dtype
+from studio.speed.patches import cuda_speedups
+
+
+def shared_options(cfg: RunConfig, output_dir: Path, has_eval: bool) -> dict:
+    """TrainingArguments fields that mean the same for every TRL trainer the studio uses."""
+    t = cfg.train
+    dtype = resolve_dtype(cfg.model.dtype)
+    return dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        max_steps=t.max_steps if t.max_steps > 0 else -1,
+        num_train_epochs=t.epochs,
+        learning_rate=t.learning_rate,
+        warmup_steps=t.warmup_steps,
+        lr_scheduler_type=t.scheduler,
+        optim=optimizer_name(t.optimizer),
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        logging_steps=t.logging_steps,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=t.eval_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        bf16=has_cuda() and dtype == torch.bfloat16,
+        fp16=has_cuda() and dtype == torch.float16,
+        use_cpu=not has_cuda(),
+        report_to="none",
+        disable_tqdm=True,
+        # A non-finite loss must reach the health check as it is: the trainer would otherwise
+        # log the average of earlier losses in its place (0.0 right after a log).
+        logging_nan_inf_filter=False,
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=0,
+        **cuda_speedups(t),
+    )
+
+
+def optimizer_name(setting: str) -> str:
+    """transformers' name of the optimizer train.optimizer stands for (config.optimizer_for decides auto)."""
+    name = optimizer_for(setting, has_cuda())
+    return {"adamw_8bit": "adamw_bnb_8bit"}.get(name, name)
+
+
+# The TRL trainer methods the studio's methods replace (dataset preparation, prompt tokenizing, ORPO's
+# scoring) were read in this version.
+TRL_CHECKED = "1.16.0"
+
+
+def check_trl_method(trainer_class, method: str) -> None:
+    """Refuse to train when TRL is not the version checked and `trainer_class.method`, which is replaced, is gone."""
+    import trl
+
+    if trl.__version__ != TRL_CHECKED and method not in vars(trainer_class):
+        raise TrainingError(
+            f"TRL {trl.__version__} is installed, but the studio's {trainer_class.__name__} setup was checked against "
+            f"TRL {TRL_CHECKED}, and {trainer_class.__name__}.{method} is gone. Install the pinned versions: "
+            "pip install -r requirements.txt."
+        )
+
+
+def finish_trainer(trainer):
+    """What every trainer needs once built: progress goes through the studio's callbacks, not printed."""
+    trainer.remove_callback(PrinterCallback)
+    return trainer
