@@ -31,10 +31,13 @@ def add_eval_parsers(sub) -> None:
     evaluate.add_argument("--metric", default="loss", help="What 'best checkpoint' means: loss (default), perplexity, "
                           "rouge_l, bleu, exact_match, stop_rate or check:NAME.")
     evaluate.add_argument("--batch-size", type=int, default=8, help="Rows answered together on HF models (default 8).")
+    evaluate.add_argument("--max-new-tokens", type=int, default=0, metavar="N",
+                          help="The longest answer in tokens (default: the run's generation.max_new_tokens).")
     evaluate.add_argument("--check", action="append", default=[], metavar="CHECK",
                           help="A check for every answer, saved with the run and reused: regex:PATTERN, json or "
                                "contains (the reference appears in the answer). Repeat for several.")
-    evaluate.add_argument("overrides", nargs="*", help="Generation overrides, e.g. generation.max_new_tokens=64.")
+    evaluate.add_argument("overrides", nargs="*", help="Other generation settings, e.g. generation.do_sample=true "
+                          "generation.seed=3 (seeded sampling instead of greedy answers).")
     runs_dir_option(evaluate)
 
     compare = sub.add_parser("compare", help="Compare runs: loss curves, config differences, final scores.")
@@ -50,7 +53,8 @@ def cmd_eval(args) -> int:
     run_dir = find_run(args.run, args.runs_dir)
     models = tuple(args.models) if args.models is not None else (() if args.gguf else MODEL_CHOICES)
     spec = EvalSpec(rows=args.rows, limit=args.limit, models=models, ggufs=tuple(args.gguf), other=args.other,
-                    metric=args.metric, batch_size=args.batch_size, overrides=tuple(args.overrides),
+                    metric=args.metric, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                    overrides=tuple(args.overrides),
                     checks=tuple(args.check))
     stop = threading.Event()
     with stop_on_ctrl_c(stop, "Stopping after this batch; what was scored is kept"):

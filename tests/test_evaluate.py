@@ -162,10 +162,10 @@ def test_stop_mid_evaluation_keeps_what_was_scored(eval_run):
         if event.kind == "log":
             stop.set()
 
-    spec = EvalSpec(rows="train", limit=8, models=("base", "tuned"), batch_size=4,
-                    overrides=("generation.max_new_tokens=4",))
+    spec = EvalSpec(rows="train", limit=8, models=("base", "tuned"), batch_size=4, max_new_tokens=4)
     result = run_evaluation(eval_run, spec, stop_after_first_batch, stop)
     saved = load_eval(result.folder)
+    assert saved.meta["generation"]["max_new_tokens"] == 4
     assert saved.partial and json.loads((result.folder / "scores.json").read_text())["partial"] is True
     assert [m.name for m in saved.scorecard.models] == ["base"] and saved.scorecard.models[0].rows == 4
     assert len(saved.outputs["base"]) == 4 and "stopped" in saved.scorecard.warnings[0]
@@ -187,6 +187,16 @@ def test_a_run_without_eval_split_says_what_to_evaluate_on(eval_run):
 
     with pytest.raises(DataError, match="no eval split.*--rows FILE"):
         run_evaluation(eval_run, EvalSpec(models=("tuned",)))
+
+
+def test_an_evaluation_changes_generation_settings_only(eval_run):
+    from studio.errors import ConfigError
+    from studio.evaluate.evaluation import EvalSpec, run_evaluation
+
+    with pytest.raises(ConfigError, match="'lora.r=8': an evaluation changes generation.* settings only"):
+        run_evaluation(eval_run, EvalSpec(models=("tuned",), overrides=("lora.r=8",)))
+    with pytest.raises(ConfigError, match="max_new_tokens must be 1 or more"):
+        run_evaluation(eval_run, EvalSpec(models=("tuned",), max_new_tokens=-3))
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,8 @@ class EvalSpec:
     other: str = ""  # another HF chat model folder to compare with (its own chat template)
     metric: str = "loss"  # what "best checkpoint" means
     batch_size: int = 8
-    overrides: tuple[str, ...] = ()  # generation.* settings, e.g. generation.max_new_tokens=64
+    max_new_tokens: int = 0  # the longest answer; 0: the run's generation.max_new_tokens
+    overrides: tuple[str, ...] = ()  # other generation.* settings, e.g. generation.do_sample=true generation.seed=3
     checks: tuple[str, ...] = ()  # regex:PATTERN, json, contains; saved with the run and reused
     seed: int = 0  # of the row sample
 
@@ -83,12 +84,19 @@ def _check_spec(spec: EvalSpec) -> None:
         raise ConfigError("The batch size must be 1 or more.")
     if not (spec.models or spec.other or spec.ggufs):
         raise ConfigError("Choose at least one model to evaluate.")
+    if spec.max_new_tokens < 0:
+        raise ConfigError("max_new_tokens must be 1 or more (0: the run's generation.max_new_tokens).")
+    other_keys = [o for o in spec.overrides if not o.startswith("generation.")]
+    if other_keys:
+        raise ConfigError(f"{other_keys[0]!r}: an evaluation changes generation.* settings only (the weights and "
+                          "data are the run's). See `launch.py keys generation`.")
 
 
 def _evaluate(run_dir: Path, spec: EvalSpec, sink: Sink, stop: threading.Event) -> EvalResult:
     from studio.runs import load_run_config, read_template
 
-    cfg = apply_overrides(load_run_config(run_dir), list(spec.overrides))
+    longest = [f"generation.max_new_tokens={spec.max_new_tokens}"] if spec.max_new_tokens else []
+    cfg = apply_overrides(load_run_config(run_dir), [*spec.overrides, *longest])
     template, tokenizer = read_template(run_dir), run_tokenizer(run_dir, cfg)
     checks = _checks(run_dir, spec)
     rowset = select_rows(run_dir, cfg, tokenizer, template, spec.rows, spec.limit, spec.seed)

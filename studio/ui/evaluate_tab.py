@@ -118,9 +118,8 @@ def wire(studio, form: dict, tab: EvaluateTab, export: ExportTab, tabs: gr.Tabs)
     def start(run: str, rows: str, limit: float, models: list[str], other: str, metric: str, batch: float,
               max_new: float, checks: str):
         """Inputs: the form above. Outputs: notice, the polling timer switched on."""
-        overrides = (f"generation.max_new_tokens={int(max_new)}",) if max_new else ()
         spec = EvalSpec(rows=rows or "eval", limit=int(limit or 0), models=tuple(models), other=(other or "").strip(),
-                        metric=metric, batch_size=int(batch or 8), overrides=overrides,
+                        metric=metric, batch_size=int(batch or 8), max_new_tokens=int(max_new or 0),
                         checks=tuple(line.strip() for line in (checks or "").splitlines() if line.strip()))
         try:
             studio.start_evaluation(studio.find_run(run or ""), spec)
