@@ -90,7 +90,6 @@ def build(studio, form: dict) -> EvaluateTab:
             table = gr.Dataframe(EMPTY, label="Scorecard", interactive=False, elem_id="eval-scorecard")
             verdict = gr.Markdown(elem_id="eval-verdict")
             export_best = gr.Button("Export this checkpoint", elem_id="eval-export-best")
-            export_best = gr.Button("Export this checkpoint", elem_id="eval-export-best")
     with gr.Accordion("Answers side by side", open=False):
         with gr.Row():
             saved = gr.Dropdown([], label="Saved evaluation", elem_id="eval-saved")
