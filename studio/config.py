@@ -141,7 +141,9 @@ class TrainConfig:
     )
     batch_size: int = _f(2, "Rows per device per step (grpo: completions, grpo.num_generations of each prompt).",
                          min=1)
-    grad_accum: int = _f(4, "Gradient accumulation steps (effective batch = batch_size * grad_accum).", min=1)
+    grad_accum: int = _f(4, "Gradient accumulation steps (effective batch = batch_size * grad_accum). On several "
+                         "devices each accumulates grad_accum / devices batches when that divides evenly, so a step "
+                         "sees the same rows as on one.", min=1)
     max_steps: int = _f(60, "Optimizer steps to run; 0 runs `epochs` full passes instead.", min=0)
     epochs: float = _f(1.0, "Passes over the data when max_steps is 0.", above=0)
     learning_rate: float = _f(2e-4, "Peak learning rate.", above=0)
@@ -178,6 +180,17 @@ class TrainConfig:
         "auto", "Fused LoRA layers: the adapter's term accumulated into the base matrix multiply, with a hand-written "
         "backward (same results, fewer GPU kernels). auto: on with CUDA when lora.dropout is 0 and DoRA is off; "
         "true/on, false/off."
+    )
+    devices: str = _f(
+        "auto", "Where to train. auto: every GPU CUDA sees, one process each (the CPU when there is none). GPU "
+        "indices such as 0,1 train on those GPUs; cpu on the CPU; cpu:2 in two processes on the CPU (the "
+        "several-GPU path without GPUs: for trying a setup, not faster). The same recipe runs on one device or many."
+    )
+    parallel: Literal["auto", "ddp", "fsdp"] = _f(
+        "auto", "How several devices share the work. ddp: each holds the whole model and trains on its share of "
+        "every step's rows (fastest, when the model and a batch fit on each card). fsdp: the weights, gradients and "
+        "optimizer states are sharded across the cards (FSDP2), for a model too big for one. auto: ddp when the fit "
+        "estimate says one card holds it, else fsdp."
     )
     logging_steps: int = _f(1, "Log loss, LR and memory every this many steps.", min=1)
     eval_steps: int = _f(20, "Evaluate every this many steps (with data.eval_fraction > 0 or data.eval_path).", min=1)

@@ -130,6 +130,11 @@ def format_event(e: Event) -> str:
 
 
 def _memory_text(m: dict) -> str:
+    devices = m.get("devices") or ()
+    if devices and devices[0].get("gpu_allocated") is not None:
+        return "GPUs " + " · ".join(f"{d['gpu_allocated']:.1f}" for d in devices) + " GiB alloc"
+    if devices:
+        return "RAM " + " · ".join(f"{d['process_rss']:.1f}" for d in devices) + " GiB"
     if m.get("gpu_allocated") is not None:
         return f"GPU {m['gpu_allocated']:.1f}/{m.get('gpu_reserved', 0):.1f} GiB alloc/res"
     return f"RAM {m['process_rss']:.1f} GiB"

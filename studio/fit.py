@@ -13,7 +13,7 @@ without gradients, after the step's own activations are freed, so it adds no pea
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from studio.catalog import Shape, find
@@ -230,10 +230,21 @@ def shape_of(name_or_path: str) -> Shape | None:
     )
 
 
-def check_fit(cfg: RunConfig, available_gib: float, on_gpu: bool) -> tuple[FitEstimate | None, str]:
-    """The estimate and its sentence, or None with the reason when the model's shape is unknown."""
+def sharded(est: FitEstimate, shards: int) -> FitEstimate:
+    """One card's share when FSDP splits the weights, gradients and optimizer states over `shards` cards.
+
+    Each card still holds its own rows' activations whole (and gathers one layer's weights at a time).
+    """
+    return replace(est, weights_gib=est.weights_gib / shards, trainable_gib=est.trainable_gib / shards)
+
+
+def check_fit(cfg: RunConfig, available_gib: float, on_gpu: bool, shards: int = 1) -> tuple[FitEstimate | None, str]:
+    """The estimate (one card's, with `shards` cards sharing the model) and its sentence, or None with the reason
+    when the model's shape is unknown."""
     shape = shape_of(cfg.model.name_or_path)
     if shape is None:
         return None, "Size unknown until the model is loaded (not in the catalog and not a local folder)."
     est = estimate_fit(shape, cfg, available_gib, on_gpu)
+    if shards > 1:
+        est = sharded(est, shards)
     return est, advice(shape, cfg, est, on_gpu)

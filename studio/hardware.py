@@ -25,6 +25,29 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def local_rank() -> int:
+    """This process's place among the training processes of its machine (0 when training alone).
+
+    Set by torch.distributed.run for each process it starts (studio.train.parallel starts them).
+    """
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def world_size() -> int:
+    """How many processes train together (1 when training alone)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """The process that writes the run's files (rank 0; the only one when training alone)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def sharded_training() -> bool:
+    """This process is one of several that shard the model (FSDP), rather than each holding all of it."""
+    return world_size() > 1 and os.environ.get("STUDIO_PARALLEL") == "fsdp"
+
+
 def device_name() -> str:
     """"NVIDIA GeForce RTX 4090" or "CPU only"."""
     return torch.cuda.get_device_name(0) if has_cuda() else "CPU only"
@@ -65,7 +88,7 @@ class MemoryProbe:
         self._process = psutil.Process(os.getpid())
         self._nvml_handle = None
         if has_cuda():
-            self._nvml_handle = _nvml_handle(torch.cuda.current_device())
+            self._nvml_handle = _nvml_handle(_physical_index(torch.cuda.current_device()))
 
     def snapshot(self) -> MemorySnapshot:
         vm = psutil.virtual_memory()
@@ -83,6 +106,14 @@ class MemoryProbe:
         if self._nvml_handle is not None:
             fields.update(_nvml_readings(self._nvml_handle))
         return MemorySnapshot(**fields)
+
+
+def _physical_index(cuda_index: int) -> int:
+    """NVML counts every GPU of the machine; CUDA only those CUDA_VISIBLE_DEVICES lists."""
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if cuda_index < len(visible) and visible[cuda_index].isdigit():
+        return int(visible[cuda_index])
+    return cuda_index
 
 
 def _nvml_handle(index: int):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from studio.config import LoraConfig, ModelConfig, PromptTuningConfig
 from studio.errors import ConfigError, ModelLoadError
-from studio.hardware import has_cuda, resolve_dtype
+from studio.hardware import has_cuda, local_rank, resolve_dtype, sharded_training
 
 BUILTIN_GEMMA = "builtin:gemma-3-270m"
 GEMMA_NOTICE = (
@@ -210,6 +210,8 @@ def quantization_config(cfg: ModelConfig):
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=resolve_dtype(cfg.dtype),
+        # Sharding needs every weight in one dtype: the packed 4-bit values are stored as that dtype.
+        **({"bnb_4bit_quant_storage": resolve_dtype(cfg.dtype)} if sharded_training() else {}),
     )
 
 
@@ -219,7 +221,9 @@ def load_model(cfg: ModelConfig):
 
     source = hf_folder(cfg.name_or_path)
     refuse_unsafe_files(source, cfg.trust_remote_code, cfg.allow_pickle)
-    options = {"dtype": resolve_dtype(cfg.dtype), "device_map": {"": 0} if has_cuda() else None,
+    # Each training process holds its model on its own GPU; sharded training places the shards itself.
+    device_map = {"": local_rank()} if has_cuda() and not sharded_training() else None
+    options = {"dtype": resolve_dtype(cfg.dtype), "device_map": device_map,
                "trust_remote_code": cfg.trust_remote_code,
                # None: safetensors when present, else pickle; True: safetensors or an error.
                "use_safetensors": None if cfg.allow_pickle else True}

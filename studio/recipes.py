@@ -217,6 +217,35 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
     return cls(**kwargs)
 
 
+@dataclasses.dataclass(frozen=True)
+class DeviceRequest:
+    """train.devices read: the CPU (with a number of processes) or a list of GPU indices, or every GPU (auto)."""
+
+    cpu: bool = False
+    cpu_processes: int = 1
+    gpus: tuple[int, ...] | None = None  # None: every GPU CUDA sees
+
+
+def parse_devices(text: str) -> DeviceRequest:
+    """auto, cpu, cpu:N or GPU indices such as 0,1 (ConfigError for anything else)."""
+    value = text.strip().lower().replace(" ", "")
+    if value == "auto":
+        return DeviceRequest()
+    match = re.fullmatch(r"cpu(?::(\d+))?", value)
+    if match:
+        processes = int(match.group(1) or 1)
+        if processes < 1:
+            raise ConfigError("train.devices=cpu:N needs N of 1 or more processes.")
+        return DeviceRequest(cpu=True, cpu_processes=processes)
+    if re.fullmatch(r"\d+(,\d+)*", value):
+        gpus = tuple(int(i) for i in value.split(","))
+        if len(set(gpus)) != len(gpus):
+            raise ConfigError(f"train.devices={text} names a GPU twice: list each index once, e.g. 0,1.")
+        return DeviceRequest(gpus=gpus)
+    raise ConfigError(f"train.devices={text!r} is not a device list: use auto, cpu, cpu:2 or GPU indices such as 0,1.")
+
+
+
 def _check_rules(cfg: RunConfig, source: str) -> RunConfig:
     """Rules between fields, checked wherever a config is made (recipe, override, UI form)."""
     if cfg.data.eval_path and cfg.data.eval_fraction:
@@ -225,6 +254,13 @@ def _check_rules(cfg: RunConfig, source: str) -> RunConfig:
     if not cfg.lora.enabled and cfg.model.load_in != "16bit":
         raise ConfigError(f"{source}: full fine-tuning needs 16-bit weights, but model.load_in is "
                           f"{cfg.model.load_in}. Set lora.enabled=true (QLoRA) or model.load_in=16bit.")
+    try:
+        devices = parse_devices(cfg.train.devices)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    if devices.cpu and cfg.train.parallel == "fsdp":
+        raise ConfigError(f"{source}: train.parallel=fsdp shards the model across GPUs, but train.devices is "
+                          f"{cfg.train.devices}: use train.parallel=ddp (or auto) on the CPU.")
     if cfg.train.early_stopping and not (cfg.data.eval_fraction or cfg.data.eval_path):
         raise ConfigError(f"{source}: train.early_stopping needs eval data: set data.eval_fraction (e.g. 0.1) or "
                           "data.eval_path, or set train.early_stopping=0.")

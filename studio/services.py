@@ -95,10 +95,12 @@ class Studio:
         snap = self.probe.snapshot()
         if has_cuda():
             free, total = torch.cuda.mem_get_info()
+            gpus = [(i, torch.cuda.get_device_name(i), torch.cuda.get_device_properties(i).total_memory / GIB)
+                    for i in range(torch.cuda.device_count())]
             return {"device": device_name(), "gpu": True, "available_gib": free / GIB, "total_gib": total / GIB,
-                    "ram_total_gib": snap.ram_total}
+                    "ram_total_gib": snap.ram_total, "gpus": gpus}
         return {"device": "CPU only", "gpu": False, "available_gib": snap.ram_total - snap.ram_used,
-                "total_gib": snap.ram_total, "ram_total_gib": snap.ram_total}
+                "total_gib": snap.ram_total, "ram_total_gib": snap.ram_total, "gpus": []}
 
     def preview_data(self, cfg: RunConfig, row: int):
         """The Data tab's preview of `cfg.data` with the model's tokenizer and the chosen template."""

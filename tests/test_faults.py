@@ -159,7 +159,7 @@ def test_resume_of_a_completed_run_asks_for_more_steps(trained_run, tmp_path):
     run = Path(shutil.copytree(trained_run, tmp_path / trained_run.name))
     with pytest.raises(TrainingError, match=r"already completed all 10 steps.*train\.max_steps=20"):
         run_training(run, MemorySink(), resume=True)
-    with pytest.raises(TrainingError, match="Only train.max_steps and train.epochs can change"):
+    with pytest.raises(TrainingError, match="Only train.max_steps, train.epochs, train.devices and train.parallel can change"):
         run_training(run, MemorySink(), resume=True, changes=["lora.r=4"])
     result = run_training(run, MemorySink(), resume=True, changes=["train.max_steps=12"])
     assert (result.state, result.step) == ("completed", 12)

@@ -41,6 +41,9 @@ class ProgressCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.max_steps and state.global_step >= state.max_steps:
             control.should_save = True  # the last step always leaves a checkpoint: the run can be extended later
+        agree = getattr(self.stop, "agree", None)  # one of several processes: all stop at the same step
+        if agree is not None:
+            agree()
         return self._stop_if_asked(control)
 
     def _stop_if_asked(self, control):
@@ -80,7 +83,7 @@ class ProgressCallback(TrainerCallback):
             tokens_per_second=tokens_per_second,
             elapsed_s=elapsed,
             eta_s=eta,
-            memory=self.probe.snapshot().to_dict(),
+            memory=_every_process(self.probe.snapshot().to_dict()),
             extra=extra,
         ))
         # A stop asked for while this step's numbers were shown still stops at this step.
@@ -88,6 +91,20 @@ class ProgressCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         self.sink(Event("checkpoint", message=f"Checkpoint saved at step {state.global_step}", step=state.global_step))
+
+
+def _every_process(memory: dict) -> dict:
+    """This process's memory readings, with every process's as "devices" when several train together.
+
+    Called at the same logging step on every process (the trainer logs in step), so the gather meets.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return memory
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, {k: v for k, v in memory.items() if v is not None and not k.startswith("ram_")})
+    return {**memory, "devices": gathered}
 
 
 def method_metrics(logs: dict, names: tuple[str, ...], prefix: str = "") -> dict[str, float]:

@@ -108,17 +108,18 @@ def prepare_resume(run_dir: Path, changes: Sequence[str], sink: Sink) -> Path | 
     """Check that the run can continue, apply `changes`, set damaged checkpoints aside; the checkpoint to resume.
 
     A finished run continues only with a higher train.max_steps (or train.epochs);
-    a diverged one not at all (the same settings would diverge again).
+    a diverged one not at all (the same settings would diverge again). The devices
+    may change (train.devices, train.parallel): a checkpoint resumes on one GPU or several.
     """
     from studio.recipes import apply_overrides
     from studio.runs import load_run_config, read_status, save_run_config, train_again_command
 
     cfg = load_run_config(run_dir)
     status = read_status(run_dir)
-    allowed = ("train.max_steps", "train.epochs")
+    allowed = ("train.max_steps", "train.epochs", "train.devices", "train.parallel")
     refused = [c for c in changes if c.partition("=")[0].strip() not in allowed]
     if refused:
-        raise TrainingError(f"Only {' and '.join(allowed)} can change when a run is resumed, not "
+        raise TrainingError(f"Only {', '.join(allowed[:-1])} and {allowed[-1]} can change when a run is resumed, not "
                             f"{refused[0].partition('=')[0]!r}. For other changes start a new run from its "
                             f"recipe: {train_again_command(run_dir, refused[0])}")
     if status.get("state") == "diverged":
@@ -136,7 +137,7 @@ def prepare_resume(run_dir: Path, changes: Sequence[str], sink: Sink) -> Path | 
             "(or, in the Train tab, 'Train to step').")
     if extended != cfg:
         save_run_config(run_dir, extended)
-        sink(Event("stage", message="Extended: " + ", ".join(changes)))
+        sink(Event("stage", message="Changed: " + ", ".join(changes)))
     good, damaged = scan_checkpoints(run_dir)
     for folder, reason in damaged:
         aside = set_aside(folder)

@@ -26,13 +26,16 @@ from studio.config import RunConfig
 from studio.data.building import build_dataset, to_hf_dataset
 from studio.errors import ConfigError, DiskSpaceError, StudioError, TrainingError
 from studio.events import Event, Sink
-from studio.hardware import MemoryProbe, free_accelerator_memory
+from studio.hardware import MemoryProbe, free_accelerator_memory, is_main_process, sharded_training, world_size
 from studio.train.health import Divergence, TrainingHealth
 from studio.models import load_model
 from studio.speed.apply import prepare_for_training
 from studio.speed.patches import scoring_only_trained_positions
 from studio.train.methods import method_for
-from studio.runs import disk_full_text, is_disk_full, load_run_config, lock_run, read_template, write_status
+from studio.recipes import replace_section
+from studio.runs import (disk_full_text, is_disk_full, load_run_config, lock_run, read_template, write_atomically,
+                         write_status)
+from studio.train.parallel import split_grad_accum
 from studio.data.templates import Template, resolve_template, template_warnings
 
 
@@ -53,15 +56,25 @@ def run_training(run_dir: Path, sink: Sink, stop: threading.Event | None = None,
     any process, is refused. `changes` (resume only) raise train.max_steps or
     train.epochs to extend a finished run.
     """
+    from studio.train.parallel import plan_placement, train_in_ranks
+
     stop = stop or threading.Event()
     with lock_run(run_dir, "training"):
         checkpoint = prepare_resume(run_dir, changes, sink) if resume else None
-        return _train(run_dir, sink, stop, checkpoint)
+        placement = plan_placement(load_run_config(run_dir))
+        if placement.in_process:
+            return train_run(run_dir, sink, stop, checkpoint)
+        write_status(run_dir, state="running", error=None, health=None)
+        return train_in_ranks(run_dir, placement, sink, stop, checkpoint)
 
 
-def _train(run_dir: Path, sink: Sink, stop: threading.Event, checkpoint: Path | None) -> TrainResult:
+def train_run(run_dir: Path, sink: Sink, stop: threading.Event, checkpoint: Path | None) -> TrainResult:
+    """The training itself, in this process: alone, or as one rank of several (studio.train.rank)."""
     cfg = load_run_config(run_dir)
-    write_status(run_dir, state="running", error=None, health=None)
+    if world_size() > 1:
+        cfg = replace_section(cfg, "train", grad_accum=split_grad_accum(cfg.train.grad_accum, world_size()))
+    if is_main_process():
+        write_status(run_dir, state="running", error=None, health=None)
     sink(Event("start", message=f"{'Resuming' if checkpoint else 'Starting'} {run_dir.name}", max_steps=cfg.train.max_steps))
     model = trainer = watch = None
     try:
@@ -78,7 +91,8 @@ def _train(run_dir: Path, sink: Sink, stop: threading.Event, checkpoint: Path | 
             sink(Event("stage", message=f"Data: {built.summary}"))
         for note in built.notes:
             sink(Event("stage", message=f"Note: {note}"))
-        check_disk_for_run(run_dir, cfg, model)
+        if is_main_process():
+            check_disk_for_run(run_dir, cfg, model)
         trainer, watch = _make_trainer(cfg, run_dir, model, tokenizer, built, sink, stop)
         with scoring_only_trained_positions():
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -103,7 +117,8 @@ def _finish(run_dir, cfg, trainer, tokenizer, template, watch, stop, sink) -> Tr
     last_good = None
     if health.divergence:
         state = "diverged"
-        last_good = keep_last_good_checkpoint(run_dir, cfg, tokenizer, template)
+        if is_main_process():
+            last_good = keep_last_good_checkpoint(run_dir, cfg, tokenizer, template)
     else:
         state = "stopped" if stop.is_set() else "completed"
         _save_weights(trainer, tokenizer, template, run_dir, cfg)
@@ -111,7 +126,8 @@ def _finish(run_dir, cfg, trainer, tokenizer, template, watch, stop, sink) -> Tr
     if state == "completed" and cfg.train.max_steps and step < cfg.train.max_steps:
         summary = f"Stopped early at step {step}: the eval loss stopped improving; the best weights are kept. {summary}"
     loss = _last_loss(trainer)
-    write_status(run_dir, state=state, step=step, loss=loss, health=summary, warnings=len(health.warnings))
+    if is_main_process():
+        write_status(run_dir, state=state, step=step, loss=loss, health=summary, warnings=len(health.warnings))
     message = summary if state == "diverged" else f"Training {state} at step {step}. {summary}"
     sink(Event("end", message=message, step=step, loss=loss,
                extra={"state": state, "health": summary}))
@@ -135,7 +151,7 @@ def _record_failure(run_dir: Path, exc: BaseException, trainer, sink: Sink) -> N
                  + (f"resume continues from {good.name}." if good else "no checkpoint to resume from yet."))
     else:
         error = _describe_failure(exc)
-    for record in (lambda: write_status(run_dir, state=state, error=error, step=step),
+    for record in (lambda: is_main_process() and write_status(run_dir, state=state, error=error, step=step),
                    lambda: sink(Event("end", message=f"Training {state}: {error}", step=step,
                                       extra={"state": state, "error": error}))):
         try:
@@ -158,7 +174,8 @@ def _run_template(run_dir: Path, cfg: RunConfig, tokenizer) -> Template:
     if stored.is_file():
         return read_template(run_dir)
     template = resolve_template(cfg.data.template, tokenizer)
-    stored.write_text(template.jinja, encoding="utf-8")
+    if is_main_process():  # the other ranks resolve the same template; the file appears whole or not at all
+        write_atomically(stored, lambda path: path.write_text(template.jinja, encoding="utf-8"))
     return template
 
 
@@ -221,11 +238,18 @@ def _steps_inside_backward(cfg: RunConfig) -> bool:
 
 
 def _save_weights(trainer, tokenizer, template: Template, run_dir: Path, cfg: RunConfig) -> None:
-    """Write adapter/ (or model/ for full fine-tuning) under a temporary name, then rename."""
+    """Write adapter/ (or model/ for full fine-tuning) under a temporary name, then rename; rank 0 writes."""
     final = run_dir / ("adapter" if cfg.lora.enabled else "model")
     tmp = final.with_name(final.name + ".part")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(tmp)
+    if is_main_process():
+        shutil.rmtree(tmp, ignore_errors=True)
+    if sharded_training():
+        trainer.save_model(str(tmp))  # every rank hands over its shards; rank 0 writes them whole
+    elif is_main_process():
+        trainer.model.save_pretrained(tmp)
+    if not is_main_process():
+        return
+    (tmp / "training_args.bin").unlink(missing_ok=True)  # the trainer's pickle: no part of the weights
     tokenizer.chat_template = template.jinja
     tokenizer.save_pretrained(tmp)
     if final.exists():

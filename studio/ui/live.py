@@ -165,6 +165,13 @@ def _memory_text(last: Event | None) -> str:
         parts.append(f"**GPU (NVML)** used {m['gpu_used']:.2f} / {m['gpu_total']:.1f} GiB · "
                      f"{m['gpu_util_percent']:.0f}% busy · {m['gpu_temp_c']:.0f} °C")
     parts.append(f"**RAM** process {m['process_rss']:.2f} GiB · system {m['ram_used']:.1f} / {m['ram_total']:.1f} GiB")
+    for rank, device in enumerate(m.get("devices") or ()):
+        if device.get("gpu_allocated") is not None:
+            parts.append(f"**Process {rank}** GPU allocated {device['gpu_allocated']:.2f} · peak "
+                         f"{device['gpu_peak']:.2f} GiB" + (f" · {device['gpu_used']:.2f} / {device['gpu_total']:.1f} "
+                                                             "GiB used (NVML)" if device.get("gpu_total") else ""))
+        else:
+            parts.append(f"**Process {rank}** RAM {device['process_rss']:.2f} GiB")
     return "  \n".join(parts)
 
 
@@ -172,6 +179,11 @@ def _memory_frame(logs: list[Event], started: float | None) -> pd.DataFrame:
     rows = []
     for e in logs:
         seconds = round(e.time - (started or e.time), 1)
+        devices = e.memory.get("devices")
+        if devices:  # several processes: each one's GPU (or RAM) as its own line
+            rows += [(seconds, d["gpu_allocated"], f"GPU {rank} allocated") if d.get("gpu_allocated") is not None
+                     else (seconds, d["process_rss"], f"process {rank} RAM") for rank, d in enumerate(devices)]
+            continue
         if e.memory.get("gpu_allocated") is not None:
             rows += [(seconds, e.memory["gpu_allocated"], "GPU allocated"), (seconds, e.memory["gpu_reserved"], "GPU reserved")]
         rows.append((seconds, e.memory["process_rss"], "process RAM"))

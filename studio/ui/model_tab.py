@@ -14,6 +14,7 @@ from studio.config import RunConfig
 from studio.ui.controls import control, more_settings
 from studio.ui.form import config_from_form, named
 from studio.ui.hook import Hook
+from studio.train.parallel import plan_placement
 
 CUSTOM = "Other: hub id, local folder or .gguf file"
 
@@ -39,8 +40,7 @@ def build(studio, form: dict, start: RunConfig) -> ModelTab:
                 more_settings(form, start, ("model",))
             load = gr.Button("Check model", variant="secondary")
         with gr.Column(scale=2):
-            gr.Markdown(f"**Hardware** · {hw['device']} · {hw['total_gib']:.1f} GiB "
-                        f"{'VRAM' if hw['gpu'] else 'RAM'}", elem_id="hardware")
+            gr.Markdown(_hardware_text(hw), elem_id="hardware")
             fit = gr.Markdown(elem_id="fit-estimate")
             info = gr.Markdown(elem_id="model-info")
     return ModelTab(choice, load, fit, info)
@@ -61,11 +61,18 @@ def wire(studio, form: dict, tab: ModelTab) -> None:
         except StudioError as exc:
             return f"⚠️ {exc}"
         hw = studio.hardware()
-        est, sentence = check_fit(cfg, hw["available_gib"], hw["gpu"])
+        try:
+            placement = plan_placement(cfg, gpu_count=len(hw["gpus"]))
+        except StudioError as exc:
+            return f"⚠️ {exc}"
+        shards = placement.processes if placement.engine == "fsdp" else 1
+        est, sentence = check_fit(cfg, hw["available_gib"], hw["gpu"], shards)
         icon = {"fits": "✅", "tight": "🟡", "does not fit": "⛔"}.get(est.verdict if est else "", "❔")
+        where = (f"**Each of {placement.processes} {'GPUs' if placement.gpus else 'processes'}** "
+                 f"({placement.describe()}): " if placement.processes > 1 else "")
         parts = "" if est is None else (f"\n\nweights {est.weights_gib:.2f} · trainable+optimizer {est.trainable_gib:.2f} · "
                                          f"activations {est.activations_gib:.2f} · overhead {est.overhead_gib:.1f} GiB")
-        return f"{icon} {sentence}{parts}"
+        return f"{icon} {where}{sentence}{parts}"
 
     def check(name_or_path: str, progress=gr.Progress()):
         """Inputs: model path. Outputs: what the model is (loads config and tokenizer, not the weights)."""
@@ -79,10 +86,19 @@ def wire(studio, form: dict, tab: ModelTab) -> None:
     tab.choice.change(pick, tab.choice, form["model.name_or_path"], api_name="pick_model")
     for key in ("model.name_or_path", "model.load_in", "lora.enabled", "lora.r", "train.batch_size",
                 "train.max_length", "train.gradient_checkpointing", "train.offload_activations", "train.cpu_embeddings",
-                "train.optimizer"):
+                "train.optimizer", "train.devices", "train.parallel"):
         form[key].change(estimate, inputs, tab.fit, api_visibility="private")
     tab.load.click(check, form["model.name_or_path"], tab.info, api_name="check_model")
     tab.fit_estimate = Hook(estimate, inputs, tab.fit)
+
+
+def _hardware_text(hw: dict) -> str:
+    """The device line, and with several GPUs one line per GPU (the indices train.devices names)."""
+    head = f"**Hardware** · {hw['device']} · {hw['total_gib']:.1f} GiB {'VRAM' if hw['gpu'] else 'RAM'}"
+    if len(hw["gpus"]) < 2:
+        return head
+    return head + "".join(f"  \nGPU {index}: {name} · {total:.1f} GiB" for index, name, total in hw["gpus"]) + \
+        f"  \n{len(hw['gpus'])} GPUs: train.devices=auto trains on all of them."
 
 
 def _description(info) -> str:

@@ -66,6 +66,9 @@ def build(studio, form: dict, start: RunConfig) -> TrainTab:
             with gr.Row():
                 form["train.learning_rate"] = control("train.learning_rate", start, elem_id="learning-rate")
                 form["train.max_length"] = control("train.max_length", start)
+            with gr.Row():
+                form["train.devices"] = control("train.devices", start, elem_id="train-devices")
+                form["train.parallel"] = control("train.parallel", start)
             method_settings = {}
             for section, methods in settings_sections().items():
                 with gr.Group(visible=start.train.method in methods) as group:

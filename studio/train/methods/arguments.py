@@ -9,7 +9,7 @@ from transformers import PrinterCallback
 
 from studio.config import RunConfig, optimizer_for
 from studio.errors import TrainingError
-from studio.hardware import has_cuda, resolve_dtype
+from studio.hardware import has_cuda, resolve_dtype, sharded_training, world_size
 from studio.speed.patches import cuda_speedups
 
 
@@ -31,7 +31,8 @@ def shared_options(cfg: RunConfig, output_dir: Path, has_eval: bool) -> dict:
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         seed=t.seed,
-        activation_checkpointing=t.gradient_checkpointing,
+        # Sharded training checkpoints through FSDP's own wrapper (parallel_options).
+        activation_checkpointing=t.gradient_checkpointing and not sharded_training(),
         activation_checkpointing_kwargs={"use_reentrant": False},
         logging_steps=t.logging_steps,
         eval_strategy="steps" if has_eval else "no",
@@ -50,7 +51,27 @@ def shared_options(cfg: RunConfig, output_dir: Path, has_eval: bool) -> dict:
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
         **cuda_speedups(t),
+        **parallel_options(cfg),
     )
+
+
+def parallel_options(cfg: RunConfig) -> dict:
+    """How the processes of a several-device run share the work (none when training alone).
+
+    ddp: every process holds the model and averages its gradients with the others after each
+    step's rows (gloo between CPU processes, NCCL between GPUs). fsdp: FSDP2 shards each decoder
+    layer's weights, gradients and optimizer states across the GPUs.
+    """
+    if world_size() == 1:
+        return {}
+    if not sharded_training():
+        # LoRA leaves most parameters without gradients: DDP need not search for unused ones.
+        return {"ddp_backend": None if has_cuda() else "gloo", "ddp_find_unused_parameters": False}
+    return {"fsdp": True, "fsdp_config": {
+        "version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "reshard_after_forward": True,
+        "cpu_ram_efficient_loading": True, "state_dict_type": "FULL_STATE_DICT",
+        "activation_checkpointing": cfg.train.gradient_checkpointing,
+    }}
 
 
 def optimizer_name(setting: str) -> str:

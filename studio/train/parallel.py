@@ -1,0 +1,317 @@
+"""Training on several devices: where a run trains, and its processes started and watched.
+
+One recipe runs on the CPU, one GPU or several: `train.devices` says which,
+`train.parallel` how they share the work. Several processes are started by
+PyTorch's own launcher (torch.distributed.run) as children of the studio, one
+per device, each running `studio.train.rank`; the Trainer (through accelerate)
+does the distributed part, DDP or FSDP2.
+
+    placement = plan_placement(cfg)                 # processes, GPUs, engine, each one's grad_accum
+    result = train_in_ranks(run_dir, placement, sink, stop, checkpoint)
+
+Rank 0 writes the run's files; every rank reports its events to
+`<run>/ranks/rank-K.jsonl`, and rank 0's are passed on to the studio's sink.
+Stop writes `<run>/ranks/stop`: the ranks agree on it after each step and all
+stop at the same one, with a checkpoint. A rank that fails ends the run as
+failed with that rank's error, and every process of the run is ended.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from studio.config import RunConfig
+from studio.errors import ConfigError, TrainingError
+from studio.events import Event, Sink
+from studio.recipes import parse_devices
+
+ENGINES = ("single", "ddp", "fsdp")
+STOP_FILE = "stop"  # in <run>/ranks/: asks every rank to stop after its current step
+POLL_S = 0.25
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a run trains: its processes, their GPUs (CUDA indices; none on the CPU) and how they share the work."""
+
+    processes: int
+    gpus: tuple[int, ...]
+    engine: str  # single, ddp or fsdp
+    grad_accum: int  # each process's accumulation steps
+    notes: tuple[str, ...] = ()
+
+    @property
+    def in_process(self) -> bool:
+        """Trained inside the studio's own process: one process on the device it would use anyway."""
+        from studio.hardware import has_cuda
+
+        return self.processes == 1 and (self.gpus == (0,) if has_cuda() else not self.gpus)
+
+    def describe(self) -> str:
+        where = f"GPU {', '.join(map(str, self.gpus))}" if self.gpus else "the CPU"
+        if self.processes == 1:
+            return f"one process on {where}"
+        how = {"ddp": "data parallel (DDP)", "fsdp": "sharded (FSDP2)"}[self.engine]
+        return f"{self.processes} processes on {where}, {how}"
+
+
+def split_grad_accum(grad_accum: int, processes: int) -> int:
+    """Each process's accumulation steps: the run's divided among them when it divides evenly (same rows a step)."""
+    return grad_accum // processes if processes > 1 and grad_accum % processes == 0 else grad_accum
+
+
+def plan_placement(cfg: RunConfig, gpu_count: int | None = None, fits_one_card: bool | None = None) -> Placement:
+    """Where `cfg` trains on this machine (GPUs counted, and the fit estimate read, unless given)."""
+    from studio.hardware import has_cuda
+
+    request = parse_devices(cfg.train.devices)
+    if gpu_count is None:
+        import torch
+
+        gpu_count = torch.cuda.device_count() if has_cuda() else 0
+    if request.cpu or (request.gpus is None and gpu_count == 0):
+        processes, gpus = request.cpu_processes, ()
+    else:
+        gpus = tuple(range(gpu_count)) if request.gpus is None else request.gpus
+        missing = [i for i in gpus if i >= gpu_count]
+        if missing:
+            seen = f"{gpu_count} GPU{'s' if gpu_count != 1 else ''} ({', '.join(map(str, range(gpu_count)))})" \
+                if gpu_count else "no GPU"
+            raise ConfigError(f"train.devices={cfg.train.devices} names GPU {missing[0]}, but CUDA sees {seen}. "
+                              "Use auto (every GPU), or indices it sees; cpu trains on the CPU.")
+        processes = len(gpus)
+    if processes > 1 and cfg.train.method == "galore" and cfg.galore.layerwise:
+        raise ConfigError("galore.layerwise updates each layer inside the backward pass, which several processes "
+                          "cannot share: set galore.layerwise=false, or train on one device (train.devices=0).")
+    engine = _engine(cfg, processes, bool(gpus), fits_one_card)
+    per_process = split_grad_accum(cfg.train.grad_accum, processes)
+    return Placement(processes, gpus, engine, per_process, _notes(cfg, processes, engine, per_process, fits_one_card))
+
+
+def _engine(cfg: RunConfig, processes: int, on_gpus: bool, fits_one_card: bool | None) -> str:
+    if processes == 1:
+        return "single"
+    if cfg.train.parallel == "fsdp" and not on_gpus:
+        raise ConfigError("train.parallel=fsdp shards the model across GPUs; on the CPU use train.parallel=ddp "
+                          "(or auto).")
+    if cfg.train.parallel != "auto":
+        return cfg.train.parallel
+    if not on_gpus:
+        return "ddp"
+    if fits_one_card is None:
+        fits_one_card = _fits_one_card(cfg)
+    return "ddp" if fits_one_card else "fsdp"
+
+
+def _fits_one_card(cfg: RunConfig) -> bool:
+    """The fit estimate's verdict for one card (unknown shapes are taken to fit: DDP is the faster guess)."""
+    import torch
+
+    from studio.fit import check_fit
+    from studio.hardware import GIB
+
+    smallest = min(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())) / GIB
+    est, _ = check_fit(cfg, smallest, on_gpu=True)
+    return est is None or est.verdict != "does not fit"
+
+
+def _notes(cfg: RunConfig, processes: int, engine: str, per_process: int, fits_one_card: bool | None) -> tuple[str, ...]:
+    if processes == 1:
+        return ()
+    t = cfg.train
+    rows = t.batch_size * t.grad_accum
+    if per_process != t.grad_accum:
+        batches = f"{per_process} batch{'es' if per_process != 1 else ''}"
+        notes = [f"Each of the {processes} processes accumulates {batches} of {t.batch_size}: a step sees "
+                 f"{rows} rows, as on one device."]
+    else:
+        notes = [f"train.grad_accum={t.grad_accum} does not divide among {processes} devices: a step sees "
+                 f"{rows * processes} rows ({processes} times one device's {rows}), and train.max_steps covers "
+                 f"{processes} times the data. Set train.grad_accum to a multiple of {processes} to keep one "
+                 "device's step."]
+    if engine == "fsdp" and cfg.train.parallel == "auto":
+        notes.append("The model does not fit one card (fit estimate): its weights, gradients and optimizer states "
+                     "are sharded across the cards (FSDP2).")
+    return tuple(notes)
+
+
+# ---------------------------------------------------------------- the processes
+
+
+def rank_command(run_dir: Path, placement: Placement, checkpoint: Path | None = None, nodes: int = 1,
+                 node_rank: int = 0, rendezvous: str = "") -> list[str]:
+    """The torch.distributed.run command that starts the run's processes on this machine.
+
+    With `nodes` > 1 the same command runs on every machine (its `node_rank` told), each
+    reaching the others through the `rendezvous` host:port, the run folder on storage they share.
+    """
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={placement.processes}",
+               "--max-restarts=0"]
+    if nodes > 1:
+        if not re.fullmatch(r"[\w.\-]+:\d+", rendezvous):
+            raise ConfigError(f"Several machines meet at a host:port that every one of them reaches (the first "
+                              f"machine's address and a free port, e.g. 10.0.0.1:29500); got {rendezvous!r}.")
+        command += [f"--nnodes={nodes}", f"--node-rank={node_rank}", "--rdzv-backend=c10d",
+                    f"--rdzv-endpoint={rendezvous}", f"--rdzv-id={Path(run_dir).name}"]
+    else:
+        command.append("--standalone")  # one machine: the launcher picks a free port itself
+    command += ["-m", "studio.train.rank", str(run_dir)]
+    return command + (["--checkpoint", str(checkpoint)] if checkpoint else [])
+
+
+def rank_environment(placement: Placement, base: dict | None = None) -> dict:
+    """The environment of the run's processes: their GPUs, the engine, and CPU threads shared out."""
+    env = dict(os.environ if base is None else base)
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, placement.gpus))  # empty: the CPU, even on a GPU machine
+    env["STUDIO_PARALLEL"] = placement.engine
+    env["PYTHONUNBUFFERED"] = "1"
+    if not placement.gpus:
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // placement.processes)))
+    return env
+
+
+def ranks_folder(run_dir: Path) -> Path:
+    return run_dir / "ranks"
+
+
+def train_in_ranks(run_dir: Path, placement: Placement, sink: Sink, stop: threading.Event,
+                   checkpoint: Path | None):
+    """Run the training in the placement's processes; their events go to `sink`; the TrainResult of rank 0."""
+    folder = ranks_folder(run_dir)
+    folder.mkdir(exist_ok=True)
+    for old in [*folder.glob("rank-*.jsonl"), folder / STOP_FILE, folder / "launcher.log"]:
+        old.unlink(missing_ok=True)
+    sink(Event("stage", message=f"Training in {placement.describe()}"))
+    for note in placement.notes:
+        sink(Event("stage", message=f"Note: {note}"))
+    main_events = _EventTail(folder / "rank-0.jsonl")
+    last_end: list[Event] = []
+
+    def forward() -> None:
+        for event in main_events.read():
+            if event.kind == "end":
+                last_end.append(event)  # told once the processes have ended and their outcome is known
+            else:
+                sink(event)
+
+    with (folder / "launcher.log").open("w", encoding="utf-8") as log:
+        process = subprocess.Popen(rank_command(run_dir, placement, checkpoint), env=rank_environment(placement),
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                   preexec_fn=_end_with_parent)
+        try:
+            while process.poll() is None:
+                forward()
+                if stop.is_set() and not (folder / STOP_FILE).exists():
+                    (folder / STOP_FILE).write_text("stop\n", encoding="utf-8")
+                time.sleep(POLL_S)
+        except BaseException:
+            end_process_group(process)
+            raise
+        finally:
+            end_process_group(process)
+            forward()
+    return _outcome(run_dir, placement, process.returncode, last_end[-1] if last_end else None, sink)
+
+
+def _outcome(run_dir: Path, placement: Placement, returncode: int, main_end: Event | None, sink: Sink):
+    from studio.runs import read_status, write_status
+    from studio.train.training import TrainResult
+
+    if returncode == 0 and main_end is not None:
+        sink(main_end)
+        status = read_status(run_dir)
+        return TrainResult(run_dir, status.get("state", "completed"), status.get("step") or 0, status.get("loss"),
+                           status.get("health") or "")
+    rank, error = failed_rank(ranks_folder(run_dir), placement.processes)
+    step = read_status(run_dir).get("step")
+    message = f"process {rank} of {placement.processes} failed: {error}" if rank is not None else error
+    write_status(run_dir, state="failed", error=message, step=step)
+    sink(Event("end", message=f"Training failed: {message}", step=step, extra={"state": "failed", "error": message}))
+    raise TrainingError(message)
+
+
+def failed_rank(folder: Path, processes: int) -> tuple[int | None, str]:
+    """The rank whose failure ended the run, and its error: its own report, or how it ended (killed, say).
+
+    The launcher names the first process that failed ("Root Cause"); the others often fail after it
+    only because it went away (a connection reset), so their reports come second.
+    """
+    from studio.events import read_events
+
+    reports = {}
+    for rank in range(processes):
+        path = folder / f"rank-{rank}.jsonl"
+        ends = [e for e in read_events(path) if e.kind == "end"] if path.is_file() else []
+        if ends and ends[-1].extra.get("error"):
+            reports[rank] = (ends[-1].time, ends[-1].extra["error"])
+    log = folder / "launcher.log"
+    text = log.read_text(encoding="utf-8", errors="replace") if log.is_file() else ""
+    root = re.search(r"Root Cause.*?\brank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", text, re.S)
+    if root:
+        rank, code = int(root.group(1)), int(root.group(2))
+        if rank in reports:
+            return rank, reports[rank][1]
+        how = f"killed by signal {-code} ({signal.Signals(-code).name})" if code < 0 else f"exit code {code}"
+        hint = " The system may have run out of memory (see dmesg)." if code == -9 else ""
+        return rank, f"it ended without a report, {how}.{hint}"
+    if reports:
+        rank = min(reports, key=lambda r: reports[r][0])
+        return rank, reports[rank][1]
+    last = [line for line in text.splitlines() if line.strip()][-5:]
+    return None, "the training processes ended without a report. The launcher's last words: " + " | ".join(last)
+
+
+def end_process_group(process: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """End the launcher and every rank it started (they share its process group); wait for them."""
+    if process.poll() is None:
+        _signal_group(process.pid, signal.SIGTERM)
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    _signal_group(process.pid, signal.SIGKILL)  # ranks the launcher left behind, if any
+    process.wait()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _end_with_parent() -> None:
+    """In the launcher's process: be ended when the studio dies, even by kill -9 (Linux), so no rank is orphaned."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: ending the process group on the way out still applies
+
+
+class _EventTail:
+    """The events appended to a JSON-lines file since the last read (complete lines only)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset, self.partial = path, 0, ""
+
+    def read(self) -> list[Event]:
+        if not self.path.is_file():
+            return []
+        with self.path.open(encoding="utf-8") as fh:
+            fh.seek(self.offset)
+            text = fh.read()
+            self.offset = fh.tell()
+        lines = (self.partial + text).split("\n")
+        self.partial = lines.pop()
+        return [Event(**json.loads(line)) for line in lines if line.strip()]

@@ -1,0 +1,91 @@
+"""One process of a several-device run, as studio.train.parallel starts it through torch.distributed.run.
+
+    python -m torch.distributed.run --nproc-per-node=2 --standalone -m studio.train.rank RUN_DIR [--checkpoint DIR]
+
+It trains the run like a single process does (studio.train.training), reporting
+its events to `<run>/ranks/rank-K.jsonl`; rank 0 alone writes the run's files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+from pathlib import Path
+
+from studio.train.parallel import POLL_S, STOP_FILE, ranks_folder
+
+
+class AgreedStop:
+    """The stop button as several processes see it: set on all of them at the same step.
+
+    Rank 0 watches for the stop file; after each step the ranks take the maximum of
+    their flags (one tiny all-reduce), so none steps on while another waits for it.
+    """
+
+    def __init__(self, local: threading.Event) -> None:
+        self.local = local
+        self.agreed = False
+
+    def agree(self) -> bool:
+        import torch
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
+            flag = torch.tensor([1 if self.local.is_set() else 0], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            self.agreed = bool(flag.item())
+        else:
+            self.agreed = self.local.is_set()
+        return self.agreed
+
+    def is_set(self) -> bool:
+        return self.agreed
+
+    def set(self) -> None:
+        self.local.set()
+
+
+def _watch_stop_file(path: Path, local: threading.Event) -> None:
+    while not local.is_set():
+        if path.exists():
+            local.set()
+        local.wait(POLL_S)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--checkpoint", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    from studio.safety import stay_offline
+
+    stay_offline()
+    import torch
+
+    from studio.events import JsonlSink
+    from studio.hardware import local_rank
+    from studio.train.training import train_run
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank())  # before anything asks for "the" GPU
+    rank = int(os.environ.get("RANK", "0"))
+    folder = ranks_folder(args.run_dir)
+    sink = JsonlSink(folder / f"rank-{rank}.jsonl")
+    local = threading.Event()
+    if rank == 0:
+        threading.Thread(target=_watch_stop_file, args=(folder / STOP_FILE, local), daemon=True).start()
+    try:
+        train_run(args.run_dir, sink, AgreedStop(local), args.checkpoint)
+    except BaseException:
+        return 1  # the error is in this rank's events (an "end" event), where the studio reads it
+    finally:
+        local.set()  # ends the watcher
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

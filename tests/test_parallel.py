@@ -1,0 +1,222 @@
+"""Several training processes (train.devices=cpu:2, the gloo backend): the path several GPUs take, on a CPU.
+
+The processes are real: torch.distributed.run starts them, DDP averages their
+gradients, and each test checks what a user sees (the run folder, its events,
+its state) and that no process is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import psutil
+import pytest
+from conftest import tiny_config, train_tiny
+
+from studio.errors import ConfigError, TrainingError
+from studio.events import read_events
+
+# batch 2, accumulating 2: a step sees 4 rows, alone or as 2 processes of 1 batch each
+SAME_GLOBAL_BATCH = ("train.batch_size=2", "train.grad_accum=2", "train.max_steps=6", "train.save_steps=3")
+
+
+def _losses(run_dir) -> list[float]:
+    return [e.loss for e in read_events(run_dir / "events.jsonl") if e.kind == "log"]
+
+
+def _rank_processes() -> list[psutil.Process]:
+    """Processes of a several-process run still alive under this test process."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "studio.train.rank" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tiny_llama, tmp_path_factory):
+    return train_tiny(tiny_config(tiny_llama, *SAME_GLOBAL_BATCH, "train.devices=cpu:2"),
+                      tmp_path_factory.mktemp("ddp-runs"))
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tiny_llama, tmp_path_factory):
+    return train_tiny(tiny_config(tiny_llama, *SAME_GLOBAL_BATCH), tmp_path_factory.mktemp("alone-runs"))
+
+
+def test_two_processes_train_as_one_with_the_same_global_batch(two_process_run, one_process_run):
+    run_dir = two_process_run.run_dir
+    assert two_process_run.state == "completed" and two_process_run.step == 6
+    assert _losses(run_dir) == pytest.approx(_losses(one_process_run.run_dir), rel=1e-4)
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    events = read_events(run_dir / "events.jsonl")
+    stages = [e.message for e in events if e.kind == "stage"]
+    assert "Training in 2 processes on the CPU, data parallel (DDP)" in stages
+    assert any("accumulates 1 batch of 2: a step sees 4 rows, as on one device" in m for m in stages)
+    log = next(e for e in events if e.kind == "log")
+    assert len(log.memory["devices"]) == 2 and all(d["process_rss"] > 0 for d in log.memory["devices"])
+    assert [e.kind for e in events].count("end") == 1 and "completed" in events[-1].message
+    assert not _rank_processes()
+
+
+def test_the_adapter_of_two_processes_is_the_adapter_of_one_and_chats(two_process_run, one_process_run):
+    from safetensors.torch import load_file
+
+    from studio.chat.session import ChatSession
+
+    ours, alone = (load_file(run.run_dir / "adapter" / "adapter_model.safetensors")
+                   for run in (two_process_run, one_process_run))
+    assert ours.keys() == alone.keys()
+    for name in ours:
+        assert ours[name].allclose(alone[name], rtol=1e-3, atol=1e-5), name
+    session = ChatSession.open(str(two_process_run.run_dir))
+    try:
+        assert "".join(session.stream([{"role": "user", "content": "Name a colour."}], "tuned"))
+    finally:
+        session.close()
+
+
+def test_stop_ends_every_process_at_the_same_step_and_resume_goes_on_alone(tiny_llama, tmp_path):
+    from studio.train.training import run_training
+
+    stop = threading.Event()
+
+    def stop_at_step_2(event):
+        if event.kind == "log" and event.step == 2:
+            stop.set()
+
+    cfg = tiny_config(tiny_llama, "train.batch_size=2", "train.max_steps=40", "train.save_steps=100",
+                      "train.devices=cpu:2")
+    stopped = train_tiny(cfg, tmp_path, stop=stop, sink=stop_at_step_2)
+    run_dir = stopped.run_dir
+    assert stopped.state == "stopped" and 2 <= stopped.step < 40
+    ends = {rank: [e for e in read_events(run_dir / "ranks" / f"rank-{rank}.jsonl") if e.kind == "end"][-1]
+            for rank in (0, 1)}
+    assert ends[0].step == ends[1].step == stopped.step  # no process stepped on alone
+    assert (run_dir / "checkpoints" / f"checkpoint-{stopped.step}").is_dir()
+    assert not _rank_processes()
+
+    resumed = run_training(run_dir, lambda e: None, resume=True, changes=["train.devices=cpu"])
+    assert resumed.state == "completed" and resumed.step == 40
+    assert "devices: cpu\n" in (run_dir / "config.yaml").read_text()
+
+
+def test_a_killed_process_fails_the_run_with_its_rank_and_leaves_none_behind(tiny_llama, tmp_path):
+    killed = []
+
+    def kill_rank_1(event):
+        if event.kind == "log" and not killed:
+            rank_1 = next(p for p in _rank_processes() if p.environ().get("RANK") == "1")
+            os.kill(rank_1.pid, signal.SIGKILL)
+            killed.append(rank_1.pid)
+
+    cfg = tiny_config(tiny_llama, "train.max_steps=200", "train.batch_size=2", "train.devices=cpu:2")
+    with pytest.raises(TrainingError, match=r"process 1 of 2 failed: .*killed by signal 9 \(SIGKILL\)"):
+        train_tiny(cfg, tmp_path, sink=kill_rank_1)
+    run_dir = next(tmp_path.iterdir())
+    from studio.runs import run_state
+
+    assert run_state(run_dir).state == "failed" and "process 1 of 2" in run_state(run_dir).status["error"]
+    assert not _rank_processes()
+    assert read_events(run_dir / "events.jsonl")[-1].extra["state"] == "failed"
+
+
+def test_the_first_process_to_report_an_error_is_named(tmp_path):
+    from studio.events import Event, JsonlSink
+    from studio.train.parallel import failed_rank
+
+    JsonlSink(tmp_path / "rank-0.jsonl")(Event("log", step=1, loss=2.0))
+    JsonlSink(tmp_path / "rank-1.jsonl")(Event("end", message="Training failed: Out of memory",
+                                                extra={"state": "failed", "error": "Out of memory: CUDA"}))
+    assert failed_rank(tmp_path, 2) == (1, "Out of memory: CUDA")
+    (tmp_path / "rank-1.jsonl").unlink()
+    (tmp_path / "launcher.log").write_text("Some output\nnothing else\n")
+    rank, error = failed_rank(tmp_path, 2)
+    assert rank is None and "ended without a report" in error and "nothing else" in error
+
+
+def test_where_a_run_trains():
+    from studio.recipes import from_dict
+    from studio.train.parallel import plan_placement
+
+    def plan(gpus, fits=True, **train):
+        return plan_placement(from_dict({"train": train}), gpu_count=gpus, fits_one_card=fits)
+
+    assert plan(0).describe() == "one process on the CPU" and plan(0).in_process
+    two = plan(2, grad_accum=4)
+    assert (two.processes, two.gpus, two.engine, two.grad_accum) == (2, (0, 1), "ddp", 2)
+    assert plan(2, fits=False).engine == "fsdp"
+    assert plan(2, parallel="ddp", fits=False).engine == "ddp"
+    assert plan(4, devices="1,3").gpus == (1, 3)
+    odd = plan(2, grad_accum=3)
+    assert odd.grad_accum == 3 and "a step sees 12 rows (2 times one device's 6)" in odd.notes[0]
+    assert plan(2, devices="cpu").describe() == "one process on the CPU"
+    with pytest.raises(ConfigError, match="names GPU 2, but CUDA sees 2 GPUs \\(0, 1\\)"):
+        plan(2, devices="0,2")
+    with pytest.raises(ConfigError, match="names GPU 0, but CUDA sees no GPU"):
+        plan(0, devices="0")
+    with pytest.raises(ConfigError, match=r"galore.layerwise .* \(train.devices=0\)"):
+        plan_placement(from_dict({"model": {"load_in": "16bit"}, "lora": {"enabled": False},
+                                  "train": {"method": "galore", "grad_accum": 1},
+                                  "galore": {"layerwise": True}}), gpu_count=2, fits_one_card=True)
+
+
+def test_device_settings_are_checked_in_recipes():
+    from studio.recipes import from_dict
+
+    with pytest.raises(ConfigError, match="not a device list: use auto, cpu, cpu:2 or GPU indices such as 0,1"):
+        from_dict({"train": {"devices": "gpu0"}})
+    with pytest.raises(ConfigError, match="names a GPU twice"):
+        from_dict({"train": {"devices": "0,0"}})
+    with pytest.raises(ConfigError, match="parallel=fsdp shards the model across GPUs"):
+        from_dict({"train": {"devices": "cpu:2", "parallel": "fsdp"}})
+    assert from_dict({"train": {"devices": 1}}).train.devices == "1"  # YAML reads `devices: 1` as a number
+
+
+def test_the_launch_command_of_one_machine_and_of_several(tmp_path):
+    from studio.train.parallel import Placement, rank_command, rank_environment
+
+    placement = Placement(2, (0, 1), "ddp", 2)
+    one = rank_command(tmp_path / "run", placement)
+    assert one[1:] == ["-m", "torch.distributed.run", "--nproc-per-node=2", "--max-restarts=0", "--standalone", "-m",
+                       "studio.train.rank", str(tmp_path / "run")]
+    several = rank_command(tmp_path / "run", placement, tmp_path / "run" / "checkpoints" / "checkpoint-4", nodes=2,
+                           node_rank=1, rendezvous="10.0.0.1:29500")
+    assert {"--nnodes=2", "--node-rank=1", "--rdzv-backend=c10d", "--rdzv-endpoint=10.0.0.1:29500",
+            "--rdzv-id=run"} <= set(several)
+    assert several[-2:] == ["--checkpoint", str(tmp_path / "run" / "checkpoints" / "checkpoint-4")]
+    with pytest.raises(ConfigError, match="host:port"):
+        rank_command(tmp_path / "run", placement, nodes=2, rendezvous="10.0.0.1")
+    env = rank_environment(placement, {"PATH": "/bin"})
+    assert env["CUDA_VISIBLE_DEVICES"] == "0,1" and env["STUDIO_PARALLEL"] == "ddp"
+    cpu = rank_environment(Placement(2, (), "ddp", 1), {})
+    assert cpu["CUDA_VISIBLE_DEVICES"] == "" and int(cpu["OMP_NUM_THREADS"]) >= 1
+
+
+def test_the_train_tab_starts_a_run_of_two_processes(tiny_llama, tmp_path):
+    from gradio_client import Client
+    from test_ui import free_port, wait_for
+
+    from studio.services import Studio
+    from studio.ui.app import serve
+
+    port = free_port()
+    app = serve(Studio(runs_dir=tmp_path), port=port, block=False)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        notice = client.predict(api_name="/start_training", model_name_or_path=str(tiny_llama), name="two",
+                                train_max_steps=4, train_batch_size=2, train_grad_accum=2, data_max_samples=32,
+                                train_devices="cpu:2")[0]
+        assert notice.startswith("Started **"), notice
+        final = wait_for(client, "/training_snapshot", ("Completed", "Failed"))[-1]
+        assert "Completed" in final[0], final[0]
+        assert "**Process 0** RAM" in final[4] and "**Process 1** RAM" in final[4]
+        assert {"process 0 RAM", "process 1 RAM"} <= {point[2] for point in final[5]["data"]}
+    finally:
+        app.close()
+    assert not _rank_processes()
