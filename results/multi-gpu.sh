@@ -1,0 +1,68 @@
+# One GPU against two, from the same recipe: tokens/s, s/step, peak memory per GPU and the loss curve.
+# The Llama 3.2 1B shape (random weights, a small test tokenizer), bf16 LoRA r16 on every projection,
+# 4 rows of 2048 tokens per GPU, a step of 8 rows (grad_accum 2 on one GPU, 1 on each of two).
+# Needs a machine with two GPUs; figures in results/multi-gpu-h100.md.
+#   SHAPE=tiny-llama ONE=cpu TWO=cpu:2 FSDP=no LENGTH=128 bash results/multi-gpu.sh   # the same on a CPU
+set -u
+export STUDIO_HOME=${STUDIO_HOME:-/tmp/sh} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+cd "$(dirname "$0")/.."   # the repository root
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+SHAPE=${SHAPE:-llama-3.2-1b} ONE=${ONE:-0} TWO=${TWO:-0,1} FSDP=${FSDP:-yes} LENGTH=${LENGTH:-2048} STEPS=${STEPS:-14}
+RUNS=$(mktemp -d)
+nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader 2>/dev/null
+F=$(python3 - "$SHAPE" <<'PY' 2>/dev/null | tail -1
+import sys
+sys.path.insert(0, "tests")
+from studio.bench.shapes import random_checkpoint
+from tiny import build_tokenizer
+folder = random_checkpoint(sys.argv[1])
+build_tokenizer("llama").save_pretrained(folder)
+print(folder)
+PY
+)
+python3 - <<'PY'
+import json, random
+rng = random.Random(0)
+words = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega river stone cloud lamp".split()
+with open("/tmp/long.jsonl", "w") as f:
+    for i in range(600):
+        text = " ".join(rng.choice(words) for _ in range(2500))
+        f.write(json.dumps({"instruction": f"Write passage {i}.", "input": "", "output": text}) + "\n")
+PY
+common="model.name_or_path=$F data.path=/tmp/long.jsonl data.eval_fraction=0 data.template=alpaca
+        train.max_length=$LENGTH train.batch_size=4 train.grad_accum=2 train.max_steps=$STEPS train.save_steps=1000
+        train.warmup_steps=0 train.gradient_checkpointing=true --runs-dir $RUNS"
+train() {  # name, then overrides
+  local name=$1; shift
+  timeout 170 python3 launch.py train recipes/quickstart.yaml name=$name $common "$@" > "$OUT/$name.log" 2>&1 \
+    || { echo "$name failed:"; tail -15 "$OUT/$name.log"; }
+}
+train one train.devices=$ONE
+train ddp train.devices=$TWO train.parallel=ddp
+[ "$FSDP" = yes ] && train fsdp train.devices=$TWO train.parallel=fsdp
+python3 - "$RUNS" "$OUT/multi-gpu.json" <<'PY'
+import glob, json, statistics, sys
+from pathlib import Path
+out = {}
+for run in sorted(glob.glob(sys.argv[1] + "/*")):
+    name = run.rsplit("_", 1)[-1]
+    events = [json.loads(line) for line in open(run + "/events.jsonl")]
+    logs = [e for e in events if e["kind"] == "log"]
+    steady = logs[3:]  # after warm-up (allocations, autotuning)
+    seconds = [(b["elapsed_s"] - a["elapsed_s"]) / (b["step"] - a["step"]) for a, b in zip(steady, steady[1:])]
+    devices = [e["memory"].get("devices") or [e["memory"]] for e in logs]
+    peaks = [max(d[i].get("gpu_peak") or 0 for d in devices) for i in range(len(devices[-1]))] if devices else []
+    end = [e for e in events if e["kind"] == "end"]
+    out[name] = {
+        "steps": len(logs), "tokens_per_s": statistics.median(e["tokens_per_second"] for e in steady) if steady else None,
+        "s_per_step": statistics.median(seconds) if seconds else None, "gpu_peak_gib": peaks,
+        "losses": [round(e["loss"], 4) for e in logs], "end": end[-1]["message"][:300] if end else None,
+        "placement": next((e["message"] for e in events if e.get("message", "").startswith("Training in")), "one process"),
+    }
+    print(name, {k: v for k, v in out[name].items() if k != "losses"})
+    print("   losses", out[name]["losses"])
+if "one" in out and "ddp" in out and out["one"]["tokens_per_s"] and out["ddp"]["tokens_per_s"]:
+    out["ddp_speedup"] = out["ddp"]["tokens_per_s"] / out["one"]["tokens_per_s"]
+    print("DDP speed-up on two:", round(out["ddp_speedup"], 2))
+Path(sys.argv[2]).write_text(json.dumps(out, indent=2))
+PY
