@@ -8,6 +8,7 @@ export STUDIO_HOME=${STUDIO_HOME:-/tmp/sh} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 T
 cd "$(dirname "$0")/.."   # the repository root
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 SHAPE=${SHAPE:-llama-3.2-1b} ONE=${ONE:-0} TWO=${TWO:-0,1} FSDP=${FSDP:-yes} LENGTH=${LENGTH:-2048} STEPS=${STEPS:-14}
+LOG_EVERY=${LOG_EVERY:-1}  # steps between logs (each log waits for the GPUs and gathers from every process)
 RUNS=$(mktemp -d)
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader 2>/dev/null
 F=$(python3 - "$SHAPE" <<'PY' 2>/dev/null | tail -1
@@ -31,7 +32,7 @@ with open("/tmp/long.jsonl", "w") as f:
 PY
 common="model.name_or_path=$F data.path=/tmp/long.jsonl data.eval_fraction=0 data.template=alpaca
         train.max_length=$LENGTH train.batch_size=4 train.grad_accum=2 train.max_steps=$STEPS train.save_steps=1000
-        train.warmup_steps=0 train.gradient_checkpointing=true --runs-dir $RUNS"
+        train.warmup_steps=0 train.gradient_checkpointing=true train.logging_steps=$LOG_EVERY --runs-dir $RUNS"
 train() {  # name, then overrides
   local name=$1; shift
   timeout 170 python3 launch.py train recipes/quickstart.yaml name=$name $common "$@" > "$OUT/$name.log" 2>&1 \
@@ -40,7 +41,7 @@ train() {  # name, then overrides
 train one train.devices=$ONE
 train ddp train.devices=$TWO train.parallel=ddp
 [ "$FSDP" = yes ] && train fsdp train.devices=$TWO train.parallel=fsdp
-python3 - "$RUNS" "$OUT/multi-gpu.json" <<'PY'
+python3 - "$RUNS" "$OUT/multi-gpu.json" "$LOG_EVERY" <<'PY'
 import glob, json, statistics, sys
 from pathlib import Path
 out = {}
@@ -48,7 +49,7 @@ for run in sorted(glob.glob(sys.argv[1] + "/*")):
     name = run.rsplit("_", 1)[-1]
     events = [json.loads(line) for line in open(run + "/events.jsonl")]
     logs = [e for e in events if e["kind"] == "log"]
-    steady = logs[3:]  # after warm-up (allocations, autotuning)
+    steady = logs[max(1, 3 // int(sys.argv[3])):]  # after the first 3 steps (allocations, autotuning)
     seconds = [(b["elapsed_s"] - a["elapsed_s"]) / (b["step"] - a["step"]) for a, b in zip(steady, steady[1:])]
     devices = [e["memory"].get("devices") or [e["memory"]] for e in logs]
     peaks = [max(d[i].get("gpu_peak") or 0 for d in devices) for i in range(len(devices[-1]))] if devices else []

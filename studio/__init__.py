@@ -10,8 +10,9 @@ The layers, each importing only from the ones above it:
                preview                                    answers, prompts)
     speed/     embeddings, long_rows, patches, apply      everything that patches library internals for speed
     train/     training, callbacks, health, checkpoints,  a run from config to weights, and its health; each
-               rewards, methods/                          method (sft, dpo, orpo, kto, grpo, galore, prefix,
-                                                          ptuning) one TRL trainer behind one interface
+               rewards, methods/, parallel, rank          method (sft, dpo, orpo, kto, grpo, galore, prefix,
+                                                          ptuning) one TRL trainer behind one interface; one
+                                                          process per device when there are several
     export/    exporting, gguf, references, verify        merged weights and verified GGUF files, typed report cards
     chat/      stream, session, panes                     streaming replies: each loaded model a replier (HF or GGUF)
     evaluate/  rows, generate, scores, scorecard, ...     a run's models scored on held-out rows, runs compared

@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("recipe", help="Path of a recipe, e.g. recipes/quickstart.yaml.")
     train.add_argument("overrides", nargs="*", help="Dotted overrides, e.g. lora.r=32 train.max_steps=60.")
     runs_dir_option(train, "Folder the new run folder is made in")
+    train.add_argument("--nodes", type=int, default=1, metavar="N",
+                       help="Train on N machines: make the run folder (in a --runs-dir every machine shares) and "
+                            "print the command each machine runs, instead of training here.")
+    train.add_argument("--rendezvous", default="", metavar="HOST:PORT",
+                       help="With --nodes: where the machines meet, the first machine's address and a free port.")
 
     resume = sub.add_parser(
         "resume", help="Continue a stopped, interrupted or failed run from its newest good checkpoint.",
@@ -258,7 +263,25 @@ def cmd_train(args) -> int:
     from studio.runs import create_run_dir
 
     cfg = load_recipe_with_notes(args.recipe, args.overrides)
+    if args.nodes > 1:
+        return _print_node_commands(cfg, args)
     return _train(create_run_dir(cfg, args.runs_dir), resume=False)
+
+
+def _print_node_commands(cfg, args) -> int:
+    """Several machines: the run folder, and the torch.distributed.run command each machine runs."""
+    from studio.runs import create_run_dir
+    from studio.train.parallel import check_rendezvous, node_commands, plan_placement
+
+    check_rendezvous(args.rendezvous)
+    placement = plan_placement(cfg)
+    run_dir = create_run_dir(cfg, args.runs_dir).resolve()
+    print(f"Run folder: {run_dir}\nIt must be at this path on every machine (shared storage). Each machine trains "
+          f"in {placement.describe()}; start these from the studio's folder, the first machine's first:\n")
+    for rank, command in enumerate(node_commands(run_dir, placement, args.nodes, args.rendezvous)):
+        print(f"# machine {rank}\n{command}\n")
+    print(f"Then: python launch.py chat {run_dir} · python launch.py export {run_dir}")
+    return 0
 
 
 def load_recipe_with_notes(path: str, overrides: list[str]):

@@ -156,6 +156,10 @@ def test_where_a_run_trains():
     odd = plan(2, grad_accum=3)
     assert odd.grad_accum == 3 and "a step sees 12 rows (2 times one device's 6)" in odd.notes[0]
     assert plan(2, devices="cpu").describe() == "one process on the CPU"
+    assert plan(1).in_process and not plan(2, devices="0").in_process  # another GPU in sight: a child process
+    assert not plan(2, devices="cpu").in_process  # the CPU on a GPU machine: a child process that sees no GPU
+    with pytest.raises(ConfigError, match="adamw_8bit cannot step sharded"):
+        plan(2, fits=False, optimizer="adamw_8bit")
     with pytest.raises(ConfigError, match="names GPU 2, but CUDA sees 2 GPUs \\(0, 1\\)"):
         plan(2, devices="0,2")
     with pytest.raises(ConfigError, match="names GPU 0, but CUDA sees no GPU"):
@@ -220,3 +224,31 @@ def test_the_train_tab_starts_a_run_of_two_processes(tiny_llama, tmp_path):
     finally:
         app.close()
     assert not _rank_processes()
+
+
+def test_two_machines_from_the_printed_commands(tiny_llama, tmp_path):
+    """The commands `launch.py train --nodes 2` prints, run as two 'machines' on this one (one process each)."""
+    import subprocess
+    import sys
+
+    from test_ui import free_port
+
+    from studio.recipes import save_config
+    from studio.runs import read_status
+
+    recipe = tmp_path / "tiny.yaml"
+    save_config(tiny_config(tiny_llama, "train.max_steps=4", "train.batch_size=2", "train.devices=cpu"), recipe)
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    printed = subprocess.run([sys.executable, "launch.py", "train", str(recipe), "--nodes", "2", "--rendezvous",
+                              f"127.0.0.1:{free_port()}", "--runs-dir", str(tmp_path / "shared")],
+                             cwd=root, capture_output=True, text=True, timeout=120)
+    assert printed.returncode == 0, printed.stderr
+    commands = [line for line in printed.stdout.splitlines() if "torch.distributed.run" in line]
+    assert len(commands) == 2 and "--node-rank=0" in commands[0] and "--node-rank=1" in commands[1]
+    machines = [subprocess.Popen(command, shell=True, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                for command in commands]
+    assert [m.wait(timeout=300) for m in machines] == [0, 0]
+    run_dir = next((tmp_path / "shared").iterdir())
+    assert read_status(run_dir)["state"] == "completed" and (run_dir / "adapter").is_dir()
+    events = read_events(run_dir / "events.jsonl")
+    assert [e.step for e in events if e.kind == "log"] == [1, 2, 3, 4] and len(events[-3].memory["devices"]) == 2

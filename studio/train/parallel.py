@@ -48,13 +48,10 @@ class Placement:
     engine: str  # single, ddp or fsdp
     grad_accum: int  # each process's accumulation steps
     notes: tuple[str, ...] = ()
-
-    @property
-    def in_process(self) -> bool:
-        """Trained inside the studio's own process: one process on the device it would use anyway."""
-        from studio.hardware import has_cuda
-
-        return self.processes == 1 and (self.gpus == (0,) if has_cuda() else not self.gpus)
+    # Trained inside the studio's own process: one process, and the only device it sees. (With several
+    # GPUs visible, even one GPU's run is a child process that sees that GPU alone, or the trainer
+    # would spread the batch over all of them with nn.DataParallel.)
+    in_process: bool = False
 
     def describe(self) -> str:
         where = f"GPU {', '.join(map(str, self.gpus))}" if self.gpus else "the CPU"
@@ -93,8 +90,13 @@ def plan_placement(cfg: RunConfig, gpu_count: int | None = None, fits_one_card: 
         raise ConfigError("galore.layerwise updates each layer inside the backward pass, which several processes "
                           "cannot share: set galore.layerwise=false, or train on one device (train.devices=0).")
     engine = _engine(cfg, processes, bool(gpus), fits_one_card)
+    if engine == "fsdp" and cfg.train.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+        raise ConfigError(f"train.optimizer={cfg.train.optimizer} cannot step sharded (FSDP) weights: set "
+                          "train.optimizer=auto (AdamW when sharded) or adamw_torch, or train.parallel=ddp.")
     per_process = split_grad_accum(cfg.train.grad_accum, processes)
-    return Placement(processes, gpus, engine, per_process, _notes(cfg, processes, engine, per_process, fits_one_card))
+    alone = processes == 1 and (gpus == (0,) and gpu_count == 1 if gpus else gpu_count == 0)
+    return Placement(processes, gpus, engine, per_process, _notes(cfg, processes, engine, per_process, fits_one_card),
+                     alone)
 
 
 def _engine(cfg: RunConfig, processes: int, on_gpus: bool, fits_one_card: bool | None) -> str:
@@ -157,15 +159,32 @@ def rank_command(run_dir: Path, placement: Placement, checkpoint: Path | None = 
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={placement.processes}",
                "--max-restarts=0"]
     if nodes > 1:
-        if not re.fullmatch(r"[\w.\-]+:\d+", rendezvous):
-            raise ConfigError(f"Several machines meet at a host:port that every one of them reaches (the first "
-                              f"machine's address and a free port, e.g. 10.0.0.1:29500); got {rendezvous!r}.")
+        check_rendezvous(rendezvous)
         command += [f"--nnodes={nodes}", f"--node-rank={node_rank}", "--rdzv-backend=c10d",
                     f"--rdzv-endpoint={rendezvous}", f"--rdzv-id={Path(run_dir).name}"]
     else:
         command.append("--standalone")  # one machine: the launcher picks a free port itself
     command += ["-m", "studio.train.rank", str(run_dir)]
+    if nodes > 1:
+        command.append("--events")  # no studio process watches: rank 0 writes the run's events.jsonl itself
     return command + (["--checkpoint", str(checkpoint)] if checkpoint else [])
+
+
+def check_rendezvous(rendezvous: str) -> None:
+    if not re.fullmatch(r"[\w.\-]+:\d+", rendezvous):
+        raise ConfigError(f"Several machines meet at a host:port that every one of them reaches (the first "
+                          f"machine's address and a free port, e.g. 10.0.0.1:29500); got {rendezvous!r}.")
+
+
+def node_commands(run_dir: Path, placement: Placement, nodes: int, rendezvous: str) -> list[str]:
+    """The shell command to run on each of `nodes` machines (the first one's is first), for a run folder on
+    storage they share; each machine is taken to have this one's devices."""
+    import shlex
+
+    env = rank_environment(placement, {})
+    prefix = " ".join(f"{key}={shlex.quote(env[key])}" for key in ("CUDA_VISIBLE_DEVICES", "STUDIO_PARALLEL"))
+    return [f"{prefix} " + shlex.join(rank_command(run_dir, placement, nodes=nodes, node_rank=k, rendezvous=rendezvous))
+            for k in range(nodes)]
 
 
 def rank_environment(placement: Placement, base: dict | None = None) -> dict:

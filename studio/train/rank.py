@@ -1,6 +1,7 @@
 """One process of a several-device run, as studio.train.parallel starts it through torch.distributed.run.
 
     python -m torch.distributed.run --nproc-per-node=2 --standalone -m studio.train.rank RUN_DIR [--checkpoint DIR]
+    (launch.py train RECIPE --nodes N --rendezvous HOST:PORT prints the command for each of several machines)
 
 It trains the run like a single process does (studio.train.training), reporting
 its events to `<run>/ranks/rank-K.jsonl`; rank 0 alone writes the run's files.
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--events", action="store_true",
+                        help="Rank 0 also writes the run's events.jsonl and prints them (no studio process watches).")
     args = parser.parse_args(argv)
 
     from studio.safety import stay_offline
@@ -74,7 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.set_device(local_rank())  # before anything asks for "the" GPU
     rank = int(os.environ.get("RANK", "0"))
     folder = ranks_folder(args.run_dir)
+    folder.mkdir(exist_ok=True)
     sink = JsonlSink(folder / f"rank-{rank}.jsonl")
+    if args.events and rank == 0:
+        from studio.events import ConsoleSink, fan_out
+
+        sink = fan_out(sink, JsonlSink(args.run_dir / "events.jsonl"), ConsoleSink())
     local = threading.Event()
     if rank == 0:
         threading.Thread(target=_watch_stop_file, args=(folder / STOP_FILE, local), daemon=True).start()

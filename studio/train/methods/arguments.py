@@ -76,7 +76,8 @@ def parallel_options(cfg: RunConfig) -> dict:
 
 def optimizer_name(setting: str) -> str:
     """transformers' name of the optimizer train.optimizer stands for (config.optimizer_for decides auto)."""
-    name = optimizer_for(setting, has_cuda())
+    # bitsandbytes' 8-bit states cannot follow FSDP's sharded weights: sharded training's auto is AdamW.
+    name = optimizer_for(setting, has_cuda() and not sharded_training())
     return {"adamw_8bit": "adamw_bnb_8bit"}.get(name, name)
 
 
