@@ -100,10 +100,14 @@ def _every_process(memory: dict) -> dict:
     """
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    from studio.train.rank import host_group
+
+    group = host_group()
+    if group is None:
         return memory
     gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, {k: v for k, v in memory.items() if v is not None and not k.startswith("ram_")})
+    ours = {k: v for k, v in memory.items() if v is not None and not k.startswith("ram_")}
+    dist.all_gather_object(gathered, ours, group=group)
     return {**memory, "devices": gathered}
 
 

@@ -33,13 +33,14 @@ class AgreedStop:
         import torch
         import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
-            device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
-            flag = torch.tensor([1 if self.local.is_set() else 0], device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            self.agreed = bool(flag.item())
-        else:
+        group = host_group()
+        if group is None:
             self.agreed = self.local.is_set()
+            return self.agreed
+        # A CPU tensor over gloo: the GPUs' queues are not waited for, so the next step's work is not held up.
+        flag = torch.tensor([1 if self.local.is_set() else 0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+        self.agreed = bool(flag.item())
         return self.agreed
 
     def is_set(self) -> bool:
@@ -47,6 +48,21 @@ class AgreedStop:
 
     def set(self) -> None:
         self.local.set()
+
+
+_HOST_GROUP: list = []
+
+
+def host_group():
+    """A gloo group of every process, for the small talk between them (stop flags, memory readings) on the CPU:
+    over NCCL each would wait for the GPU's queue to drain. None when training alone."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    if not _HOST_GROUP:
+        _HOST_GROUP.append(dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD)
+    return _HOST_GROUP[0]
 
 
 def _watch_stop_file(path: Path, local: threading.Event) -> None:
