@@ -262,9 +262,12 @@ def load_learning_rate(run_dir: Path) -> float:
 def cmd_train(args) -> int:
     from studio.runs import create_run_dir
 
+    from studio.train.parallel import plan_placement
+
     cfg = load_recipe_with_notes(args.recipe, args.overrides)
     if args.nodes > 1:
         return _print_node_commands(cfg, args)
+    plan_placement(cfg)  # devices this machine lacks are refused before a run folder is made
     return _train(create_run_dir(cfg, args.runs_dir), resume=False)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from pathlib import Path
 
 import psutil
 import pytest
@@ -200,6 +201,8 @@ def test_the_launch_command_of_one_machine_and_of_several(tmp_path):
     assert env["CUDA_VISIBLE_DEVICES"] == "0,1" and env["STUDIO_PARALLEL"] == "ddp"
     cpu = rank_environment(Placement(2, (), "ddp", 1), {})
     assert cpu["CUDA_VISIBLE_DEVICES"] == "" and int(cpu["OMP_NUM_THREADS"]) >= 1
+    root = str(Path(__file__).resolve().parent.parent)
+    assert env["PYTHONPATH"] == root  # the processes find the studio whatever folder it was started in
 
 
 def test_the_train_tab_starts_a_run_of_two_processes(tiny_llama, tmp_path):
@@ -238,14 +241,14 @@ def test_two_machines_from_the_printed_commands(tiny_llama, tmp_path):
 
     recipe = tmp_path / "tiny.yaml"
     save_config(tiny_config(tiny_llama, "train.max_steps=4", "train.batch_size=2", "train.devices=cpu"), recipe)
-    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent
     printed = subprocess.run([sys.executable, "launch.py", "train", str(recipe), "--nodes", "2", "--rendezvous",
                               f"127.0.0.1:{free_port()}", "--runs-dir", str(tmp_path / "shared")],
                              cwd=root, capture_output=True, text=True, timeout=120)
     assert printed.returncode == 0, printed.stderr
     commands = [line for line in printed.stdout.splitlines() if "torch.distributed.run" in line]
     assert len(commands) == 2 and "--node-rank=0" in commands[0] and "--node-rank=1" in commands[1]
-    machines = [subprocess.Popen(command, shell=True, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    machines = [subprocess.Popen(command, shell=True, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
                 for command in commands]
     assert [m.wait(timeout=300) for m in machines] == [0, 0]
     run_dir = next((tmp_path / "shared").iterdir())

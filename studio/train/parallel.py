@@ -182,7 +182,8 @@ def node_commands(run_dir: Path, placement: Placement, nodes: int, rendezvous: s
     import shlex
 
     env = rank_environment(placement, {})
-    prefix = " ".join(f"{key}={shlex.quote(env[key])}" for key in ("CUDA_VISIBLE_DEVICES", "STUDIO_PARALLEL"))
+    prefix = " ".join(f"{key}={shlex.quote(env[key])}" for key in ("CUDA_VISIBLE_DEVICES", "STUDIO_PARALLEL",
+                                                                    "PYTHONPATH"))
     return [f"{prefix} " + shlex.join(rank_command(run_dir, placement, nodes=nodes, node_rank=k, rendezvous=rendezvous))
             for k in range(nodes)]
 
@@ -192,6 +193,9 @@ def rank_environment(placement: Placement, base: dict | None = None) -> dict:
     env = dict(os.environ if base is None else base)
     env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, placement.gpus))  # empty: the CPU, even on a GPU machine
     env["STUDIO_PARALLEL"] = placement.engine
+    # The processes import the studio from where this one did, whatever folder the studio was started in.
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])
     env["PYTHONUNBUFFERED"] = "1"
     if not placement.gpus:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // placement.processes)))
@@ -281,6 +285,10 @@ def failed_rank(folder: Path, processes: int) -> tuple[int | None, str]:
             return rank, reports[rank][1]
         how = f"killed by signal {-code} ({signal.Signals(-code).name})" if code < 0 else f"exit code {code}"
         hint = " The system may have run out of memory (see dmesg)." if code == -9 else ""
+        said = next((line.strip() for line in text.splitlines() if "Error" in line and not line[:1].isspace()
+                     and "ChildFailedError" not in line and not line.startswith("Traceback")), "")
+        if said:
+            hint += f" Its log ({log}) says: {said}"
         return rank, f"it ended without a report, {how}.{hint}"
     if reports:
         rank = min(reports, key=lambda r: reports[r][0])

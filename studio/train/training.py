@@ -28,7 +28,7 @@ from studio.errors import ConfigError, DiskSpaceError, StudioError, TrainingErro
 from studio.events import Event, Sink
 from studio.hardware import MemoryProbe, free_accelerator_memory, is_main_process, sharded_training, world_size
 from studio.train.health import Divergence, TrainingHealth
-from studio.models import load_model
+from studio.models import hf_folder, load_model
 from studio.speed.apply import prepare_for_training
 from studio.speed.patches import scoring_only_trained_positions
 from studio.train.methods import method_for
@@ -65,6 +65,8 @@ def run_training(run_dir: Path, sink: Sink, stop: threading.Event | None = None,
         if placement.in_process:
             return train_run(run_dir, sink, stop, checkpoint)
         write_status(run_dir, state="running", error=None, health=None)
+        # A GGUF or the built-in model is turned into a model folder once, here, not by every process at once.
+        hf_folder(load_run_config(run_dir).model.name_or_path)
         return train_in_ranks(run_dir, placement, sink, stop, checkpoint)
 
 
