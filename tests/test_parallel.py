@@ -255,3 +255,40 @@ def test_two_machines_from_the_printed_commands(tiny_llama, tmp_path):
     assert read_status(run_dir)["state"] == "completed" and (run_dir / "adapter").is_dir()
     events = read_events(run_dir / "events.jsonl")
     assert [e.step for e in events if e.kind == "log"] == [1, 2, 3, 4] and len(events[-3].memory["devices"]) == 2
+
+
+def test_killing_the_studio_ends_its_training_processes(tiny_llama, tmp_path):
+    """kill -9 of the process that started the run (no chance to clean up): its ranks end too, the run reads
+    interrupted."""
+    import subprocess
+    import sys
+    import time
+
+    from studio.recipes import save_config
+    from studio.runs import run_state
+
+    recipe = tmp_path / "tiny.yaml"
+    save_config(tiny_config(tiny_llama, "train.max_steps=500", "train.batch_size=2", "train.devices=cpu:2"), recipe)
+    root = Path(__file__).resolve().parent.parent
+    studio = subprocess.Popen([sys.executable, "launch.py", "train", str(recipe), "--runs-dir", str(tmp_path / "runs")],
+                              cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in studio.stdout:
+        if "step 2/500" in line:
+            break
+    run_dir = next((tmp_path / "runs").iterdir())
+
+    def ranks_of_the_run() -> list[psutil.Process]:
+        found = []
+        for process in psutil.process_iter(["cmdline"]):
+            if str(run_dir) in " ".join(process.info["cmdline"] or ()):
+                found.append(process)
+        return found
+
+    assert len(ranks_of_the_run()) >= 3  # the launcher and its two processes
+    studio.kill()
+    studio.wait()
+    deadline = time.time() + 30
+    while ranks_of_the_run() and time.time() < deadline:
+        time.sleep(0.5)
+    assert not ranks_of_the_run()
+    assert run_state(run_dir).state == "interrupted"

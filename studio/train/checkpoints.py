@@ -34,7 +34,8 @@ def checkpoint_problem(path: Path) -> str | None:
         json.loads(state.read_text(encoding="utf-8"))["global_step"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         return f"trainer_state.json is damaged ({type(exc).__name__}: {exc})"
-    if not (path / "optimizer.pt").is_file():
+    # optimizer.pt, or under FSDP optimizer.bin (whole) or an optimizer_0/ folder (sharded)
+    if not ((path / "optimizer.pt").is_file() or (path / "optimizer.bin").is_file() or any(path.glob("optimizer_*/"))):
         return "optimizer.pt is missing (the checkpoint was not finished)"
     if not any((path / name).is_file() for name in WEIGHT_FILES):
         return "it holds no weights (no *.safetensors)"
@@ -42,7 +43,7 @@ def checkpoint_problem(path: Path) -> str | None:
         problem = _safetensors_problem(file)
         if problem:
             return f"{file.name} is damaged ({problem})"
-    for file in sorted([*path.glob("*.pt"), *path.glob("*.pth")]):
+    for file in sorted([*path.glob("*.pt"), *path.glob("*.pth"), *path.glob("optimizer.bin")]):
         # torch.save writes a zip archive whose directory sits at the end: a cut file has none.
         if not zipfile.is_zipfile(file):
             return f"{file.name} is damaged (cut short: {file.stat().st_size:,} bytes)"
