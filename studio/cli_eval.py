@@ -36,6 +36,12 @@ def add_eval_parsers(sub) -> None:
     evaluate.add_argument("--check", action="append", default=[], metavar="CHECK",
                           help="A check for every answer, saved with the run and reused: regex:PATTERN, json or "
                                "contains (the reference appears in the answer). Repeat for several.")
+    evaluate.add_argument("--judge", default="", metavar="MODEL",
+                          help="A chat model (folder or hub id) that says which of two models answered each row "
+                               "better, asked twice with the answers swapped; reported with its agreement.")
+    evaluate.add_argument("--judge-pair", nargs=2, default=(), metavar=("FIRST", "SECOND"),
+                          help="The two models the judge compares, as the scorecard names them (default: "
+                               "fine-tuned base).")
     evaluate.add_argument("overrides", nargs="*", help="Other generation settings, e.g. generation.do_sample=true "
                           "generation.seed=3 (seeded sampling instead of greedy answers).")
     runs_dir_option(evaluate)
@@ -54,8 +60,8 @@ def cmd_eval(args) -> int:
     models = tuple(args.models) if args.models is not None else (() if args.gguf else MODEL_CHOICES)
     spec = EvalSpec(rows=args.rows, limit=args.limit, models=models, ggufs=tuple(args.gguf), other=args.other,
                     metric=args.metric, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                    overrides=tuple(args.overrides),
-                    checks=tuple(args.check))
+                    overrides=tuple(args.overrides), checks=tuple(args.check), judge=args.judge,
+                    judge_pair=tuple(args.judge_pair))
     stop = threading.Event()
     with stop_on_ctrl_c(stop, "Stopping after this batch; what was scored is kept"):
         result = run_evaluation(run_dir, spec, lambda e: print(e.message, flush=True), stop)

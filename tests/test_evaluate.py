@@ -199,6 +199,47 @@ def test_an_evaluation_changes_generation_settings_only(eval_run):
         run_evaluation(eval_run, EvalSpec(models=("tuned",), max_new_tokens=-3))
 
 
+def test_the_judge_counts_a_row_only_when_both_orders_agree():
+    from studio.evaluate.judge import Judgement
+
+    judged = Judgement("judge", "fine-tuned", "base",
+                       [("first", "first"), ("first", "first"), ("second", "second"), ("first", "second")])
+    assert (judged.first_wins, judged.second_wins, judged.split, judged.agreement) == (2, 1, 1, 0.75)
+    assert judged.summary() == ("Judge judge: fine-tuned preferred on 2 of 4 rows, base on 1; 1 split (the choice "
+                                "changed when the answers swapped places: agreement 75%).")
+    assert judged.warning() is None
+    position_only = Judgement("judge", "fine-tuned", "base", [("first", "second")] * 3)  # always "A"
+    assert position_only.agreement == 0 and "mostly picks a position" in position_only.warning()
+
+
+def test_a_judge_asks_both_orders_and_its_verdict_is_saved(eval_run, tiny_qwen):
+    from studio.evaluate.evaluation import EvalSpec, run_evaluation
+
+    spec = EvalSpec(rows="train", limit=4, models=("base", "tuned"), max_new_tokens=4, judge=str(tiny_qwen))
+    result = run_evaluation(eval_run, spec)
+    judged = result.meta["judge"]
+    assert (judged["first"], judged["second"], len(judged["verdicts"])) == ("fine-tuned", "base", 4)
+    assert judged["first_wins"] + judged["second_wins"] + judged["split"] == 4
+    lines = [json.loads(line) for line in (result.folder / "judge.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 and {"when_first_is_a", "when_second_is_a"} <= lines[0].keys()
+    assert any(v.startswith("Judge qwen2: fine-tuned preferred on") for v in result.scorecard.verdict)
+    assert (judged["agreement"] < 0.6) == any("mostly picks a position" in w for w in result.scorecard.warnings)
+
+
+def test_a_judge_that_cannot_judge_is_refused_before_anything_is_generated(eval_run, tiny_llama, tiny_qwen):
+    from studio.errors import ConfigError
+    from studio.evaluate.evaluation import EvalSpec, run_evaluation
+
+    before = set((eval_run / "evals").iterdir()) if (eval_run / "evals").is_dir() else set()
+    with pytest.raises(ConfigError, match="judge must be a chat model.*no chat template"):
+        run_evaluation(eval_run, EvalSpec(models=("base", "tuned"), rows="train", judge=str(tiny_llama)))
+    with pytest.raises(ConfigError, match="compares two of the models evaluated \\(base, fine-tuned\\); 'gguf' is not"):
+        run_evaluation(eval_run, EvalSpec(models=("base", "tuned"), rows="train", judge=str(tiny_qwen),
+                                          judge_pair=("fine-tuned", "gguf")))
+    after = set((eval_run / "evals").iterdir()) if (eval_run / "evals").is_dir() else set()
+    assert after == before
+
+
 @pytest.fixture(scope="module")
 def overfit_run(tiny_llama, tmp_path_factory):
     """Full fine-tuning of 6 rows at a high learning rate: the eval loss is lowest at step 3, then rises."""
@@ -238,7 +279,7 @@ def test_comparing_two_runs(trained_run, overfit_run):
     assert found.finals[0]["eval loss"] is None and found.finals[1]["lowest eval loss"] > 0
 
 
-def test_the_evaluate_tab_through_the_api(eval_run, tmp_path):
+def test_the_evaluate_tab_through_the_api(eval_run, tiny_qwen, tmp_path):
     import time
 
     from gradio_client import Client
@@ -256,7 +297,7 @@ def test_the_evaluate_tab_through_the_api(eval_run, tmp_path):
         choices = client.predict(api_name="/evaluation_runs")
         assert choices, "the tab lists the runs"
         notice = client.predict(api_name="/start_evaluation", run=str(eval_run), rows="train", limit=4,
-                                models=["base", "tuned"], max_new=4)[0]
+                                models=["base", "tuned"], max_new=4, judge=str(tiny_qwen))[0]
         assert notice.startswith("Evaluating"), notice
         deadline = time.time() + 240
         while "Evaluating" in (status := client.predict(api_name="/evaluation_snapshot"))[0] and time.time() < deadline:
@@ -265,6 +306,7 @@ def test_the_evaluate_tab_through_the_api(eval_run, tmp_path):
         table = status[1]
         assert [row[0].rstrip(" ★") for row in table["data"]] == ["base", "fine-tuned"] and "rouge_l" in table["headers"]
         assert "beats the base model" in status[2] or "does not beat" in status[2]
+        assert "Judge qwen2: fine-tuned preferred on" in status[2] and "of 4 rows" in status[2]
 
         saved = client.predict(str(eval_run), api_name="/saved_evaluations")
         folder = sorted(str(p) for p in (eval_run / "evals").iterdir() if p.is_dir())[-1]

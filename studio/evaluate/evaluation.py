@@ -8,7 +8,8 @@ training or exporting the same run. The run's HF weights load once: the base
 model is the adapter switched off, each checkpoint an adapter loaded beside the
 final one. Results go to <run>/evals/<time>.part/ while the job runs and are
 renamed to <run>/evals/<time>/ at the end; a stopped job keeps every row scored
-so far and its scores.json says "partial": true.
+so far and its scores.json says "partial": true. With `judge`, a chat model then
+says which of two models answered each row better (studio.evaluate.judge).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from studio.config import ModelConfig, RunConfig
 from studio.recipes import apply_overrides
 from studio.errors import ConfigError, StudioError
 from studio.evaluate import generate as gen_lib
+from studio.evaluate.judge import Judge, Judgement
 from studio.evaluate.rows import EvalRow, select_rows
 from studio.evaluate.scorecard import ModelRow, build_scorecard, eval_curve
 from studio.evaluate.scores import METRICS, load_checks, model_scores, parse_check, row_scores, save_checks
@@ -49,6 +51,8 @@ class EvalSpec:
     max_new_tokens: int = 0  # the longest answer; 0: the run's generation.max_new_tokens
     overrides: tuple[str, ...] = ()  # other generation.* settings, e.g. generation.do_sample=true generation.seed=3
     checks: tuple[str, ...] = ()  # regex:PATTERN, json, contains; saved with the run and reused
+    judge: str = ""  # a chat model (folder or hub id) that says which of two answers is better; "": none
+    judge_pair: tuple[str, ...] = ()  # the two models it compares (scorecard names); empty: fine-tuned and base
     seed: int = 0  # of the row sample
 
 
@@ -86,6 +90,8 @@ def _check_spec(spec: EvalSpec) -> None:
         raise ConfigError("Choose at least one model to evaluate.")
     if spec.max_new_tokens < 0:
         raise ConfigError("max_new_tokens must be 1 or more (0: the run's generation.max_new_tokens).")
+    if spec.judge_pair and len(spec.judge_pair) != 2:
+        raise ConfigError(f"The judge compares two models; judge_pair names {len(spec.judge_pair)}.")
     other_keys = [o for o in spec.overrides if not o.startswith("generation.")]
     if other_keys:
         raise ConfigError(f"{other_keys[0]!r}: an evaluation changes generation.* settings only (the weights and "
@@ -101,26 +107,72 @@ def _evaluate(run_dir: Path, spec: EvalSpec, sink: Sink, stop: threading.Event) 
     checks = _checks(run_dir, spec)
     rowset = select_rows(run_dir, cfg, tokenizer, template, spec.rows, spec.limit, spec.seed)
     candidates = plan(run_dir, spec)
+    pair = _judge_pair(spec, [c.name for c in candidates])
     folder = new_eval_folder(run_dir)
     _write_rows(folder, rowset.rows)
     sink(Event("stage", message=f"Evaluating {len(candidates)} models on {rowset.description}",
                extra={"folder": str(folder), "metric": spec.metric}))
     scored: list[ModelRow] = []
+    texts: dict[str, list[str]] = {}
     with (folder / "generations.jsonl").open("a", encoding="utf-8") as out:
         for name, answers in _all_answers(run_dir, cfg, tokenizer, template, rowset.rows, candidates, spec, sink, stop):
+            texts[name] = [output.text for output in answers.outputs]
             scored.append(_score(name, candidates, answers, rowset.rows, checks, out))
             sink(Event("stage", message=f"{name}: scored {scored[-1].rows} rows",
                        extra={"model": asdict(scored[-1])}))
             if stop.is_set():
                 break
+    judgement = _judge(spec.judge, pair, texts, rowset.rows, folder, sink, stop) if pair and not stop.is_set() else None
     partial = stop.is_set() or len(scored) < len(candidates) or any(m.rows < len(rowset.rows) for m in scored)
     card = build_scorecard(scored, spec.metric, eval_curve(run_dir), partial)
     meta = {"run": str(run_dir), "rows": rowset.description, "source": rowset.source, "spec": asdict(spec),
             "generation": asdict(cfg.generation), "checks": [c.name for c in checks], "created": time.time()}
+    if judgement is not None:
+        meta["judge"] = judgement.to_json()
+        card = replace(card, verdict=[*card.verdict, judgement.summary()],
+                       warnings=[*card.warnings, *filter(None, [judgement.warning()])])
     result = EvalResult.finish(folder, meta, card)
     sink(Event("stage", message=("Stopped: partial results kept in " if partial else "Saved ") + str(result.folder),
                extra={"folder": str(result.folder)}))
     return result
+
+
+def _judge_pair(spec: EvalSpec, names: list[str]) -> tuple[str, str] | None:
+    """The two models the judge compares (checked, with the judge's tokenizer, before anything is generated)."""
+    if not spec.judge:
+        return None
+    from studio.models import load_tokenizer
+
+    pair = tuple(spec.judge_pair) or (("fine-tuned", "base") if {"fine-tuned", "base"} <= set(names) else
+                                      tuple(names[:2]))
+    missing = [name for name in pair if name not in names]
+    if len(pair) < 2 or missing:
+        raise ConfigError(f"The judge compares two of the models evaluated ({', '.join(names) or 'none'}); "
+                          + (f"{missing[0]!r} is not one of them." if missing else "choose at least two."))
+    if not getattr(load_tokenizer(spec.judge), "chat_template", None):
+        raise ConfigError(f"The judge must be a chat model, and {spec.judge} has no chat template (a base model). "
+                          "Pick an instruct or chat model.")
+    return pair
+
+
+def _judge(judge_model: str, pair: tuple[str, str], texts: dict[str, list[str]], rows: list[EvalRow], folder: Path,
+           sink: Sink, stop: threading.Event) -> Judgement:
+    """The judge's choice between the pair's answers on every row, in both orders; saved in judge.jsonl."""
+    first, second = pair
+    sink(Event("stage", message=f"Judging {first} against {second} with {judge_model} (each row asked twice, the "
+                                "answers' places swapped)"))
+    judge = Judge.load(judge_model)
+    try:
+        judgement = judge.compare(rows, (first, texts[first]), (second, texts[second]), stop,
+                                  lambda done, total: _progress(sink, "judge", done, total, "judged"))
+    finally:
+        judge.close()
+    with (folder / "judge.jsonl").open("w", encoding="utf-8") as fh:
+        for index, (shown_first, shown_second) in enumerate(judgement.verdicts):
+            fh.write(json.dumps({"row": index, "first": first, "second": second, "when_first_is_a": shown_first,
+                                 "when_second_is_a": shown_second}) + "\n")
+    sink(Event("stage", message=judgement.summary()))
+    return judgement
 
 
 def run_tokenizer(run_dir: Path, cfg: RunConfig):

@@ -34,6 +34,7 @@ class EvaluateTab:
     limit: gr.Number
     models: gr.CheckboxGroup
     other: gr.Textbox
+    judge: gr.Textbox
     metric: gr.Dropdown
     batch: gr.Number
     max_new: gr.Number
@@ -73,6 +74,9 @@ def build(studio, form: dict) -> EvaluateTab:
             models = gr.CheckboxGroup(list(MODEL_CHOICES), value=list(MODEL_CHOICES), label="Models",
                                       info="gguf: every exported .gguf of the run")
             other = gr.Textbox("", label="Another chat model (folder, optional)")
+            judge = gr.Textbox("", label="Judge (a chat model, optional)", elem_id="eval-judge",
+                               info="Says which answer is better, fine-tuned or base, each row asked twice with the "
+                                    "answers swapped (folder or hub id)")
             with gr.Row():
                 metric = gr.Dropdown(list(METRICS), value="loss", allow_custom_value=True,
                                      label="Best checkpoint by")
@@ -108,17 +112,18 @@ def build(studio, form: dict) -> EvaluateTab:
             eval_plot = gr.LinePlot(EMPTY_CURVE, x="step", y="value", color="run", title="Eval loss")
         differences = gr.Dataframe(EMPTY, label="Config differences", interactive=False)
         finals = gr.Dataframe(EMPTY, label="How each run ended", interactive=False)
-    return EvaluateTab(timer, run, rows, limit, models, other, metric, batch, max_new, checks, start, stop, notice,
-                       status, table, verdict, export_best, saved, row_filter, first, second, answers, compare_runs,
-                       compare, loss_plot, eval_plot, differences, finals)
+    return EvaluateTab(timer, run, rows, limit, models, other, judge, metric, batch, max_new, checks, start, stop,
+                       notice, status, table, verdict, export_best, saved, row_filter, first, second, answers,
+                       compare_runs, compare, loss_plot, eval_plot, differences, finals)
 
 
 def wire(studio, form: dict, tab: EvaluateTab, export: ExportTab, tabs: gr.Tabs) -> None:
-    def start(run: str, rows: str, limit: float, models: list[str], other: str, metric: str, batch: float,
+    def start(run: str, rows: str, limit: float, models: list[str], other: str, judge: str, metric: str, batch: float,
               max_new: float, checks: str):
         """Inputs: the form above. Outputs: notice, the polling timer switched on."""
         spec = EvalSpec(rows=rows or "eval", limit=int(limit or 0), models=tuple(models), other=(other or "").strip(),
                         metric=metric, batch_size=int(batch or 8), max_new_tokens=int(max_new or 0),
+                        judge=(judge or "").strip(),
                         checks=tuple(line.strip() for line in (checks or "").splitlines() if line.strip()))
         try:
             studio.start_evaluation(studio.find_run(run or ""), spec)
@@ -186,7 +191,8 @@ def wire(studio, form: dict, tab: EvaluateTab, export: ExportTab, tabs: gr.Tabs)
             raise gr.Error(str(exc)) from None
         return comparison_frames(found)
 
-    form_inputs = [tab.run, tab.rows, tab.limit, tab.models, tab.other, tab.metric, tab.batch, tab.max_new, tab.checks]
+    form_inputs = [tab.run, tab.rows, tab.limit, tab.models, tab.other, tab.judge, tab.metric, tab.batch, tab.max_new,
+                   tab.checks]
     tab.start.click(start, form_inputs, [tab.notice, tab.timer], api_name="start_evaluation")
     tab.stop.click(stop, None, tab.notice, api_name="stop_evaluation")
     shown = gr.State(())
