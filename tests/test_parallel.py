@@ -292,3 +292,20 @@ def test_killing_the_studio_ends_its_training_processes(tiny_llama, tmp_path):
         time.sleep(0.5)
     assert not ranks_of_the_run()
     assert run_state(run_dir).state == "interrupted"
+
+
+def test_preference_and_reward_methods_train_in_two_processes(tiny_llama, tmp_path):
+    from conftest import ROOT
+
+    dpo = tiny_config(tiny_llama, "train.method=dpo", f"data.path={ROOT / 'assets' / 'sample_preferences.jsonl'}",
+                      "train.max_steps=3", "train.batch_size=2", "train.devices=cpu:2")
+    grpo = tiny_config(tiny_llama, "train.method=grpo", f"data.path={ROOT / 'assets' / 'sample_arithmetic.jsonl'}",
+                       "data.template=plain", "train.batch_size=8", "train.grad_accum=1", "grpo.num_generations=8",
+                       "grpo.max_completion_length=4", "train.save_steps=100", "train.max_steps=2",
+                       "train.devices=cpu:2")
+    for cfg in (dpo, grpo):
+        result = train_tiny(cfg, tmp_path / cfg.train.method)
+        assert (result.state, result.step) == ("completed", cfg.train.max_steps)
+        metrics = [e.extra.get("metrics", {}) for e in read_events(result.run_dir / "events.jsonl") if e.kind == "log"]
+        assert metrics and metrics[-1], "the method's own values come back from rank 0"
+    assert not _rank_processes()
