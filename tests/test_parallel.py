@@ -309,3 +309,15 @@ def test_preference_and_reward_methods_train_in_two_processes(tiny_llama, tmp_pa
         metrics = [e.extra.get("metrics", {}) for e in read_events(result.run_dir / "events.jsonl") if e.kind == "log"]
         assert metrics and metrics[-1], "the method's own values come back from rank 0"
     assert not _rank_processes()
+
+
+def test_the_fit_estimate_of_one_card_when_the_model_is_sharded():
+    from studio.fit import check_fit
+    from studio.recipes import from_dict
+
+    cfg = from_dict({"model": {"name_or_path": "meta-llama/Llama-3.1-8B-Instruct", "load_in": "16bit"}})
+    whole, _ = check_fit(cfg, 12.0, on_gpu=True)
+    half, sentence = check_fit(cfg, 12.0, on_gpu=True, shards=2)
+    assert half.weights_gib == pytest.approx(whole.weights_gib / 2)
+    assert half.trainable_gib == pytest.approx(whole.trainable_gib / 2)
+    assert half.activations_gib == whole.activations_gib and sentence
