@@ -186,6 +186,10 @@ class TrainConfig:
         "indices such as 0,1 train on those GPUs; cpu on the CPU; cpu:2 in two processes on the CPU (the "
         "several-GPU path without GPUs: for trying a setup, not faster). The same recipe runs on one device or many."
     )
+    gpu_memory_cap: float = _f(
+        0.0, "Use at most this many GiB of each GPU (0: all of it): room for a desktop or another program, or a try "
+        "of how a run fits a smaller card. The fit estimate and train.parallel=auto count with it.", min=0
+    )
     parallel: Literal["auto", "ddp", "fsdp"] = _f(
         "auto", "How several devices share the work. ddp: each holds the whole model and trains on its share of "
         "every step's rows (fastest, when the model and a batch fit on each card). fsdp: the weights, gradients and "

@@ -48,6 +48,14 @@ def sharded_training() -> bool:
     return world_size() > 1 and os.environ.get("STUDIO_PARALLEL") == "fsdp"
 
 
+def cap_gpu_memory(cap_gib: float) -> None:
+    """Let this process's allocator use at most `cap_gib` of its GPU (0 or more than the card: all of it)."""
+    if not has_cuda():
+        return
+    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GIB
+    torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib / total) if cap_gib > 0 else 1.0)
+
+
 def device_name() -> str:
     """"NVIDIA GeForce RTX 4090" or "CPU only"."""
     return torch.cuda.get_device_name(0) if has_cuda() else "CPU only"

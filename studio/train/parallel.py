@@ -122,7 +122,7 @@ def _fits_one_card(cfg: RunConfig) -> bool:
     from studio.hardware import GIB
 
     smallest = min(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())) / GIB
-    est, _ = check_fit(cfg, smallest, on_gpu=True)
+    est, _ = check_fit(cfg, min(smallest, cfg.train.gpu_memory_cap or smallest), on_gpu=True)
     return est is None or est.verdict != "does not fit"
 
 

@@ -26,7 +26,8 @@ from studio.config import RunConfig
 from studio.data.building import build_dataset, to_hf_dataset
 from studio.errors import ConfigError, DiskSpaceError, StudioError, TrainingError
 from studio.events import Event, Sink
-from studio.hardware import MemoryProbe, free_accelerator_memory, is_main_process, sharded_training, world_size
+from studio.hardware import (MemoryProbe, cap_gpu_memory, free_accelerator_memory, is_main_process, sharded_training,
+                             world_size)
 from studio.train.health import Divergence, TrainingHealth
 from studio.models import hf_folder, load_model
 from studio.speed.apply import prepare_for_training
@@ -80,6 +81,9 @@ def train_run(run_dir: Path, sink: Sink, stop: threading.Event, checkpoint: Path
     sink(Event("start", message=f"{'Resuming' if checkpoint else 'Starting'} {run_dir.name}", max_steps=cfg.train.max_steps))
     model = trainer = watch = None
     try:
+        if cfg.train.gpu_memory_cap:
+            cap_gpu_memory(cfg.train.gpu_memory_cap)
+            sink(Event("stage", message=f"Each GPU is capped at {cfg.train.gpu_memory_cap:g} GiB (train.gpu_memory_cap)"))
         sink(Event("stage", message=f"Loading {cfg.model.name_or_path} ({cfg.model.load_in})"))
         model, tokenizer = load_for_training(cfg, note=lambda text: sink(Event("stage", message=text)))
         template = _run_template(run_dir, cfg, tokenizer)
@@ -109,6 +113,8 @@ def train_run(run_dir: Path, sink: Sink, stop: threading.Event, checkpoint: Path
             watch.close()
         del model, trainer
         free_accelerator_memory()
+        if cfg.train.gpu_memory_cap:
+            cap_gpu_memory(0)  # the studio's chat and export use the whole card again
 
 
 def _finish(run_dir, cfg, trainer, tokenizer, template, watch, stop, sink) -> TrainResult:

@@ -66,7 +66,9 @@ def wire(studio, form: dict, tab: ModelTab) -> None:
         except StudioError as exc:
             return f"⚠️ {exc}"
         shards = placement.processes if placement.engine == "fsdp" else 1
-        est, sentence = check_fit(cfg, hw["available_gib"], hw["gpu"], shards)
+        available = min(hw["available_gib"], cfg.train.gpu_memory_cap or hw["available_gib"]) if hw["gpu"] \
+            else hw["available_gib"]
+        est, sentence = check_fit(cfg, available, hw["gpu"], shards)
         icon = {"fits": "✅", "tight": "🟡", "does not fit": "⛔"}.get(est.verdict if est else "", "❔")
         where = (f"**Each of {placement.processes} {'GPUs' if placement.gpus else 'processes'}** "
                  f"({placement.describe()}): " if placement.processes > 1 else "")
@@ -86,7 +88,7 @@ def wire(studio, form: dict, tab: ModelTab) -> None:
     tab.choice.change(pick, tab.choice, form["model.name_or_path"], api_name="pick_model")
     for key in ("model.name_or_path", "model.load_in", "lora.enabled", "lora.r", "train.batch_size",
                 "train.max_length", "train.gradient_checkpointing", "train.offload_activations", "train.cpu_embeddings",
-                "train.optimizer", "train.devices", "train.parallel"):
+                "train.optimizer", "train.devices", "train.parallel", "train.gpu_memory_cap"):
         form[key].change(estimate, inputs, tab.fit, api_visibility="private")
     tab.load.click(check, form["model.name_or_path"], tab.info, api_name="check_model")
     tab.fit_estimate = Hook(estimate, inputs, tab.fit)
