@@ -227,9 +227,10 @@ def train_in_ranks(run_dir: Path, placement: Placement, sink: Sink, stop: thread
                 sink(event)
 
     with (folder / "launcher.log").open("w", encoding="utf-8") as log:
+        posix = os.name == "posix"  # a process group of its own, ended with the studio (Linux, macOS)
         process = subprocess.Popen(rank_command(run_dir, placement, checkpoint), env=rank_environment(placement),
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                   preexec_fn=_end_with_parent)
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=posix,
+                                   preexec_fn=_end_with_parent if posix else None)
         try:
             while process.poll() is None:
                 forward()
@@ -300,18 +301,21 @@ def failed_rank(folder: Path, processes: int) -> tuple[int | None, str]:
 def end_process_group(process: subprocess.Popen, grace_s: float = 10.0) -> None:
     """End the launcher and every rank it started (they share its process group); wait for them."""
     if process.poll() is None:
-        _signal_group(process.pid, signal.SIGTERM)
+        _signal_group(process, signal.SIGTERM)
         try:
             process.wait(grace_s)
         except subprocess.TimeoutExpired:
             pass
-    _signal_group(process.pid, signal.SIGKILL)  # ranks the launcher left behind, if any
+    _signal_group(process, signal.SIGKILL if os.name == "posix" else signal.SIGTERM)  # any rank left behind
     process.wait()
 
 
-def _signal_group(pgid: int, sig: int) -> None:
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
     try:
-        os.killpg(pgid, sig)
+        if os.name == "posix":
+            os.killpg(process.pid, sig)
+        elif process.poll() is None:
+            process.terminate()  # Windows: no process groups to signal
     except (ProcessLookupError, PermissionError):
         pass
 
