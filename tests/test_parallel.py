@@ -132,12 +132,17 @@ def test_the_first_process_to_report_an_error_is_named(tmp_path):
     from studio.train.parallel import failed_rank
 
     JsonlSink(tmp_path / "rank-0.jsonl")(Event("log", step=1, loss=2.0))
-    JsonlSink(tmp_path / "rank-1.jsonl")(Event("end", message="Training failed: Out of memory",
-                                                extra={"state": "failed", "error": "Out of memory: CUDA"}))
-    assert failed_rank(tmp_path, 2) == (1, "Out of memory: CUDA")
+    JsonlSink(tmp_path / "rank-1.jsonl")(Event("end", message="Training failed: the disk is full",
+                                                extra={"state": "failed", "error": "No space left on the disk",
+                                                       "error_type": "DiskSpaceError"}))
+    assert failed_rank(tmp_path, 2) == (1, "No space left on the disk", "DiskSpaceError")
+    from studio.errors import DiskSpaceError, TrainingError
+    from studio.train.parallel import _error_class
+
+    assert _error_class("DiskSpaceError") is DiskSpaceError and _error_class("RuntimeError") is TrainingError
     (tmp_path / "rank-1.jsonl").unlink()
     (tmp_path / "launcher.log").write_text("Some output\nnothing else\n")
-    rank, error = failed_rank(tmp_path, 2)
+    rank, error, _ = failed_rank(tmp_path, 2)
     assert rank is None and "ended without a report" in error and "nothing else" in error
 
 
@@ -157,6 +162,9 @@ def test_where_a_run_trains():
     odd = plan(2, grad_accum=3)
     assert odd.grad_accum == 3 and "a step sees 12 rows (2 times one device's 6)" in odd.notes[0]
     assert plan(2, devices="cpu").describe() == "one process on the CPU"
+    with pytest.raises(ConfigError, match="model.load_in=8bit\\) cannot be sharded"):
+        plan_placement(from_dict({"model": {"load_in": "8bit"}, "train": {"parallel": "fsdp"}}), gpu_count=2,
+                       fits_one_card=True)
     assert plan(1).in_process and not plan(2, devices="0").in_process  # another GPU in sight: a child process
     assert not plan(2, devices="cpu").in_process  # the CPU on a GPU machine: a child process that sees no GPU
     with pytest.raises(ConfigError, match="adamw_8bit cannot step sharded"):
@@ -199,6 +207,8 @@ def test_the_launch_command_of_one_machine_and_of_several(tmp_path):
         rank_command(tmp_path / "run", placement, nodes=2, rendezvous="10.0.0.1")
     env = rank_environment(placement, {"PATH": "/bin"})
     assert env["CUDA_VISIBLE_DEVICES"] == "0,1" and env["STUDIO_PARALLEL"] == "ddp"
+    # a studio started on GPUs 2 and 3 calls them 0 and 1: its processes get 2 and 3
+    assert rank_environment(placement, {"CUDA_VISIBLE_DEVICES": "2,3"})["CUDA_VISIBLE_DEVICES"] == "2,3"
     cpu = rank_environment(Placement(2, (), "ddp", 1), {})
     assert cpu["CUDA_VISIBLE_DEVICES"] == "" and int(cpu["OMP_NUM_THREADS"]) >= 1
     root = str(Path(__file__).resolve().parent.parent)
@@ -321,3 +331,21 @@ def test_the_fit_estimate_of_one_card_when_the_model_is_sharded():
     assert half.weights_gib == pytest.approx(whole.weights_gib / 2)
     assert half.trainable_gib == pytest.approx(whole.trainable_gib / 2)
     assert half.activations_gib == whole.activations_gib and sentence
+
+
+def test_a_checkpoint_of_sharded_training_resumes_only_sharded(trained_run, tmp_path):
+    import shutil
+
+    import torch
+
+    from studio.events import MemorySink
+    from studio.train.checkpoints import latest_checkpoint
+    from studio.train.training import run_training
+
+    run = Path(shutil.copytree(trained_run, tmp_path / trained_run.name))
+    newest = latest_checkpoint(run)
+    torch.save({}, newest / "optimizer.bin")  # what FSDP writes in place of optimizer.pt
+    (newest / "optimizer.pt").unlink()
+    with pytest.raises(ConfigError, match=f"{newest.name} was written by sharded \\(FSDP\\) training, and this resume "
+                                          "would train one process on the CPU: resume it with train.parallel=fsdp"):
+        run_training(run, MemorySink(), resume=True, changes=["train.max_steps=20"])

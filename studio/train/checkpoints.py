@@ -25,6 +25,12 @@ def checkpoint_step(path: Path) -> int:
     return int(path.name.split("-")[1].split(".")[0])
 
 
+def sharded_checkpoint(path: Path) -> bool:
+    """Written by FSDP training: only FSDP training can resume it (and FSDP cannot resume any other)."""
+    return (path / "optimizer.bin").is_file() or (path / "pytorch_model_fsdp.bin").is_file() \
+        or any(path.glob("optimizer_*/"))
+
+
 def checkpoint_problem(path: Path) -> str | None:
     """Why the checkpoint at `path` cannot be resumed from, or None when it is whole."""
     state = path / "trainer_state.json"
@@ -43,7 +49,8 @@ def checkpoint_problem(path: Path) -> str | None:
         problem = _safetensors_problem(file)
         if problem:
             return f"{file.name} is damaged ({problem})"
-    for file in sorted([*path.glob("*.pt"), *path.glob("*.pth"), *path.glob("optimizer.bin")]):
+    for file in sorted([*path.glob("*.pt"), *path.glob("*.pth"), *path.glob("optimizer.bin"),
+                        *path.glob("pytorch_model_fsdp.bin")]):
         # torch.save writes a zip archive whose directory sits at the end: a cut file has none.
         if not zipfile.is_zipfile(file):
             return f"{file.name} is damaged (cut short: {file.stat().st_size:,} bytes)"
@@ -179,7 +186,8 @@ def keep_last_good_checkpoint(run_dir: Path, cfg, tokenizer, template) -> str | 
     return good.name
 
 
-TRAINER_ONLY_FILES = {"optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin"}
+TRAINER_ONLY_FILES = {"optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin",
+                      "optimizer.bin", "pytorch_model_fsdp.bin"}  # the last two: FSDP's
 
 
 # ---------------------------------------------------------------- disk

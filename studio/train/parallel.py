@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from studio.config import RunConfig
-from studio.errors import ConfigError, TrainingError
+from studio.errors import ConfigError, StudioError, TrainingError
 from studio.events import Event, Sink
 from studio.recipes import parse_devices
 
@@ -89,7 +89,13 @@ def plan_placement(cfg: RunConfig, gpu_count: int | None = None, fits_one_card: 
     if processes > 1 and cfg.train.method == "galore" and cfg.galore.layerwise:
         raise ConfigError("galore.layerwise updates each layer inside the backward pass, which several processes "
                           "cannot share: set galore.layerwise=false, or train on one device (train.devices=0).")
-    engine = _engine(cfg, processes, bool(gpus), fits_one_card)
+    engine = _engine(cfg, processes, gpus, fits_one_card)
+    if engine == "fsdp" and cfg.model.load_in == "8bit":
+        raise ConfigError("8-bit weights (model.load_in=8bit) cannot be sharded (FSDP): use model.load_in=4bit "
+                          "(QLoRA) or 16bit, or train.parallel=ddp.")
+    if engine == "fsdp" and cfg.train.method == "galore":
+        raise ConfigError("train.method=galore projects whole weight matrices, which sharding (FSDP) splits: use "
+                          "train.parallel=ddp.")
     if engine == "fsdp" and cfg.train.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
         raise ConfigError(f"train.optimizer={cfg.train.optimizer} cannot step sharded (FSDP) weights: set "
                           "train.optimizer=auto (AdamW when sharded) or adamw_torch, or train.parallel=ddp.")
@@ -99,7 +105,8 @@ def plan_placement(cfg: RunConfig, gpu_count: int | None = None, fits_one_card: 
                      alone)
 
 
-def _engine(cfg: RunConfig, processes: int, on_gpus: bool, fits_one_card: bool | None) -> str:
+def _engine(cfg: RunConfig, processes: int, gpus: tuple[int, ...], fits_one_card: bool | None) -> str:
+    on_gpus = bool(gpus)
     if processes == 1:
         return "single"
     if cfg.train.parallel == "fsdp" and not on_gpus:
@@ -110,18 +117,18 @@ def _engine(cfg: RunConfig, processes: int, on_gpus: bool, fits_one_card: bool |
     if not on_gpus:
         return "ddp"
     if fits_one_card is None:
-        fits_one_card = _fits_one_card(cfg)
+        fits_one_card = _fits_one_card(cfg, gpus)
     return "ddp" if fits_one_card else "fsdp"
 
 
-def _fits_one_card(cfg: RunConfig) -> bool:
-    """The fit estimate's verdict for one card (unknown shapes are taken to fit: DDP is the faster guess)."""
+def _fits_one_card(cfg: RunConfig, gpus: tuple[int, ...]) -> bool:
+    """The fit estimate's verdict for the smallest chosen card (unknown shapes are taken to fit: DDP is faster)."""
     import torch
 
     from studio.fit import check_fit
     from studio.hardware import GIB
 
-    smallest = min(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())) / GIB
+    smallest = min(torch.cuda.get_device_properties(i).total_memory for i in gpus) / GIB
     est, _ = check_fit(cfg, min(smallest, cfg.train.gpu_memory_cap or smallest), on_gpu=True)
     return est is None or est.verdict != "does not fit"
 
@@ -191,7 +198,9 @@ def node_commands(run_dir: Path, placement: Placement, nodes: int, rendezvous: s
 def rank_environment(placement: Placement, base: dict | None = None) -> dict:
     """The environment of the run's processes: their GPUs, the engine, and CPU threads shared out."""
     env = dict(os.environ if base is None else base)
-    env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, placement.gpus))  # empty: the CPU, even on a GPU machine
+    # The indices count the GPUs this process sees: through its own CUDA_VISIBLE_DEVICES, if it was given one.
+    seen = [d.strip() for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(seen[i] if i < len(seen) else str(i) for i in placement.gpus)  # "": CPU
     env["STUDIO_PARALLEL"] = placement.engine
     # The processes import the studio from where this one did, whatever folder the studio was started in.
     root = str(Path(__file__).resolve().parents[2])
@@ -230,7 +239,7 @@ def train_in_ranks(run_dir: Path, placement: Placement, sink: Sink, stop: thread
         posix = os.name == "posix"  # a process group of its own, ended with the studio (Linux, macOS)
         process = subprocess.Popen(rank_command(run_dir, placement, checkpoint), env=rank_environment(placement),
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=posix,
-                                   preexec_fn=_end_with_parent if posix else None)
+                                   preexec_fn=end_with_parent if posix else None)
         try:
             while process.poll() is None:
                 forward()
@@ -255,16 +264,24 @@ def _outcome(run_dir: Path, placement: Placement, returncode: int, main_end: Eve
         status = read_status(run_dir)
         return TrainResult(run_dir, status.get("state", "completed"), status.get("step") or 0, status.get("loss"),
                            status.get("health") or "")
-    rank, error = failed_rank(ranks_folder(run_dir), placement.processes)
+    rank, error, kind = failed_rank(ranks_folder(run_dir), placement.processes)
     step = read_status(run_dir).get("step")
     message = f"process {rank} of {placement.processes} failed: {error}" if rank is not None else error
     write_status(run_dir, state="failed", error=message, step=step)
     sink(Event("end", message=f"Training failed: {message}", step=step, extra={"state": "failed", "error": message}))
-    raise TrainingError(message)
+    raise _error_class(kind)(message)
 
 
-def failed_rank(folder: Path, processes: int) -> tuple[int | None, str]:
-    """The rank whose failure ended the run, and its error: its own report, or how it ended (killed, say).
+def _error_class(name: str) -> type[StudioError]:
+    """The studio's error a process reported (a full disk stays a DiskSpaceError), else TrainingError."""
+    import studio.errors
+
+    found = getattr(studio.errors, name, None)
+    return found if isinstance(found, type) and issubclass(found, StudioError) else TrainingError
+
+
+def failed_rank(folder: Path, processes: int) -> tuple[int | None, str, str]:
+    """The rank whose failure ended the run, its error and the error's type: its own report, or how it ended.
 
     The launcher names the first process that failed ("Root Cause"); the others often fail after it
     only because it went away (a connection reset), so their reports come second.
@@ -276,37 +293,52 @@ def failed_rank(folder: Path, processes: int) -> tuple[int | None, str]:
         path = folder / f"rank-{rank}.jsonl"
         ends = [e for e in read_events(path) if e.kind == "end"] if path.is_file() else []
         if ends and ends[-1].extra.get("error"):
-            reports[rank] = (ends[-1].time, ends[-1].extra["error"])
+            reports[rank] = (ends[-1].time, ends[-1].extra["error"], ends[-1].extra.get("error_type", ""))
     log = folder / "launcher.log"
     text = log.read_text(encoding="utf-8", errors="replace") if log.is_file() else ""
     root = re.search(r"Root Cause.*?\brank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", text, re.S)
     if root:
         rank, code = int(root.group(1)), int(root.group(2))
         if rank in reports:
-            return rank, reports[rank][1]
+            return rank, *reports[rank][1:]
         how = f"killed by signal {-code} ({signal.Signals(-code).name})" if code < 0 else f"exit code {code}"
         hint = " The system may have run out of memory (see dmesg)." if code == -9 else ""
         said = next((line.strip() for line in text.splitlines() if "Error" in line and not line[:1].isspace()
                      and "ChildFailedError" not in line and not line.startswith("Traceback")), "")
         if said:
             hint += f" Its log ({log}) says: {said}"
-        return rank, f"it ended without a report, {how}.{hint}"
+        return rank, f"it ended without a report, {how}.{hint}", ""
     if reports:
         rank = min(reports, key=lambda r: reports[r][0])
-        return rank, reports[rank][1]
+        return rank, *reports[rank][1:]
     last = [line for line in text.splitlines() if line.strip()][-5:]
-    return None, "the training processes ended without a report. The launcher's last words: " + " | ".join(last)
+    return None, "the training processes ended without a report. The launcher's last words: " + " | ".join(last), ""
 
 
-def end_process_group(process: subprocess.Popen, grace_s: float = 10.0) -> None:
-    """End the launcher and every rank it started (they share its process group); wait for them."""
+def end_process_group(process: subprocess.Popen, grace_s: float = 40.0) -> None:
+    """End the launcher and every rank it started; wait for them.
+
+    The launcher ends its ranks itself on SIGTERM (giving them up to 30 s); the ranks run in
+    sessions of their own, so whatever is still alive after the grace period is killed one by one.
+    """
+    import psutil
+
+    try:
+        family = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
     if process.poll() is None:
         _signal_group(process, signal.SIGTERM)
         try:
             process.wait(grace_s)
         except subprocess.TimeoutExpired:
             pass
-    _signal_group(process, signal.SIGKILL if os.name == "posix" else signal.SIGTERM)  # any rank left behind
+    _signal_group(process, signal.SIGKILL if os.name == "posix" else signal.SIGTERM)
+    for rank in family:
+        try:
+            rank.kill()
+        except psutil.NoSuchProcess:
+            pass
     process.wait()
 
 
@@ -320,14 +352,23 @@ def _signal_group(process: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def _end_with_parent() -> None:
-    """In the launcher's process: be ended when the studio dies, even by kill -9 (Linux), so no rank is orphaned."""
+def _libc():
+    """The C library, loaded in the studio's process (loading it between fork and exec could deadlock)."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: ending the process group on the way out still applies
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return None  # not Linux
+
+
+LIBC = _libc() if sys.platform.startswith("linux") else None
+
+
+def end_with_parent() -> None:
+    """Be sent SIGTERM when the parent process dies, even by kill -9 (Linux), so no process is orphaned."""
+    if LIBC is not None:
+        LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class _EventTail:

@@ -13,9 +13,10 @@ import argparse
 import os
 import sys
 import threading
+import traceback
 from pathlib import Path
 
-from studio.train.parallel import POLL_S, STOP_FILE, ranks_folder
+from studio.train.parallel import POLL_S, STOP_FILE, end_with_parent, ranks_folder
 
 
 class AgreedStop:
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from studio.safety import stay_offline
 
+    end_with_parent()  # the launcher may die without ending this process (kill -9)
     stay_offline()
     import torch
 
@@ -105,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train_run(args.run_dir, sink, AgreedStop(local), args.checkpoint)
     except BaseException:
-        return 1  # the error is in this rank's events (an "end" event), where the studio reads it
+        traceback.print_exc()  # to the launcher's log; the error itself is in this rank's "end" event
+        return 1
     finally:
         local.set()  # ends the watcher
     return 0

@@ -21,7 +21,7 @@ from transformers import EarlyStoppingCallback
 
 from studio.train.callbacks import HealthCallback, ProgressCallback, RecentBatches
 from studio.train.checkpoints import (check_disk_for_run, keep_last_good_checkpoint, latest_checkpoint, prepare_resume,
-                                remove_unfinished_checkpoints)
+                                remove_unfinished_checkpoints, sharded_checkpoint)
 from studio.config import RunConfig
 from studio.data.building import build_dataset, to_hf_dataset
 from studio.errors import ConfigError, DiskSpaceError, StudioError, TrainingError
@@ -63,6 +63,12 @@ def run_training(run_dir: Path, sink: Sink, stop: threading.Event | None = None,
     with lock_run(run_dir, "training"):
         checkpoint = prepare_resume(run_dir, changes, sink) if resume else None
         placement = plan_placement(load_run_config(run_dir))
+        if checkpoint is not None and sharded_checkpoint(checkpoint) != (placement.engine == "fsdp"):
+            raise ConfigError(
+                f"{checkpoint.name} was written by {'sharded (FSDP)' if sharded_checkpoint(checkpoint) else 'unsharded'} "
+                f"training, and this resume would train {placement.describe()}: resume it with "
+                + ("train.parallel=fsdp on several GPUs." if sharded_checkpoint(checkpoint) else
+                   "train.parallel=ddp, or on one device."))
         if placement.in_process:
             return train_run(run_dir, sink, stop, checkpoint)
         write_status(run_dir, state="running", error=None, health=None)
@@ -146,7 +152,7 @@ def _record_failure(run_dir: Path, exc: BaseException, trainer, sink: Sink) -> N
     """Write the run's true state after an error; never let the report itself fail (a full disk)."""
     step = trainer.state.global_step if trainer is not None else None
     state = "failed"
-    if is_disk_full(exc):
+    if is_disk_full(exc) and is_main_process():
         remove_unfinished_checkpoints(run_dir)
         good = latest_checkpoint(run_dir)
         resume = (f"Its newest whole checkpoint is {good.name}: free some space, then resume the run."
@@ -161,7 +167,7 @@ def _record_failure(run_dir: Path, exc: BaseException, trainer, sink: Sink) -> N
         error = _describe_failure(exc)
     for record in (lambda: is_main_process() and write_status(run_dir, state=state, error=error, step=step),
                    lambda: sink(Event("end", message=f"Training {state}: {error}", step=step,
-                                      extra={"state": state, "error": error}))):
+                                      extra={"state": state, "error": error, "error_type": type(exc).__name__}))):
         try:
             record()
         except OSError:
