@@ -349,3 +349,21 @@ def test_a_checkpoint_of_sharded_training_resumes_only_sharded(trained_run, tmp_
     with pytest.raises(ConfigError, match=f"{newest.name} was written by sharded \\(FSDP\\) training, and this resume "
                                           "would train one process on the CPU: resume it with train.parallel=fsdp"):
         run_training(run, MemorySink(), resume=True, changes=["train.max_steps=20"])
+
+
+def test_processes_that_do_not_stop_after_stop_are_ended(tiny_llama, tmp_path, monkeypatch):
+    from studio.runs import run_state
+    from studio.train import parallel
+
+    monkeypatch.setattr(parallel, "STOP_GRACE_S", 0)  # no time at all to reach the end of the step
+    stop = threading.Event()
+
+    def stop_at_first_log(event):
+        if event.kind == "log":
+            stop.set()
+
+    cfg = tiny_config(tiny_llama, "train.max_steps=500", "train.batch_size=2", "train.devices=cpu:2")
+    with pytest.raises(TrainingError, match="had not stopped 0 minutes after Stop .* Resume continues"):
+        train_tiny(cfg, tmp_path, stop=stop, sink=stop_at_first_log)
+    run_dir = next(tmp_path.iterdir())
+    assert run_state(run_dir).state == "interrupted" and not _rank_processes()

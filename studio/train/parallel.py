@@ -37,6 +37,7 @@ from studio.recipes import parse_devices
 ENGINES = ("single", "ddp", "fsdp")
 STOP_FILE = "stop"  # in <run>/ranks/: asks every rank to stop after its current step
 POLL_S = 0.25
+STOP_GRACE_S = 600  # after Stop: time for the processes to finish their step and save a checkpoint
 
 
 @dataclass(frozen=True)
@@ -240,19 +241,34 @@ def train_in_ranks(run_dir: Path, placement: Placement, sink: Sink, stop: thread
         process = subprocess.Popen(rank_command(run_dir, placement, checkpoint), env=rank_environment(placement),
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=posix,
                                    preexec_fn=end_with_parent if posix else None)
+        asked_at = None
         try:
             while process.poll() is None:
                 forward()
-                if stop.is_set() and not (folder / STOP_FILE).exists():
+                if stop.is_set() and asked_at is None:
                     (folder / STOP_FILE).write_text("stop\n", encoding="utf-8")
+                    asked_at = time.monotonic()
+                if asked_at is not None and time.monotonic() - asked_at > STOP_GRACE_S:
+                    break  # a step that never ends (a hung GPU, a lost process): the processes are ended below
                 time.sleep(POLL_S)
-        except BaseException:
-            end_process_group(process)
-            raise
         finally:
             end_process_group(process)
             forward()
+    if asked_at is not None and time.monotonic() - asked_at > STOP_GRACE_S:
+        return _forced_stop(run_dir, sink)
     return _outcome(run_dir, placement, process.returncode, last_end[-1] if last_end else None, sink)
+
+
+def _forced_stop(run_dir: Path, sink: Sink):
+    from studio.runs import read_status, write_status
+
+    message = (f"The processes had not stopped {STOP_GRACE_S // 60} minutes after Stop (a step that never ended: a "
+               "hung GPU or a lost process), so they were ended. Resume continues from the newest checkpoint.")
+    step = read_status(run_dir).get("step")
+    write_status(run_dir, state="interrupted", error=message, step=step)
+    sink(Event("end", message=f"Training interrupted: {message}", step=step,
+               extra={"state": "interrupted", "error": message}))
+    raise TrainingError(message)
 
 
 def _outcome(run_dir: Path, placement: Placement, returncode: int, main_end: Event | None, sink: Sink):
