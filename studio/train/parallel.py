@@ -87,35 +87,41 @@ def plan_placement(cfg: RunConfig, gpu_count: int | None = None, fits_one_card: 
             raise ConfigError(f"train.devices={cfg.train.devices} names GPU {missing[0]}, but CUDA sees {seen}. "
                               "Use auto (every GPU), or indices it sees; cpu trains on the CPU.")
         processes = len(gpus)
+    engine = _engine(cfg, processes, gpus, fits_one_card)
+    _refuse_what_cannot_be_shared(cfg, processes, engine)
+    per_process = split_grad_accum(cfg.train.grad_accum, processes)
+    alone = processes == 1 and (gpus == (0,) and gpu_count == 1 if gpus else gpu_count == 0)
+    return Placement(processes, gpus, engine, per_process, _notes(cfg, processes, engine, per_process), alone)
+
+
+def _refuse_what_cannot_be_shared(cfg: RunConfig, processes: int, engine: str) -> None:
+    """Settings that several processes, or sharding, cannot train with: refused with what to set instead."""
     if processes > 1 and cfg.train.method == "galore" and cfg.galore.layerwise:
         raise ConfigError("galore.layerwise updates each layer inside the backward pass, which several processes "
                           "cannot share: set galore.layerwise=false, or train on one device (train.devices=0).")
-    engine = _engine(cfg, processes, gpus, fits_one_card)
-    if engine == "fsdp" and cfg.model.load_in == "8bit":
+    if engine != "fsdp":
+        return
+    if cfg.model.load_in == "8bit":
         raise ConfigError("8-bit weights (model.load_in=8bit) cannot be sharded (FSDP): use model.load_in=4bit "
                           "(QLoRA) or 16bit, or train.parallel=ddp.")
-    if engine == "fsdp" and cfg.train.method == "galore":
+    if cfg.train.method == "galore":
         raise ConfigError("train.method=galore projects whole weight matrices, which sharding (FSDP) splits: use "
                           "train.parallel=ddp.")
-    if engine == "fsdp" and cfg.train.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+    if cfg.train.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
         raise ConfigError(f"train.optimizer={cfg.train.optimizer} cannot step sharded (FSDP) weights: set "
                           "train.optimizer=auto (AdamW when sharded) or adamw_torch, or train.parallel=ddp.")
-    per_process = split_grad_accum(cfg.train.grad_accum, processes)
-    alone = processes == 1 and (gpus == (0,) and gpu_count == 1 if gpus else gpu_count == 0)
-    return Placement(processes, gpus, engine, per_process, _notes(cfg, processes, engine, per_process, fits_one_card),
-                     alone)
 
 
 def _engine(cfg: RunConfig, processes: int, gpus: tuple[int, ...], fits_one_card: bool | None) -> str:
-    on_gpus = bool(gpus)
+    """single, ddp or fsdp: auto shards only a model the fit estimate says one card cannot hold."""
     if processes == 1:
         return "single"
-    if cfg.train.parallel == "fsdp" and not on_gpus:
+    if cfg.train.parallel == "fsdp" and not gpus:
         raise ConfigError("train.parallel=fsdp shards the model across GPUs; on the CPU use train.parallel=ddp "
                           "(or auto).")
     if cfg.train.parallel != "auto":
         return cfg.train.parallel
-    if not on_gpus:
+    if not gpus:
         return "ddp"
     if fits_one_card is None:
         fits_one_card = _fits_one_card(cfg, gpus)
@@ -134,7 +140,7 @@ def _fits_one_card(cfg: RunConfig, gpus: tuple[int, ...]) -> bool:
     return est is None or est.verdict != "does not fit"
 
 
-def _notes(cfg: RunConfig, processes: int, engine: str, per_process: int, fits_one_card: bool | None) -> tuple[str, ...]:
+def _notes(cfg: RunConfig, processes: int, engine: str, per_process: int) -> tuple[str, ...]:
     if processes == 1:
         return ()
     t = cfg.train
