@@ -99,8 +99,10 @@ def expand_sources(path: str) -> list[str]:
         elif Path(part).exists() or _is_hub_id(part):
             sources.append(part)
         else:
-            raise DataError(f"Dataset not found: {part}. Give the path of a {', '.join(SUFFIXES)} file, a folder "
-                            "saved by datasets, a glob, or a hub dataset id.")
+            where = "" if Path(part).is_absolute() else f" (a relative path is read from {Path.cwd()}, the folder " \
+                                                         "the studio was started in)"
+            raise DataError(f"Dataset not found: {part}{where}. Give the path of a {', '.join(SUFFIXES)} file, a "
+                            "folder saved by datasets, a glob, or a hub dataset id.")
     return sources
 
 
