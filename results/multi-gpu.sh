@@ -3,6 +3,8 @@
 # 4 rows of 2048 tokens per GPU, a step of 8 rows (grad_accum 2 on one GPU, 1 on each of two).
 # Needs a machine with two GPUs; figures in results/multi-gpu-h100.md.
 #   SHAPE=tiny-llama ONE=cpu TWO=cpu:2 FSDP=no LENGTH=128 bash results/multi-gpu.sh   # the same on a CPU
+#   SMALL=no BIG=yes STEPS=8 LIMIT=240 bash results/multi-gpu.sh   # the 8B shape alone (a call of its own):
+#                                      QLoRA on one GPU and two, bf16 LoRA under a 12 GiB cap per GPU
 set -u
 export STUDIO_HOME=${STUDIO_HOME:-/tmp/sh} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 cd "$(dirname "$0")/.."   # the repository root
@@ -35,12 +37,33 @@ common="model.name_or_path=$F data.path=/tmp/long.jsonl data.eval_fraction=0 dat
         train.warmup_steps=0 train.gradient_checkpointing=true train.logging_steps=$LOG_EVERY --runs-dir $RUNS"
 train() {  # name, then overrides
   local name=$1; shift
-  timeout 170 python3 launch.py train recipes/quickstart.yaml name=$name $common "$@" > "$OUT/$name.log" 2>&1 \
+  timeout "${LIMIT:-170}" python3 launch.py train recipes/quickstart.yaml name=$name $common "$@" > "$OUT/$name.log" 2>&1 \
     || { echo "$name failed:"; tail -15 "$OUT/$name.log"; }
 }
-train one train.devices=$ONE
-train ddp train.devices=$TWO train.parallel=ddp
-[ "$FSDP" = yes ] && train fsdp train.devices=$TWO train.parallel=fsdp
+if [ "${SMALL:-yes}" = yes ]; then
+  train one train.devices=$ONE
+  train ddp train.devices=$TWO train.parallel=ddp
+  [ "$FSDP" = yes ] && train fsdp train.devices=$TWO train.parallel=fsdp
+fi
+if [ "${BIG:-no}" = yes ]; then  # the 8B shape (not yet run): QLoRA 2 x 2048 on one GPU and two, and bf16
+  # LoRA under a 12 GiB cap per GPU, which train.parallel=auto must shard (FSDP2) to fit
+  F=$(python3 - <<'PY' 2>/dev/null | tail -1
+import sys
+sys.path.insert(0, "tests")
+from studio.bench.shapes import random_checkpoint
+from tiny import build_tokenizer
+folder = random_checkpoint("llama-3.1-8b")
+build_tokenizer("llama").save_pretrained(folder)
+print(folder)
+PY
+)
+  common="model.name_or_path=$F data.path=/tmp/long.jsonl data.eval_fraction=0 data.template=alpaca
+          train.max_length=$LENGTH train.batch_size=2 train.grad_accum=2 train.max_steps=$STEPS train.save_steps=1000
+          train.warmup_steps=0 train.gradient_checkpointing=true train.logging_steps=$LOG_EVERY --runs-dir $RUNS"
+  train one8b model.load_in=4bit train.devices=$ONE
+  train ddp8b model.load_in=4bit train.devices=$TWO train.parallel=ddp
+  train capped8b model.load_in=16bit train.gpu_memory_cap=12 train.devices=$TWO
+fi
 python3 - "$RUNS" "$OUT/multi-gpu.json" "$LOG_EVERY" <<'PY'
 import glob, json, statistics, sys
 from pathlib import Path
