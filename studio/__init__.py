@@ -10,8 +10,8 @@ The layers, each importing only from the ones above it:
                preview                                    answers, prompts)
     speed/     embeddings, long_rows, patches, apply      everything that patches library internals for speed
     train/     training, callbacks, health, checkpoints,  a run from config to weights, and its health; each
-               rewards, methods/, parallel, rank          method (sft, dpo, orpo, kto, grpo, galore, prefix,
-                                                          ptuning) one TRL trainer behind one interface; one
+               rewards, methods/, placement, parallel,    method (sft, dpo, orpo, kto, grpo, galore, prefix,
+               rank                                       ptuning) one TRL trainer behind one interface; one
                                                           process per device when there are several
     export/    exporting, gguf, references, verify        merged weights and verified GGUF files, typed report cards
     chat/      stream, session, panes                     streaming replies: each loaded model a replier (HF or GGUF)
@@ -19,6 +19,7 @@ The layers, each importing only from the ones above it:
     share                                                 a run's weights on the hub, with its model card
     bench/                                                `launch.py bench` (its special cases stay there)
     jobs, services                                        one background job and one owner of the GPU
-    cli, cli_chat, cli_data, cli_eval, cli_share          the headless commands
+    cli, cli_args, cli_chat, cli_data, cli_eval,          the headless commands
+    cli_share
     ui/                                                   the only package that imports gradio; one typed object per tab
 """

@@ -10,9 +10,7 @@
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
-import re
 import shlex
 import signal
 import sys
@@ -122,61 +120,11 @@ def runs_dir_option(command: argparse.ArgumentParser, what: str = "Folder where 
     command.add_argument("--runs-dir", default="runs", metavar="FOLDER", help=f"{what} (default runs).")
 
 
-# A dotted override such as generation.max_new_tokens=8 (a file path with '=' in it has a '/' first).
-OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    """The command's arguments, its key=value overrides collected wherever they stand."""
-    parser = build_parser()
-    kept, pulled = _overrides_out_of_lists(parser, argv)
-    # Overrides may also come after options (`chat RUN --prompt X generation.seed=1`), where
-    # argparse no longer takes positionals: collect those key=value words here.
-    args, extra = parser.parse_known_args(kept)
-    extra += pulled
-    stray = [word for word in extra if "=" not in word or word.startswith("-")]
-    if stray or (extra and not hasattr(args, "overrides")):
-        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
-    if extra:
-        args.overrides = _in_typed_order([*args.overrides, *extra], argv)
-    return args
-
-
-def _in_typed_order(overrides: list[str], argv: list[str]) -> list[str]:
-    """The overrides in the order they were typed (a later value of the same key wins)."""
-    left = collections.Counter(overrides)
-    ordered = []
-    for word in argv:
-        if left[word]:
-            left[word] -= 1
-            ordered.append(word)
-    return ordered
-
-
-def _overrides_out_of_lists(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[str]]:
-    """Take key=value words out of the values of list options (`--models base tuned generation.seed=1`).
-
-    argparse would give them to the list option (as a model name, say) instead of the overrides.
-    """
-    command = next((word for word in argv if not word.startswith("-")), None)
-    sub = next((a.choices.get(command) for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
-    if sub is None:
-        return argv, []
-    lists = {name for a in sub._actions if a.option_strings and a.nargs in ("*", "+") for name in a.option_strings}
-    kept, pulled, in_list = [], [], False
-    for word in argv:
-        if word.startswith("-"):
-            in_list = word in lists
-        elif in_list and OVERRIDE.match(word):
-            pulled.append(word)
-            continue
-        kept.append(word)
-    return kept, pulled
-
-
 def main(argv: list[str] | None = None) -> int:
+    from studio.cli_args import parse_args
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
+    args = parse_args(build_parser(), argv)
     args.argv = argv
     if args.command not in ("runs", "keys", "share"):
         _quiet_libraries()
@@ -262,7 +210,7 @@ def load_learning_rate(run_dir: Path) -> float:
 def cmd_train(args) -> int:
     from studio.runs import create_run_dir
 
-    from studio.train.parallel import plan_placement
+    from studio.train.placement import plan_placement
 
     cfg = load_recipe_with_notes(args.recipe, args.overrides)
     if args.nodes > 1:
@@ -274,7 +222,8 @@ def cmd_train(args) -> int:
 def _print_node_commands(cfg, args) -> int:
     """Several machines: the run folder, and the torch.distributed.run command each machine runs."""
     from studio.runs import create_run_dir
-    from studio.train.parallel import check_rendezvous, node_commands, plan_placement
+    from studio.train.parallel import check_rendezvous, node_commands
+    from studio.train.placement import plan_placement
 
     check_rendezvous(args.rendezvous)
     placement = plan_placement(cfg)

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import yaml
 
-from studio.config import PROMPT_METHODS, REWARD_PRESETS, RunConfig
+from studio.config import PROMPT_METHODS, REWARD_PRESETS, RunConfig, parse_devices
 from studio.errors import ConfigError
 from studio.fields import unknown_key
 
@@ -215,35 +215,6 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
             kwargs[name] = _coerce(raw[name], hint, f"{prefix}{name}", source)
             _check_bounds(cls, name, kwargs[name], f"{prefix}{name}", source)
     return cls(**kwargs)
-
-
-@dataclasses.dataclass(frozen=True)
-class DeviceRequest:
-    """train.devices read: the CPU (with a number of processes) or a list of GPU indices, or every GPU (auto)."""
-
-    cpu: bool = False
-    cpu_processes: int = 1
-    gpus: tuple[int, ...] | None = None  # None: every GPU CUDA sees
-
-
-def parse_devices(text: str) -> DeviceRequest:
-    """auto, cpu, cpu:N or GPU indices such as 0,1 (ConfigError for anything else)."""
-    value = text.strip().lower().replace(" ", "")
-    if value == "auto":
-        return DeviceRequest()
-    match = re.fullmatch(r"cpu(?::(\d+))?", value)
-    if match:
-        processes = int(match.group(1) or 1)
-        if processes < 1:
-            raise ConfigError("train.devices=cpu:N needs N of 1 or more processes.")
-        return DeviceRequest(cpu=True, cpu_processes=processes)
-    if re.fullmatch(r"\d+(,\d+)*", value):
-        gpus = tuple(int(i) for i in value.split(","))
-        if len(set(gpus)) != len(gpus):
-            raise ConfigError(f"train.devices={text} names a GPU twice: list each index once, e.g. 0,1.")
-        return DeviceRequest(gpus=gpus)
-    raise ConfigError(f"train.devices={text!r} is not a device list: use auto, cpu, cpu:2 or GPU indices such as 0,1.")
-
 
 
 def _check_rules(cfg: RunConfig, source: str) -> RunConfig:

@@ -178,7 +178,7 @@ class Studio:
     def start_training(self, cfg: RunConfig) -> Path:
         """Create the run folder and train in the background (ends any chat reply and frees the chat models)."""
         from studio.runs import create_run_dir
-        from studio.train.parallel import plan_placement
+        from studio.train.placement import plan_placement
         from studio.train.training import run_training
 
         plan_placement(cfg)  # devices this machine lacks are refused before a run folder is made

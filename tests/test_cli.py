@@ -115,7 +115,11 @@ def test_data_command_previews_a_data_file_with_the_quickstart_model(tmp_path):
 
 def test_overrides_work_after_a_list_option():
     """`eval RUN --models base tuned generation.max_new_tokens=8`: the override is no model name."""
-    from studio.cli import parse_args
+    from studio.cli import build_parser
+    from studio.cli_args import parse_args as parse_with
+
+    def parse_args(argv):
+        return parse_with(build_parser(), argv)
 
     args = parse_args(["eval", "RUN", "--models", "base", "tuned", "generation.max_new_tokens=8", "--limit", "4",
                        "generation.seed=2"])

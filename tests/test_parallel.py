@@ -148,7 +148,7 @@ def test_the_first_process_to_report_an_error_is_named(tmp_path):
 
 def test_where_a_run_trains():
     from studio.recipes import from_dict
-    from studio.train.parallel import plan_placement
+    from studio.train.placement import plan_placement
 
     def plan(gpus, fits=True, **train):
         return plan_placement(from_dict({"train": train}), gpu_count=gpus, fits_one_card=fits)
@@ -192,7 +192,8 @@ def test_device_settings_are_checked_in_recipes():
 
 
 def test_the_launch_command_of_one_machine_and_of_several(tmp_path):
-    from studio.train.parallel import Placement, rank_command, rank_environment
+    from studio.train.parallel import rank_command, rank_environment
+    from studio.train.placement import Placement
 
     placement = Placement(2, (0, 1), "ddp", 2)
     one = rank_command(tmp_path / "run", placement)

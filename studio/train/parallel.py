@@ -6,7 +6,7 @@ PyTorch's own launcher (torch.distributed.run) as children of the studio, one
 per device, each running `studio.train.rank`; the Trainer (through accelerate)
 does the distributed part, DDP or FSDP2.
 
-    placement = plan_placement(cfg)                 # processes, GPUs, engine, each one's grad_accum
+    placement = plan_placement(cfg)      # studio.train.placement: processes, GPUs, engine
     result = train_in_ranks(run_dir, placement, sink, stop, checkpoint)
 
 Rank 0 writes the run's files; every rank reports its events to
@@ -26,138 +26,15 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from studio.config import RunConfig
 from studio.errors import ConfigError, StudioError, TrainingError
 from studio.events import Event, Sink
-from studio.recipes import parse_devices
+from studio.train.placement import Placement
 
-ENGINES = ("single", "ddp", "fsdp")
 STOP_FILE = "stop"  # in <run>/ranks/: asks every rank to stop after its current step
 POLL_S = 0.25
 STOP_GRACE_S = 600  # after Stop: time for the processes to finish their step and save a checkpoint
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where a run trains: its processes, their GPUs (CUDA indices; none on the CPU) and how they share the work."""
-
-    processes: int
-    gpus: tuple[int, ...]
-    engine: str  # single, ddp or fsdp
-    grad_accum: int  # each process's accumulation steps
-    notes: tuple[str, ...] = ()
-    # Trained inside the studio's own process: one process, and the only device it sees. (With several
-    # GPUs visible, even one GPU's run is a child process that sees that GPU alone, or the trainer
-    # would spread the batch over all of them with nn.DataParallel.)
-    in_process: bool = False
-
-    def describe(self) -> str:
-        where = f"GPU {', '.join(map(str, self.gpus))}" if self.gpus else "the CPU"
-        if self.processes == 1:
-            return f"one process on {where}"
-        how = {"ddp": "data parallel (DDP)", "fsdp": "sharded (FSDP2)"}[self.engine]
-        return f"{self.processes} processes on {where}, {how}"
-
-
-def split_grad_accum(grad_accum: int, processes: int) -> int:
-    """Each process's accumulation steps: the run's divided among them when it divides evenly (same rows a step)."""
-    return grad_accum // processes if processes > 1 and grad_accum % processes == 0 else grad_accum
-
-
-def plan_placement(cfg: RunConfig, gpu_count: int | None = None, fits_one_card: bool | None = None) -> Placement:
-    """Where `cfg` trains on this machine (GPUs counted, and the fit estimate read, unless given)."""
-    from studio.hardware import has_cuda
-
-    request = parse_devices(cfg.train.devices)
-    if gpu_count is None:
-        import torch
-
-        gpu_count = torch.cuda.device_count() if has_cuda() else 0
-    if request.cpu or (request.gpus is None and gpu_count == 0):
-        processes, gpus = request.cpu_processes, ()
-    else:
-        gpus = tuple(range(gpu_count)) if request.gpus is None else request.gpus
-        missing = [i for i in gpus if i >= gpu_count]
-        if missing:
-            seen = f"{gpu_count} GPU{'s' if gpu_count != 1 else ''} ({', '.join(map(str, range(gpu_count)))})" \
-                if gpu_count else "no GPU"
-            raise ConfigError(f"train.devices={cfg.train.devices} names GPU {missing[0]}, but CUDA sees {seen}. "
-                              "Use auto (every GPU), or indices it sees; cpu trains on the CPU.")
-        processes = len(gpus)
-    engine = _engine(cfg, processes, gpus, fits_one_card)
-    _refuse_what_cannot_be_shared(cfg, processes, engine)
-    per_process = split_grad_accum(cfg.train.grad_accum, processes)
-    alone = processes == 1 and (gpus == (0,) and gpu_count == 1 if gpus else gpu_count == 0)
-    return Placement(processes, gpus, engine, per_process, _notes(cfg, processes, engine, per_process), alone)
-
-
-def _refuse_what_cannot_be_shared(cfg: RunConfig, processes: int, engine: str) -> None:
-    """Settings that several processes, or sharding, cannot train with: refused with what to set instead."""
-    if processes > 1 and cfg.train.method == "galore" and cfg.galore.layerwise:
-        raise ConfigError("galore.layerwise updates each layer inside the backward pass, which several processes "
-                          "cannot share: set galore.layerwise=false, or train on one device (train.devices=0).")
-    if engine != "fsdp":
-        return
-    if cfg.model.load_in == "8bit":
-        raise ConfigError("8-bit weights (model.load_in=8bit) cannot be sharded (FSDP): use model.load_in=4bit "
-                          "(QLoRA) or 16bit, or train.parallel=ddp.")
-    if cfg.train.method == "galore":
-        raise ConfigError("train.method=galore projects whole weight matrices, which sharding (FSDP) splits: use "
-                          "train.parallel=ddp.")
-    if cfg.train.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
-        raise ConfigError(f"train.optimizer={cfg.train.optimizer} cannot step sharded (FSDP) weights: set "
-                          "train.optimizer=auto (AdamW when sharded) or adamw_torch, or train.parallel=ddp.")
-
-
-def _engine(cfg: RunConfig, processes: int, gpus: tuple[int, ...], fits_one_card: bool | None) -> str:
-    """single, ddp or fsdp: auto shards only a model the fit estimate says one card cannot hold."""
-    if processes == 1:
-        return "single"
-    if cfg.train.parallel == "fsdp" and not gpus:
-        raise ConfigError("train.parallel=fsdp shards the model across GPUs; on the CPU use train.parallel=ddp "
-                          "(or auto).")
-    if cfg.train.parallel != "auto":
-        return cfg.train.parallel
-    if not gpus:
-        return "ddp"
-    if fits_one_card is None:
-        fits_one_card = _fits_one_card(cfg, gpus)
-    return "ddp" if fits_one_card else "fsdp"
-
-
-def _fits_one_card(cfg: RunConfig, gpus: tuple[int, ...]) -> bool:
-    """The fit estimate's verdict for the smallest chosen card (unknown shapes are taken to fit: DDP is faster)."""
-    import torch
-
-    from studio.fit import check_fit
-    from studio.hardware import GIB
-
-    smallest = min(torch.cuda.get_device_properties(i).total_memory for i in gpus) / GIB
-    est, _ = check_fit(cfg, min(smallest, cfg.train.gpu_memory_cap or smallest), on_gpu=True)
-    return est is None or est.verdict != "does not fit"
-
-
-def _notes(cfg: RunConfig, processes: int, engine: str, per_process: int) -> tuple[str, ...]:
-    if processes == 1:
-        return ()
-    t = cfg.train
-    rows = t.batch_size * t.grad_accum
-    if per_process != t.grad_accum:
-        batches = f"{per_process} batch{'es' if per_process != 1 else ''}"
-        notes = [f"Each of the {processes} processes accumulates {batches} of {t.batch_size}: a step sees "
-                 f"{rows} rows, as on one device."]
-    else:
-        notes = [f"train.grad_accum={t.grad_accum} does not divide among {processes} devices: a step sees "
-                 f"{rows * processes} rows ({processes} times one device's {rows}), and train.max_steps covers "
-                 f"{processes} times the data. Set train.grad_accum to a multiple of {processes} to keep one "
-                 "device's step."]
-    if engine == "fsdp" and cfg.train.parallel == "auto":
-        notes.append("The model does not fit one card (fit estimate): its weights, gradients and optimizer states "
-                     "are sharded across the cards (FSDP2).")
-    return tuple(notes)
 
 
 # ---------------------------------------------------------------- the processes

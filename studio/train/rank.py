@@ -47,9 +47,6 @@ class AgreedStop:
     def is_set(self) -> bool:
         return self.agreed
 
-    def set(self) -> None:
-        self.local.set()
-
 
 _HOST_GROUP: list = []
 

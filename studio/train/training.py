@@ -36,7 +36,7 @@ from studio.train.methods import method_for
 from studio.recipes import replace_section
 from studio.runs import (disk_full_text, is_disk_full, load_run_config, lock_run, read_template, write_atomically,
                          write_status)
-from studio.train.parallel import split_grad_accum
+from studio.train.placement import Placement, split_grad_accum
 from studio.data.templates import Template, resolve_template, template_warnings
 
 
@@ -55,26 +55,34 @@ def run_training(run_dir: Path, sink: Sink, stop: threading.Event | None = None,
 
     The run is locked for the whole job: a second training or export of it, from
     any process, is refused. `changes` (resume only) raise train.max_steps or
-    train.epochs to extend a finished run.
+    train.epochs to extend a finished run, or move it to other devices.
     """
-    from studio.train.parallel import plan_placement, train_in_ranks
+    from studio.train.parallel import train_in_ranks
+    from studio.train.placement import plan_placement
 
     stop = stop or threading.Event()
     with lock_run(run_dir, "training"):
         checkpoint = prepare_resume(run_dir, changes, sink) if resume else None
-        placement = plan_placement(load_run_config(run_dir))
-        if checkpoint is not None and sharded_checkpoint(checkpoint) != (placement.engine == "fsdp"):
-            raise ConfigError(
-                f"{checkpoint.name} was written by {'sharded (FSDP)' if sharded_checkpoint(checkpoint) else 'unsharded'} "
-                f"training, and this resume would train {placement.describe()}: resume it with "
-                + ("train.parallel=fsdp on several GPUs." if sharded_checkpoint(checkpoint) else
-                   "train.parallel=ddp, or on one device."))
+        cfg = load_run_config(run_dir)  # as prepare_resume left it
+        placement = plan_placement(cfg)
+        if checkpoint is not None:
+            _check_engine_of(checkpoint, placement)
         if placement.in_process:
             return train_run(run_dir, sink, stop, checkpoint)
         write_status(run_dir, state="running", error=None, health=None)
         # A GGUF or the built-in model is turned into a model folder once, here, not by every process at once.
-        hf_folder(load_run_config(run_dir).model.name_or_path)
+        hf_folder(cfg.model.name_or_path)
         return train_in_ranks(run_dir, placement, sink, stop, checkpoint)
+
+
+def _check_engine_of(checkpoint: Path, placement: Placement) -> None:
+    """Only sharded (FSDP) training resumes a sharded checkpoint, and it resumes no other."""
+    sharded = sharded_checkpoint(checkpoint)
+    if sharded != (placement.engine == "fsdp"):
+        raise ConfigError(f"{checkpoint.name} was written by {'sharded (FSDP)' if sharded else 'unsharded'} training, "
+                          f"and this resume would train {placement.describe()}: resume it with "
+                          + ("train.parallel=fsdp on several GPUs." if sharded else
+                             "train.parallel=ddp, or on one device."))
 
 
 def train_run(run_dir: Path, sink: Sink, stop: threading.Event, checkpoint: Path | None) -> TrainResult:

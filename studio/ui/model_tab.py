@@ -14,7 +14,7 @@ from studio.config import RunConfig
 from studio.ui.controls import control, more_settings
 from studio.ui.form import config_from_form, named
 from studio.ui.hook import Hook
-from studio.train.parallel import plan_placement
+from studio.train.placement import plan_placement
 
 CUSTOM = "Other: hub id, local folder or .gguf file"
 
