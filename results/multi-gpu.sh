@@ -13,7 +13,8 @@ SHAPE=${SHAPE:-llama-3.2-1b} ONE=${ONE:-0} TWO=${TWO:-0,1} FSDP=${FSDP:-yes} LEN
 LOG_EVERY=${LOG_EVERY:-1}  # steps between logs (each log waits for the GPUs and gathers from every process)
 RUNS=$(mktemp -d)
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader 2>/dev/null
-F=$(python3 - "$SHAPE" <<'PY' 2>/dev/null | tail -1
+checkpoint() {  # a shape's random weights with a small test tokenizer: prints its folder
+  python3 - "$1" <<'PY' 2>/dev/null | tail -1
 import sys
 sys.path.insert(0, "tests")
 from studio.bench.shapes import random_checkpoint
@@ -22,7 +23,8 @@ folder = random_checkpoint(sys.argv[1])
 build_tokenizer("llama").save_pretrained(folder)
 print(folder)
 PY
-)
+}
+F=$(checkpoint "$SHAPE")
 python3 - <<'PY'
 import json, random
 rng = random.Random(0)
@@ -47,16 +49,7 @@ if [ "${SMALL:-yes}" = yes ]; then
 fi
 if [ "${BIG:-no}" = yes ]; then  # the 8B shape (not yet run): QLoRA 2 x 2048 on one GPU and two, and bf16
   # LoRA under a 12 GiB cap per GPU, which train.parallel=auto must shard (FSDP2) to fit
-  F=$(python3 - <<'PY' 2>/dev/null | tail -1
-import sys
-sys.path.insert(0, "tests")
-from studio.bench.shapes import random_checkpoint
-from tiny import build_tokenizer
-folder = random_checkpoint("llama-3.1-8b")
-build_tokenizer("llama").save_pretrained(folder)
-print(folder)
-PY
-)
+  F=$(checkpoint llama-3.1-8b)
   common="model.name_or_path=$F data.path=/tmp/long.jsonl data.eval_fraction=0 data.template=alpaca
           train.max_length=$LENGTH train.batch_size=2 train.grad_accum=2 train.max_steps=$STEPS train.save_steps=1000
           train.warmup_steps=0 train.gradient_checkpointing=true train.logging_steps=$LOG_EVERY --runs-dir $RUNS"

@@ -27,7 +27,7 @@ from studio.config import ModelConfig, RunConfig
 from studio.recipes import apply_overrides
 from studio.errors import ConfigError, StudioError
 from studio.evaluate import generate as gen_lib
-from studio.evaluate.judge import Judge, Judgement
+from studio.evaluate.judge import Judge, Judgement, require_chat_template
 from studio.evaluate.rows import EvalRow, select_rows
 from studio.evaluate.scorecard import ModelRow, build_scorecard, eval_curve
 from studio.evaluate.scores import METRICS, load_checks, model_scores, parse_check, row_scores, save_checks
@@ -149,9 +149,7 @@ def _judge_pair(spec: EvalSpec, names: list[str]) -> tuple[str, str] | None:
     if len(pair) < 2 or missing:
         raise ConfigError(f"The judge compares two of the models evaluated ({', '.join(names) or 'none'}); "
                           + (f"{missing[0]!r} is not one of them." if missing else "choose at least two."))
-    if not getattr(load_tokenizer(spec.judge), "chat_template", None):
-        raise ConfigError(f"The judge must be a chat model, and {spec.judge} has no chat template (a base model). "
-                          "Pick an instruct or chat model.")
+    require_chat_template(spec.judge, load_tokenizer(spec.judge))
     return pair
 
 

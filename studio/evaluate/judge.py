@@ -79,9 +79,7 @@ class Judge:
     """A chat model asked "A or B?", answering through its own chat template."""
 
     def __init__(self, name: str, model, tokenizer) -> None:
-        if not getattr(tokenizer, "chat_template", None):
-            raise ConfigError(f"The judge must be a chat model, and {name} has no chat template (a base model). "
-                              "Pick an instruct or chat model.")
+        require_chat_template(name, tokenizer)
         self.name, self.model, self.tokenizer = name, model.eval(), tokenizer
         self.letters = {letter: _letter_ids(tokenizer, letter) for letter in "AB"}
 
@@ -128,6 +126,13 @@ class Judge:
             verdicts.append((shown_first, shown_second))
             progress(index + 1, total)
         return Judgement(self.name, first_name, second_name, verdicts)
+
+
+def require_chat_template(name: str, tokenizer) -> None:
+    """A judge answers through its own chat template: a base model has none to ask it with."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(f"The judge must be a chat model, and {name} has no chat template (a base model). "
+                          "Pick an instruct or chat model.")
 
 
 def _letter_ids(tokenizer, letter: str) -> list[int]:
