@@ -1,6 +1,8 @@
 # One GPU against two, from the same recipe: tokens/s, s/step, peak memory per GPU and the loss curve.
 # The Llama 3.2 1B shape (random weights, a small test tokenizer), bf16 LoRA r16 on every projection,
-# 4 rows of 2048 tokens per GPU, a step of 8 rows (grad_accum 2 on one GPU, 1 on each of two).
+# 4 rows of 2048 tokens per GPU. For each ACCUMS value A: one GPU accumulating A batches a step, and two
+# GPUs sharing those A batches (A=2: one each, a step of 8 rows on both; A=1: one each, so the pair's step
+# sees twice the rows, each GPU doing exactly the single GPU's work). GPU busy time is sampled by nvidia-smi.
 # Needs a machine with two GPUs; figures in results/multi-gpu-h100.md.
 #   SHAPE=tiny-llama ONE=cpu TWO=cpu:2 FSDP=no LENGTH=128 bash results/multi-gpu.sh   # the same on a CPU
 #   SMALL=no BIG=yes STEPS=8 LIMIT=240 bash results/multi-gpu.sh   # the 8B shape alone (a call of its own):
@@ -35,31 +37,51 @@ with open("/tmp/long.jsonl", "w") as f:
         f.write(json.dumps({"instruction": f"Write passage {i}.", "input": "", "output": text}) + "\n")
 PY
 common="model.name_or_path=$F data.path=/tmp/long.jsonl data.eval_fraction=0 data.template=alpaca
-        train.max_length=$LENGTH train.batch_size=4 train.grad_accum=2 train.max_steps=$STEPS train.save_steps=1000
+        train.max_length=$LENGTH train.batch_size=4 train.max_steps=$STEPS train.save_steps=1000
         train.warmup_steps=0 train.gradient_checkpointing=true train.logging_steps=$LOG_EVERY --runs-dir $RUNS"
 train() {  # name, then overrides
   local name=$1; shift
+  local monitor=
+  if command -v nvidia-smi > /dev/null; then  # how busy each GPU is, sampled every 200 ms
+    nvidia-smi --query-gpu=index,utilization.gpu --format=csv,noheader,nounits -lms 200 > "$OUT/$name.util" &
+    monitor=$!
+  fi
   timeout "${LIMIT:-170}" python3 launch.py train recipes/quickstart.yaml name=$name $common "$@" > "$OUT/$name.log" 2>&1 \
     || { echo "$name failed:"; tail -15 "$OUT/$name.log"; }
+  [ -n "$monitor" ] && kill $monitor
 }
 if [ "${SMALL:-yes}" = yes ]; then
-  train one train.devices=$ONE
-  train ddp train.devices=$TWO train.parallel=ddp
-  [ "$FSDP" = yes ] && train fsdp train.devices=$TWO train.parallel=fsdp
+  for accum in ${ACCUMS:-2}; do
+    train one-a$accum train.grad_accum=$accum train.devices=$ONE
+    train ddp-a$accum train.grad_accum=$accum train.devices=$TWO train.parallel=ddp
+  done
+  [ "$FSDP" = yes ] && train fsdp-a2 train.grad_accum=2 train.devices=$TWO train.parallel=fsdp
 fi
 if [ "${BIG:-no}" = yes ]; then  # the 8B shape (not yet run): QLoRA 2 x 2048 on one GPU and two, and bf16
   # LoRA under a 12 GiB cap per GPU, which train.parallel=auto must shard (FSDP2) to fit
   F=$(checkpoint llama-3.1-8b)
   common="model.name_or_path=$F data.path=/tmp/long.jsonl data.eval_fraction=0 data.template=alpaca
-          train.max_length=$LENGTH train.batch_size=2 train.grad_accum=2 train.max_steps=$STEPS train.save_steps=1000
+          train.max_length=$LENGTH train.batch_size=2 train.grad_accum=${BIG_ACCUM:-2} train.max_steps=$STEPS train.save_steps=1000
           train.warmup_steps=0 train.gradient_checkpointing=true train.logging_steps=$LOG_EVERY --runs-dir $RUNS"
-  train one8b model.load_in=4bit train.devices=$ONE
-  train ddp8b model.load_in=4bit train.devices=$TWO train.parallel=ddp
-  train capped8b model.load_in=16bit train.gpu_memory_cap=12 train.devices=$TWO
+  train one-8b model.load_in=4bit train.devices=$ONE
+  train ddp-8b model.load_in=4bit train.devices=$TWO train.parallel=ddp
+  train capped-8b model.load_in=16bit train.gpu_memory_cap=12 train.devices=$TWO
 fi
-python3 - "$RUNS" "$OUT/multi-gpu.json" "$LOG_EVERY" <<'PY'
+python3 - "$RUNS" "$OUT/multi-gpu.json" "$LOG_EVERY" "$OUT" <<'PY'
 import glob, json, statistics, sys
 from pathlib import Path
+
+
+def busy(name):
+    """Each GPU's median busy percentage while it worked (the samples of loading and idle GPUs left out)."""
+    samples = {}
+    path = Path(sys.argv[4]) / f"{name}.util"
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        index, percent = (int(v) for v in line.split(","))
+        samples.setdefault(index, []).append(percent)
+    return {i: statistics.median([p for p in v if p > 0] or [0]) for i, v in sorted(samples.items())}
+
+
 out = {}
 for run in sorted(glob.glob(sys.argv[1] + "/*")):
     name = run.rsplit("_", 1)[-1]
@@ -75,11 +97,14 @@ for run in sorted(glob.glob(sys.argv[1] + "/*")):
         "s_per_step": statistics.median(seconds) if seconds else None, "gpu_peak_gib": peaks,
         "losses": [round(e["loss"], 4) for e in logs], "end": end[-1]["message"][:300] if end else None,
         "placement": next((e["message"] for e in events if e.get("message", "").startswith("Training in")), "one process"),
+        "gpu_busy_percent": busy(name),
     }
     print(name, {k: v for k, v in out[name].items() if k != "losses"})
     print("   losses", out[name]["losses"])
-if "one" in out and "ddp" in out and out["one"]["tokens_per_s"] and out["ddp"]["tokens_per_s"]:
-    out["ddp_speedup"] = out["ddp"]["tokens_per_s"] / out["one"]["tokens_per_s"]
-    print("DDP speed-up on two:", round(out["ddp_speedup"], 2))
+for one in [n for n in list(out) if n.startswith("one")]:
+    for many in [n for n in list(out) if n.split("-")[0] in ("ddp", "fsdp") and n.split("-", 1)[1:] == one.split("-", 1)[1:]]:
+        if out[one]["tokens_per_s"] and out[many]["tokens_per_s"]:
+            out[f"speedup_{many}"] = out[many]["tokens_per_s"] / out[one]["tokens_per_s"]
+            print(f"{many} against {one}:", round(out[f"speedup_{many}"], 2))
 Path(sys.argv[2]).write_text(json.dumps(out, indent=2))
 PY

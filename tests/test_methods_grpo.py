@@ -71,6 +71,7 @@ def test_grpo_raises_the_reward_the_model_can_learn(blue_run):
     assert last > first + 0.4, f"mean reward {first:.2f} -> {last:.2f}: {rewards}"
     logs = [e for e in events_of(blue_run) if e["kind"] == "log"]
     metrics = logs[-1]["extra"]["metrics"]
+    assert all(e["tokens_per_second"] > 0 for e in logs), "the completions trained on are counted"
     assert {"rewards/regex/mean", "rewards/says_the_answer/mean", "completions/mean_length", "kl"} <= set(metrics)
     # Both rewards see the same completions: the weighted total is regex + 0.5 x says_the_answer.
     assert metrics["reward"] == pytest.approx(metrics["rewards/regex/mean"] + 0.5 * metrics["rewards/says_the_answer/mean"])

@@ -67,6 +67,7 @@ def test_each_preference_method_raises_the_chosen_minus_rejected_margin(method, 
     logs = [json.loads(line) for line in (result.run_dir / "events.jsonl").read_text().splitlines()]
     metrics = [e["extra"]["metrics"] for e in logs if e["kind"] == "log" and e.get("extra", {}).get("metrics")]
     assert metrics and "rewards/chosen" in metrics[-1], "the method's own curves reach the events"
+    assert all(e["tokens_per_second"] > 0 for e in logs if e["kind"] == "log"), "both sides' tokens are counted"
 
 
 def test_dpo_reference_is_the_adapter_switched_off_not_a_second_copy(tiny_llama, tmp_path):

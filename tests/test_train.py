@@ -139,3 +139,28 @@ def test_scoring_only_trained_positions_keeps_loss_and_gradients(tiny_llama):
         trained_only = loss_and_grad()
     assert abs(every_position[0] - trained_only[0]) < 1e-5
     assert torch.allclose(every_position[1], trained_only[1], atol=1e-6)
+
+
+def test_trained_tokens_count_what_training_sees_and_nothing_else(tiny_llama):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from studio.train.callbacks import TrainedTokens
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    tokens = TrainedTokens(model)
+    ids = torch.randint(3, 50, (2, 6))
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]])  # one row padded by 2
+    model.train()
+    model(input_ids=ids, attention_mask=mask)
+    model(ids)  # packed rows: no mask, no padding
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)  # a reference model's scores, a generation
+    model.eval()
+    model(input_ids=ids, attention_mask=mask)  # evaluation
+    assert tokens.take() == 10 + 12
+    assert tokens.take() == 0, "each take starts a new count"
+    tokens.close()
+    model.train()
+    model(ids)
+    assert tokens.take() == 0, "closed: the hook is off the model"

@@ -4,6 +4,7 @@
     HealthCallback     non-finite values stop the run as diverged (no checkpoint of bad weights is written);
                        rising or spiking losses, overfitting and rewards that never vary become "warning" events
     RecentBatches      remembers the token ids of the last step's batches, to name their rows on divergence
+    TrainedTokens      counts the tokens trained on, for tokens/s, without making the CPU wait for the GPU
 """
 
 from __future__ import annotations
@@ -25,18 +26,18 @@ SAMPLES_KEY = "completion_samples"
 class ProgressCallback(TrainerCallback):
     """Turns trainer logs into events, and checks the stop event after every step."""
 
-    def __init__(self, sink: Sink, stop: threading.Event, probe: MemoryProbe, curves: tuple[str, ...] = ()) -> None:
-        self.sink, self.stop, self.probe = sink, stop, probe
+    def __init__(self, sink: Sink, stop: threading.Event, probe: MemoryProbe, tokens: TrainedTokens,
+                 curves: tuple[str, ...] = ()) -> None:
+        self.sink, self.stop, self.probe, self.tokens = sink, stop, probe, tokens
         self.curves = curves  # the method's own logged values, passed on with each log
         self.started_at = time.time()
         self.first_step = 0
         self.last_time = self.started_at
-        self.last_tokens = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started_at = self.last_time = time.time()
         self.first_step = state.global_step
-        self.last_tokens = state.num_input_tokens_seen
+        self.tokens.take()  # the rows of a resumed run's skipped batches are not trained on
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.max_steps and state.global_step >= state.max_steps:
@@ -66,9 +67,9 @@ class ProgressCallback(TrainerCallback):
         extra = {"metrics": metrics} if metrics else {}
         if logs.get(SAMPLES_KEY):
             extra["samples"] = logs[SAMPLES_KEY]
-        tokens = state.num_input_tokens_seen - self.last_tokens
+        memory, tokens = _every_process(self.probe.snapshot().to_dict(), self.tokens.take())
         tokens_per_second = tokens / max(now - self.last_time, 1e-9)
-        self.last_time, self.last_tokens = now, state.num_input_tokens_seen
+        self.last_time = now
         done = state.global_step - self.first_step
         elapsed = now - self.started_at
         eta = elapsed / done * (state.max_steps - state.global_step) if done > 0 else None
@@ -83,18 +84,22 @@ class ProgressCallback(TrainerCallback):
             tokens_per_second=tokens_per_second,
             elapsed_s=elapsed,
             eta_s=eta,
-            memory=_every_process(self.probe.snapshot().to_dict()),
+            memory=memory,
             extra=extra,
         ))
         # A stop asked for while this step's numbers were shown still stops at this step.
         return self._stop_if_asked(control)
 
+    def close(self) -> None:
+        self.tokens.close()
+
     def on_save(self, args, state, control, **kwargs):
         self.sink(Event("checkpoint", message=f"Checkpoint saved at step {state.global_step}", step=state.global_step))
 
 
-def _every_process(memory: dict) -> dict:
-    """This process's memory readings, with every process's as "devices" when several train together.
+def _every_process(memory: dict, tokens: int) -> tuple[dict, int]:
+    """This process's memory readings and tokens trained since the last log, as every process together
+    has them: the memory of each as "devices", the tokens summed.
 
     Called at the same logging step on every process (the trainer logs in step), so the gather meets.
     """
@@ -104,11 +109,11 @@ def _every_process(memory: dict) -> dict:
 
     group = host_group()
     if group is None:
-        return memory
+        return memory, tokens
     gathered: list = [None] * dist.get_world_size()
     ours = {k: v for k, v in memory.items() if v is not None and not k.startswith("ram_")}
-    dist.all_gather_object(gathered, ours, group=group)
-    return {**memory, "devices": gathered}
+    dist.all_gather_object(gathered, (ours, tokens), group=group)
+    return {**memory, "devices": [m for m, _ in gathered]}, sum(t for _, t in gathered)
 
 
 def method_metrics(logs: dict, names: tuple[str, ...], prefix: str = "") -> dict[str, float]:
@@ -156,6 +161,37 @@ class RecentBatches:
                 if where and where not in found:
                     found.append(where)
         return tuple(found)
+
+    def close(self) -> None:
+        self.hook.remove()
+
+
+class TrainedTokens:
+    """The tokens the model trained on (padding not counted) since the last `take()`.
+
+    The trainer's own count reads the GPU after every batch (and, across processes, gathers
+    it), which stalls the CPU that should be queuing the next batch's work. Here the count
+    stays a number on the device, added to as batches go in, until a log reads it: a log
+    waits for the GPU anyway, for the loss.
+    """
+
+    def __init__(self, model) -> None:
+        self.count: torch.Tensor | int = 0
+        self.hook = model.register_forward_pre_hook(self._add, with_kwargs=True)
+
+    def _add(self, module, args, kwargs):
+        if not (module.training and torch.is_grad_enabled()):
+            return  # evaluation, generation (grpo) and reference scoring train on nothing
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if not isinstance(ids, torch.Tensor):
+            return
+        mask = kwargs.get("attention_mask")
+        # Packed rows come without a mask and without padding.
+        self.count = self.count + (mask.sum() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else ids.numel())
+
+    def take(self) -> int:
+        count, self.count = int(self.count), 0
+        return count
 
     def close(self) -> None:
         self.hook.remove()

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from transformers import EarlyStoppingCallback
 
-from studio.train.callbacks import HealthCallback, ProgressCallback, RecentBatches
+from studio.train.callbacks import HealthCallback, ProgressCallback, RecentBatches, TrainedTokens
 from studio.train.checkpoints import (check_disk_for_run, keep_last_good_checkpoint, latest_checkpoint, prepare_resume,
                                 remove_unfinished_checkpoints, sharded_checkpoint)
 from studio.config import RunConfig
@@ -93,7 +93,7 @@ def train_run(run_dir: Path, sink: Sink, stop: threading.Event, checkpoint: Path
     if is_main_process():
         write_status(run_dir, state="running", error=None, health=None)
     sink(Event("start", message=f"{'Resuming' if checkpoint else 'Starting'} {run_dir.name}", max_steps=cfg.train.max_steps))
-    model = trainer = watch = None
+    model = trainer = watch = progress = None
     try:
         if cfg.train.gpu_memory_cap:
             cap_gpu_memory(cfg.train.gpu_memory_cap)
@@ -113,7 +113,7 @@ def train_run(run_dir: Path, sink: Sink, stop: threading.Event, checkpoint: Path
             sink(Event("stage", message=f"Note: {note}"))
         if is_main_process():
             check_disk_for_run(run_dir, cfg, model)
-        trainer, watch = _make_trainer(cfg, run_dir, model, tokenizer, built, sink, stop)
+        trainer, progress, watch = _make_trainer(cfg, run_dir, model, tokenizer, built, sink, stop)
         with scoring_only_trained_positions():
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         return _finish(run_dir, cfg, trainer, tokenizer, template, watch, stop, sink)
@@ -123,8 +123,9 @@ def train_run(run_dir: Path, sink: Sink, stop: threading.Event, checkpoint: Path
             raise
         raise TrainingError(_describe_failure(exc)) from exc
     finally:
-        if watch is not None:
-            watch.close()
+        for callback in (progress, watch):
+            if callback is not None:
+                callback.close()  # their hooks off the model
         del model, trainer
         free_accelerator_memory()
         if cfg.train.gpu_memory_cap:
@@ -212,12 +213,13 @@ def _make_trainer(cfg: RunConfig, run_dir: Path, model, tokenizer, built, sink: 
         train_dataset = pack_dataset(train_dataset, cfg.train.max_length, "bfd")
     health = TrainingHealth(cfg.train.learning_rate, rewarded=method.rewarded)
     watch = HealthCallback(health, sink, RecentBatches(model, built.train), grad_norms=not _steps_inside_backward(cfg))
-    callbacks = [ProgressCallback(sink, stop, MemoryProbe(), method.curves), watch]
+    progress = ProgressCallback(sink, stop, MemoryProbe(), TrainedTokens(model), method.curves)
+    callbacks = [progress, watch]
     if cfg.train.early_stopping:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping))
     trainer = make_trainer(cfg, run_dir / "checkpoints", model, tokenizer, train_dataset, eval_dataset,
                            callbacks=callbacks, **early_stopping_options(cfg, eval_dataset is not None, sink))
-    return trainer, watch
+    return trainer, progress, watch
 
 
 def make_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_dataset, eval_dataset=None,

@@ -48,7 +48,8 @@ def shared_options(cfg: RunConfig, output_dir: Path, has_eval: bool) -> dict:
         # A non-finite loss must reach the health check as it is: the trainer would otherwise
         # log the average of earlier losses in its place (0.0 right after a log).
         logging_nan_inf_filter=False,
-        include_num_input_tokens_seen="non_padding",
+        # The trainer's own count waits for the GPU after every batch; callbacks.TrainedTokens counts.
+        include_num_input_tokens_seen="no",
         dataloader_num_workers=0,
         **cuda_speedups(t),
         **parallel_options(cfg),

@@ -65,7 +65,6 @@ def make_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_datas
         num_generations=g.num_generations, max_completion_length=g.max_completion_length,
         temperature=g.temperature, beta=g.beta, reward_weights=rewards.weights,
         # TRL counts the prompt and completion tokens of each step itself; its batches have no input_ids.
-        include_num_input_tokens_seen="no",
         **overrides,
     )
     trainer = StudioGRPOTrainer(model=model, reward_funcs=rewards.functions, args=GRPOConfig(**options),

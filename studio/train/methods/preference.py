@@ -71,7 +71,7 @@ def make_orpo_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_
 
     options = shared_options(cfg, output_dir, eval_dataset is not None)
     # Its batches have no input_ids column to count tokens from (each side has its own).
-    options.update(beta=cfg.preference.beta, max_length=cfg.train.max_length, include_num_input_tokens_seen="no")
+    options.update(beta=cfg.preference.beta, max_length=cfg.train.max_length)
     options.update(overrides)
     # ORPO's trainer takes padding from its config; the model's pad token keeps chat and export alike.
     options.setdefault("padding_value", tokenizer.pad_token_id)
