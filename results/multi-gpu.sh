@@ -2,11 +2,14 @@
 # The Llama 3.2 1B shape (random weights, a small test tokenizer), bf16 LoRA r16 on every projection,
 # 4 rows of 2048 tokens per GPU. For each ACCUMS value A: one GPU accumulating A batches a step, and two
 # GPUs sharing those A batches (A=2: one each, a step of 8 rows on both; A=1: one each, so the pair's step
-# sees twice the rows, each GPU doing exactly the single GPU's work). GPU busy time is sampled by nvidia-smi.
-# Needs a machine with two GPUs; figures in results/multi-gpu-h100.md.
+# sees twice the rows, each GPU doing exactly the single GPU's work).
+# Needs a machine with two GPUs; figures in results/multi-gpu-h200.md.
 #   SHAPE=tiny-llama ONE=cpu TWO=cpu:2 FSDP=no LENGTH=128 bash results/multi-gpu.sh   # the same on a CPU
 #   SMALL=no BIG=yes STEPS=8 LIMIT=240 bash results/multi-gpu.sh   # the 8B shape alone (a call of its own):
 #                                      QLoRA on one GPU and two, bf16 LoRA under a 12 GiB cap per GPU
+#   SMALL=no FSDP_RESUME=yes bash results/multi-gpu.sh   # a sharded run stopped, refused on one GPU, resumed on two
+#   PYTHONPATH=results/profile_steps STUDIO_PROFILE_STEPS=8:4 ACCUMS=1 FSDP=no bash results/multi-gpu.sh
+#                                      # where each process's step time goes (profile-rank-K.txt in $OUT)
 set -u
 export STUDIO_HOME=${STUDIO_HOME:-/tmp/sh} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 cd "$(dirname "$0")/.."   # the repository root
@@ -41,14 +44,8 @@ common="model.name_or_path=$F data.path=/tmp/long.jsonl data.eval_fraction=0 dat
         train.warmup_steps=0 train.gradient_checkpointing=true train.logging_steps=$LOG_EVERY --runs-dir $RUNS"
 train() {  # name, then overrides
   local name=$1; shift
-  local monitor=
-  if command -v nvidia-smi > /dev/null; then  # how busy each GPU is, sampled every 200 ms
-    nvidia-smi --query-gpu=index,utilization.gpu --format=csv,noheader,nounits -lms 200 > "$OUT/$name.util" &
-    monitor=$!
-  fi
   timeout "${LIMIT:-170}" python3 launch.py train recipes/quickstart.yaml name=$name $common "$@" > "$OUT/$name.log" 2>&1 \
     || { echo "$name failed:"; tail -15 "$OUT/$name.log"; }
-  [ -n "$monitor" ] && kill $monitor
 }
 if [ "${SMALL:-yes}" = yes ]; then
   for accum in ${ACCUMS:-2}; do
@@ -57,7 +54,7 @@ if [ "${SMALL:-yes}" = yes ]; then
   done
   [ "$FSDP" = yes ] && train fsdp-a2 train.grad_accum=2 train.devices=$TWO train.parallel=fsdp
 fi
-if [ "${BIG:-no}" = yes ]; then  # the 8B shape (not yet run): QLoRA 2 x 2048 on one GPU and two, and bf16
+if [ "${BIG:-no}" = yes ]; then  # the 8B shape: QLoRA 2 x 2048 on one GPU and two, and bf16
   # LoRA under a 12 GiB cap per GPU, which train.parallel=auto must shard (FSDP2) to fit
   F=$(checkpoint llama-3.1-8b)
   common="model.name_or_path=$F data.path=/tmp/long.jsonl data.eval_fraction=0 data.template=alpaca
@@ -67,19 +64,31 @@ if [ "${BIG:-no}" = yes ]; then  # the 8B shape (not yet run): QLoRA 2 x 2048 on
   train ddp-8b model.load_in=4bit train.devices=$TWO train.parallel=ddp
   train capped-8b model.load_in=16bit train.gpu_memory_cap=12 train.devices=$TWO
 fi
-python3 - "$RUNS" "$OUT/multi-gpu.json" "$LOG_EVERY" "$OUT" <<'PY'
+if [ "${FSDP_RESUME:-no}" = yes ]; then  # sharded (FSDP2) training stopped at step 4 by its max_steps, refused
+  # on one GPU (a sharded checkpoint), resumed on two to step 8; the adapter then loads like any other
+  train fsdp-resume train.grad_accum=2 train.devices=$TWO train.parallel=fsdp train.max_steps=4
+  run=$(ls -d "$RUNS"/*_fsdp-resume)
+  python3 launch.py resume "$run" train.max_steps=8 train.devices=$ONE --runs-dir "$RUNS" 2>&1 | tail -3
+  timeout "${LIMIT:-170}" python3 launch.py resume "$run" train.max_steps=8 train.devices=$TWO --runs-dir "$RUNS" \
+    > "$OUT/fsdp-resumed.log" 2>&1 || { echo "resume failed:"; tail -15 "$OUT/fsdp-resumed.log"; }
+  python3 - "$run" <<'PY'
+import sys
+from pathlib import Path
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+from studio.runs import load_run_config
+run = Path(sys.argv[1])
+base = AutoModelForCausalLM.from_pretrained(load_run_config(run).model.name_or_path, dtype=torch.bfloat16)
+tuned = PeftModel.from_pretrained(base, run / "adapter")
+lora = {n: p for n, p in tuned.named_parameters() if "lora_" in n}
+print(f"adapter of {run.name}: {len(lora)} LoRA tensors, all finite: {all(bool(torch.isfinite(p).all()) for p in lora.values())},"
+      f" lora_B moved: {all(p.abs().sum() > 0 for n, p in lora.items() if 'lora_B' in n)}")
+PY
+fi
+python3 - "$RUNS" "$OUT/multi-gpu.json" "$LOG_EVERY" <<'PY'
 import glob, json, statistics, sys
 from pathlib import Path
-
-
-def busy(name):
-    """Each GPU's median busy percentage while it worked (the samples of loading and idle GPUs left out)."""
-    samples = {}
-    path = Path(sys.argv[4]) / f"{name}.util"
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        index, percent = (int(v) for v in line.split(","))
-        samples.setdefault(index, []).append(percent)
-    return {i: statistics.median([p for p in v if p > 0] or [0]) for i, v in sorted(samples.items())}
 
 
 out = {}
@@ -97,7 +106,6 @@ for run in sorted(glob.glob(sys.argv[1] + "/*")):
         "s_per_step": statistics.median(seconds) if seconds else None, "gpu_peak_gib": peaks,
         "losses": [round(e["loss"], 4) for e in logs], "end": end[-1]["message"][:300] if end else None,
         "placement": next((e["message"] for e in events if e.get("message", "").startswith("Training in")), "one process"),
-        "gpu_busy_percent": busy(name),
     }
     print(name, {k: v for k, v in out[name].items() if k != "losses"})
     print("   losses", out[name]["losses"])

@@ -210,8 +210,6 @@ def quantization_config(cfg: ModelConfig):
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=resolve_dtype(cfg.dtype),
-        # Sharding needs every weight in one dtype: the packed 4-bit values are stored as that dtype.
-        **({"bnb_4bit_quant_storage": resolve_dtype(cfg.dtype)} if sharded_training() else {}),
     )
 
 

@@ -162,9 +162,12 @@ def test_where_a_run_trains():
     odd = plan(2, grad_accum=3)
     assert odd.grad_accum == 3 and "a step sees 12 rows (2 times one device's 6)" in odd.notes[0]
     assert plan(2, devices="cpu").describe() == "one process on the CPU"
-    with pytest.raises(ConfigError, match="model.load_in=8bit\\) cannot be sharded"):
-        plan_placement(from_dict({"model": {"load_in": "8bit"}, "train": {"parallel": "fsdp"}}), gpu_count=2,
-                       fits_one_card=True)
+    for bits in ("8bit", "4bit"):  # a quantized layer needs its whole packed weight in one place
+        with pytest.raises(ConfigError, match=f"model.load_in={bits}\\) cannot be sharded \\(FSDP\\): use train.parallel=ddp"):
+            plan_placement(from_dict({"model": {"load_in": bits}, "train": {"parallel": "fsdp"}}), gpu_count=2,
+                           fits_one_card=True)
+    with pytest.raises(ConfigError, match=r"does not fit one card \(fit estimate\), and 4-bit weights"):
+        plan_placement(from_dict({"model": {"load_in": "4bit"}}), gpu_count=2, fits_one_card=False)
     assert plan(1).in_process and not plan(2, devices="0").in_process  # another GPU in sight: a child process
     assert not plan(2, devices="cpu").in_process  # the CPU on a GPU machine: a child process that sees no GPU
     with pytest.raises(ConfigError, match="adamw_8bit cannot step sharded"):
@@ -332,6 +335,17 @@ def test_the_fit_estimate_of_one_card_when_the_model_is_sharded():
     assert half.weights_gib == pytest.approx(whole.weights_gib / 2)
     assert half.trainable_gib == pytest.approx(whole.trainable_gib / 2)
     assert half.activations_gib == whole.activations_gib and sentence
+
+
+def test_sharded_training_needs_the_memory_to_load_the_model_in_every_process():
+    from studio.recipes import from_dict
+    from studio.train.placement import plan_placement
+
+    cfg = from_dict({"model": {"name_or_path": "meta-llama/Llama-3.1-8B-Instruct", "load_in": "16bit"},
+                     "train": {"parallel": "fsdp"}})
+    with pytest.raises(ConfigError, match=r"each process's memory .*: 2 x 15.0 GiB, and 24.0 GiB of RAM is free"):
+        plan_placement(cfg, gpu_count=2, fits_one_card=False, free_ram_gib=24.0)
+    assert plan_placement(cfg, gpu_count=2, fits_one_card=False, free_ram_gib=40.0).engine == "fsdp"
 
 
 def test_a_checkpoint_of_sharded_training_resumes_only_sharded(trained_run, tmp_path):

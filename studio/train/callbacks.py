@@ -37,7 +37,6 @@ class ProgressCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.started_at = self.last_time = time.time()
         self.first_step = state.global_step
-        self.tokens.take()  # the rows of a resumed run's skipped batches are not trained on
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.max_steps and state.global_step >= state.max_steps:

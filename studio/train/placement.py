@@ -44,8 +44,9 @@ def split_grad_accum(grad_accum: int, processes: int) -> int:
     return grad_accum // processes if processes > 1 and grad_accum % processes == 0 else grad_accum
 
 
-def plan_placement(cfg: RunConfig, gpu_count: int | None = None, fits_one_card: bool | None = None) -> Placement:
-    """Where `cfg` trains on this machine (GPUs counted, and the fit estimate read, unless given)."""
+def plan_placement(cfg: RunConfig, gpu_count: int | None = None, fits_one_card: bool | None = None,
+                   free_ram_gib: float | None = None) -> Placement:
+    """Where `cfg` trains on this machine (GPUs counted, the fit estimate and free memory read, unless given)."""
     from studio.hardware import has_cuda
 
     request = parse_devices(cfg.train.devices)
@@ -66,6 +67,8 @@ def plan_placement(cfg: RunConfig, gpu_count: int | None = None, fits_one_card: 
         processes = len(gpus)
     engine = _engine(cfg, processes, gpus, fits_one_card)
     _refuse_what_cannot_be_shared(cfg, processes, engine)
+    if engine == "fsdp":
+        _check_memory_for_loading(cfg, processes, free_ram_gib)
     per_process = split_grad_accum(cfg.train.grad_accum, processes)
     alone = processes == 1 and (gpus == (0,) and gpu_count == 1 if gpus else gpu_count == 0)
     return Placement(processes, gpus, engine, per_process, _notes(cfg, processes, engine, per_process), alone)
@@ -78,15 +81,40 @@ def _refuse_what_cannot_be_shared(cfg: RunConfig, processes: int, engine: str) -
                           "cannot share: set galore.layerwise=false, or train on one device (train.devices=0).")
     if engine != "fsdp":
         return
-    if cfg.model.load_in == "8bit":
-        raise ConfigError("8-bit weights (model.load_in=8bit) cannot be sharded (FSDP): use model.load_in=4bit "
-                          "(QLoRA) or 16bit, or train.parallel=ddp.")
+    if cfg.model.load_in in ("4bit", "8bit"):
+        # The quantized layers need their whole packed weight and its scales in one place.
+        quantized = f"{cfg.model.load_in[0]}-bit weights (model.load_in={cfg.model.load_in}) cannot be sharded (FSDP)"
+        if cfg.train.parallel == "auto":
+            raise ConfigError(f"The model does not fit one card (fit estimate), and {quantized} to spread it: lower "
+                              "train.batch_size or train.max_length, turn on train.gradient_checkpointing, or set "
+                              "train.parallel=ddp to try each card anyway.")
+        raise ConfigError(f"{quantized}: use train.parallel=ddp (each GPU holds the quantized model), or "
+                          "model.load_in=16bit to shard it.")
     if cfg.train.method == "galore":
         raise ConfigError("train.method=galore projects whole weight matrices, which sharding (FSDP) splits: use "
                           "train.parallel=ddp.")
     if cfg.train.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
         raise ConfigError(f"train.optimizer={cfg.train.optimizer} cannot step sharded (FSDP) weights: set "
                           "train.optimizer=auto (AdamW when sharded) or adamw_torch, or train.parallel=ddp.")
+
+
+def _check_memory_for_loading(cfg: RunConfig, processes: int, free_ram_gib: float | None) -> None:
+    """Each process of sharded training reads the whole 16-bit model into memory before FSDP spreads it
+    over the cards: refused when the machine's free memory cannot hold them all at once."""
+    import psutil
+
+    from studio.fit import parameter_counts, shape_of
+    from studio.hardware import GIB
+
+    shape = shape_of(cfg.model.name_or_path)
+    if shape is None:
+        return  # unknown until loaded
+    model_gib = sum(parameter_counts(shape)) * 2 / GIB
+    free = psutil.virtual_memory().available / GIB if free_ram_gib is None else free_ram_gib
+    if processes * model_gib > free:
+        raise ConfigError(f"Sharded training (FSDP) reads the whole model into each process's memory before "
+                          f"spreading it over the GPUs: {processes} x {model_gib:.1f} GiB, and {free:.1f} GiB of "
+                          "RAM is free. Close other programs, or train on fewer GPUs (train.devices).")
 
 
 def _engine(cfg: RunConfig, processes: int, gpus: tuple[int, ...], fits_one_card: bool | None) -> str:

@@ -66,8 +66,11 @@ def parallel_options(cfg: RunConfig) -> dict:
     if world_size() == 1:
         return {}
     if not sharded_training():
-        # LoRA leaves most parameters without gradients: DDP need not search for unused ones.
-        return {"ddp_backend": None if has_cuda() else "gloo", "ddp_find_unused_parameters": False}
+        # LoRA leaves most parameters without gradients: DDP need not search for unused ones. A causal
+        # LM's buffers (rotary frequencies) never change in training, so DDP need not broadcast them
+        # from the first process before every forward pass, which would hold each GPU up for the other.
+        return {"ddp_backend": None if has_cuda() else "gloo", "ddp_find_unused_parameters": False,
+                "ddp_broadcast_buffers": False}
     return {"fsdp": True, "fsdp_config": {
         "version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "reshard_after_forward": True,
         "cpu_ram_efficient_loading": True, "state_dict_type": "FULL_STATE_DICT",
