@@ -132,6 +132,22 @@ def test_fused_layer_is_really_used_and_gives_way_where_it_does_not_apply():
     assert use_fused_lora(model) == 0
 
 
+def test_a_4bit_weight_without_its_quantization_state_is_never_multiplied_as_a_matrix():
+    from studio.speed.fused import use_fused_lora
+
+    generator = torch.Generator().manual_seed(11)
+    model, layer = _lora_model(_linear_4bit(64, 96, False, generator), 8, 16, 11)
+    x = torch.randn(5, 64, generator=generator)
+    want = model(x)
+    use_fused_lora(model)
+    base = layer.get_base_layer()
+    base.quant_state = base.weight.quant_state  # where bitsandbytes also keeps it for a layer it made itself
+    # As FSDP gathers it: the packed bytes as a plain parameter; the quantization state is on the layer only.
+    base.weight = torch.nn.Parameter(base.weight.data.clone(), requires_grad=False)
+    assert getattr(base.weight, "quant_state", None) is None
+    assert torch.allclose(model(x), want, atol=1e-6)
+
+
 def test_fused_adapter_saves_the_same_tensors_and_merges(tmp_path):
     from safetensors.torch import load_file
 

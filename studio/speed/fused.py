@@ -123,6 +123,10 @@ def _fused_call(layer, x: torch.Tensor):
         return None
     autocast = torch.is_autocast_enabled(x.device.type)
     quant_state = getattr(weight, "quant_state", None)
+    if quant_state is None and type(base) is not torch.nn.Linear:
+        # A 4-bit weight that lost its quantization state on the way (FSDP hands back gathered weights
+        # as plain tensors): bitsandbytes' own forward restores it from the layer.
+        return None
     if quant_state is None:  # a 16-bit base: F.linear(x, W) in x's dtype, or autocast's
         dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
         return weight, None, bias, adapter, dtype, dtype
