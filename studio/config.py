@@ -185,6 +185,10 @@ class TrainConfig:
         "backward (same results, fewer GPU kernels). auto: on with CUDA when lora.dropout is 0 and DoRA is off; "
         "true/on, false/off."
     )
+    compile_layers: bool = _f(
+        False, "Compile each decoder layer (torch.compile): fewer kernel launches a step, for a GPU the CPU holds "
+        "up. The first steps take longer (compiling; cached for later runs). LoRA and full training on 16-bit weights."
+    )
     devices: str = _f(
         "auto", "Where to train. auto: every GPU CUDA sees, one process each (the CPU when there is none). GPU "
         "indices such as 0,1 train on those GPUs; cpu on the CPU; cpu:2 in two processes on the CPU (the "

@@ -261,7 +261,22 @@ def _check_method_rules(cfg: RunConfig, source: str) -> RunConfig:
                           "side by side. Set train.packing=false.")
     if cfg.train.method == "grpo":
         _check_grpo(cfg, source)
+    if cfg.train.compile_layers:
+        _check_compile(cfg, source)
     return cfg
+
+
+def _check_compile(cfg: RunConfig, source: str) -> None:
+    """What compiled decoder layers cannot run with (studio.speed.compiled)."""
+    why = {"4bit": "4-bit and 8-bit weights are not compiled yet", "8bit": "4-bit and 8-bit weights are not compiled yet",
+           "grpo": "grpo generates between its steps, a new shape at every token",
+           "prefix": "prefix tuning hands each layer learned keys and values through the model's cache",
+           "liger": "Liger's kernels keep torch.compile out of the layers (inductor makes its own)"}
+    for setting, value in (("model.load_in", cfg.model.load_in), ("train.method", cfg.train.method),
+                           ("train.kernels", cfg.train.kernels)):
+        if value in why:
+            raise ConfigError(f"{source}: train.compile_layers cannot be used with {setting}={value}: {why[value]}. "
+                              f"Set train.compile_layers=false, or change {setting}.")
 
 
 def _check_grpo(cfg: RunConfig, source: str) -> None:

@@ -10,13 +10,15 @@ import torch
 
 from studio.config import PROMPT_METHODS, RunConfig
 from studio.models import attach_lora, attach_prompt_encoder
+from studio.speed.compiled import compile_decoder_layers
 from studio.speed.embeddings import keep_input_embeddings_on_cpu
 from studio.speed.fused import setup_fused_lora
 from studio.speed.long_rows import slice_feed_forward
 
 
 def prepare_for_training(model, cfg: RunConfig, note=lambda text: None):
-    """Place the embeddings, attach the adapter (fused where it can be), slice long feed-forward blocks."""
+    """Place the embeddings, attach the adapter (fused where it can be), slice long feed-forward blocks,
+    compile the decoder layers (train.compile_layers)."""
     if cfg.train.method in PROMPT_METHODS:
         torch.manual_seed(cfg.train.seed)
         model = attach_prompt_encoder(model, cfg.train.method, cfg.prompt_tuning)
@@ -29,4 +31,6 @@ def prepare_for_training(model, cfg: RunConfig, note=lambda text: None):
         model = attach_lora(model, cfg.lora)
         setup_fused_lora(model, cfg, note)
     slice_feed_forward(model, cfg.train.feed_forward_slice)
+    if cfg.train.compile_layers:
+        compile_decoder_layers(model, note)
     return model

@@ -27,14 +27,22 @@ def slice_feed_forward(model: torch.nn.Module, tokens: int) -> int:
     return len(blocks)
 
 
+_SLICED_CLASSES: dict[tuple[type, int], type] = {}
+
+
 def _slice(block: torch.nn.Module, tokens: int) -> None:
     # The call is changed rather than `forward`: fused-kernel libraries (Liger) replace a
     # block's `forward` when training starts, and the slicing must wrap whichever forward runs.
     base = type(block)
     if getattr(base, "slice_tokens", None) is not None:
-        block.__class__ = base.__mro__[1]
-        base = type(block)
+        base = base.__mro__[1]
+    # One sliced class per block class: compiled layers (studio.speed.compiled) then share their code.
+    if (base, tokens) not in _SLICED_CLASSES:
+        _SLICED_CLASSES[base, tokens] = _sliced_class(base, tokens)
+    block.__class__ = _SLICED_CLASSES[base, tokens]
 
+
+def _sliced_class(base: type, tokens: int) -> type:
     def __call__(self, hidden: torch.Tensor, *args, **kwargs):
         if hidden.dim() < 2 or hidden.shape[-2] <= self.slice_tokens or not torch.is_grad_enabled():
             return base.__call__(self, hidden, *args, **kwargs)
@@ -44,4 +52,4 @@ def _slice(block: torch.nn.Module, tokens: int) -> None:
         ]
         return torch.cat(slices, dim=-2)
 
-    block.__class__ = type(f"Sliced{base.__name__}", (base,), {"__call__": __call__, "slice_tokens": tokens})
+    return type(f"Sliced{base.__name__}", (base,), {"__call__": __call__, "slice_tokens": tokens})

@@ -57,7 +57,8 @@ def cuda_speedups(t) -> dict:
     if t.kernels == "liger" and not liger_available():
         raise ConfigError("train.kernels is liger, but Liger Kernel is not installed: "
                           "pip install -r requirements-cuda.txt, or set train.kernels=auto.")
-    if t.kernels == "liger" or (t.kernels == "auto" and liger_available()):
+    # Liger's kernels keep torch.compile out of a layer: compiled layers get inductor's own (recipes refuse liger).
+    if t.kernels == "liger" or (t.kernels == "auto" and liger_available() and not t.compile_layers):
         options["use_liger_kernel"] = True
         options["liger_kernel_config"] = {"rms_norm": True, "rope": True, "swiglu": True,
                                           "cross_entropy": False, "fused_linear_cross_entropy": False}

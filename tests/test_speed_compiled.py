@@ -1,0 +1,90 @@
+"""Compiled decoder layers (train.compile_layers): the same training, the same memory kept by checkpointing.
+
+torch.compile runs on the CPU too (inductor's C++ backend), so these check the
+compiled path itself; its speed is a GPU matter (results/).
+"""
+
+import pytest
+import torch
+from conftest import tiny_config, train_tiny
+
+from studio.errors import ConfigError
+from studio.events import read_events
+
+
+def _losses(run_dir):
+    return [e.loss for e in read_events(run_dir / "events.jsonl") if e.kind == "log"]
+
+
+def test_compiled_layers_train_to_the_same_losses(tiny_llama, tmp_path):
+    overrides = ("train.max_steps=4", "train.gradient_checkpointing=true", "lora.dropout=0", "train.fused_lora=true")
+    eager = train_tiny(tiny_config(tiny_llama, *overrides), tmp_path / "eager")
+    compiled = train_tiny(tiny_config(tiny_llama, *overrides, "train.compile_layers=true"), tmp_path / "compiled")
+    assert compiled.state == eager.state == "completed"
+    assert _losses(compiled.run_dir) == pytest.approx(_losses(eager.run_dir), rel=1e-4)
+    stages = [e.message for e in read_events(compiled.run_dir / "events.jsonl") if e.kind == "stage"]
+    assert "Compiled decoder layers: 2 (torch.compile; the first steps include compiling them)." in stages
+
+
+def _kept_for_backward(model, ids) -> int:
+    """Bytes of the tensors a forward pass keeps for backward, weights left out (they are held anyway)."""
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+    loss.backward()
+    return sum(kept.values())
+
+
+def test_checkpointing_keeps_only_each_layers_input_when_the_layers_are_compiled(tiny_llama):
+    from studio.recipes import from_dict
+    from studio.train.training import load_for_training
+
+    def model(compile_layers: bool, checkpointing: bool = True):
+        cfg = from_dict({"model": {"name_or_path": str(tiny_llama)}, "lora": {"dropout": 0.0},
+                         "train": {"compile_layers": compile_layers, "fused_lora": True}})
+        loaded, _ = load_for_training(cfg)
+        if checkpointing:
+            loaded.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            loaded.enable_input_require_grads()
+        return loaded.train()
+
+    import torch._dynamo.utils as dynamo
+
+    ids = torch.randint(3, 100, (2, 64), generator=torch.Generator().manual_seed(0))
+    everything = _kept_for_backward(model(False, checkpointing=False), ids)
+    checkpointed = _kept_for_backward(model(False), ids)
+    dynamo.counters.clear()
+    compiled = _kept_for_backward(model(True), ids)
+    assert dynamo.counters["aot_autograd"]["ok"] >= 1, "the layers ran compiled, forward and backward"
+    assert not dynamo.counters["graph_break"], dict(dynamo.counters["graph_break"])
+    assert checkpointed < everything / 2
+    assert compiled <= checkpointed * 1.1, f"compiled layers keep {compiled} bytes, eager ones {checkpointed}"
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ("model.load_in=4bit", "model.load_in=4bit: 4-bit and 8-bit weights are not compiled yet"),
+    ("train.kernels=liger", "train.kernels=liger: Liger's kernels keep torch.compile out of the layers"),
+    ("train.method=prefix", "train.method=prefix: prefix tuning hands each layer"),
+])
+def test_compiled_layers_refuse_what_they_cannot_run(tiny_llama, setting, expected):
+    with pytest.raises(ConfigError, match=f"train.compile_layers cannot be used with {expected}"):
+        tiny_config(tiny_llama, "train.compile_layers=true", setting)
+
+
+def test_compiled_layers_turn_liger_off_under_auto(monkeypatch):
+    import studio.speed.patches as patches
+    from studio.recipes import from_dict
+
+    # The choice of trainer options as on a CUDA machine with Liger installed.
+    monkeypatch.setattr(patches, "has_cuda", lambda: True)
+    monkeypatch.setattr(patches, "liger_available", lambda: True)
+    assert patches.cuda_speedups(from_dict({}).train)["use_liger_kernel"]
+    assert "use_liger_kernel" not in patches.cuda_speedups(from_dict({"train": {"compile_layers": True}}).train)
