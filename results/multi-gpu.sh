@@ -8,8 +8,8 @@
 #   SMALL=no BIG=yes STEPS=8 LIMIT=240 bash results/multi-gpu.sh   # the 8B shape alone (a call of its own):
 #                                      QLoRA on one GPU and two, bf16 LoRA under a 12 GiB cap per GPU
 #   SMALL=no FSDP_RESUME=yes bash results/multi-gpu.sh   # a sharded run stopped, refused on one GPU, resumed on two
-#   PYTHONPATH=results/profile_steps STUDIO_PROFILE_STEPS=8:4 ACCUMS=1 FSDP=no bash results/multi-gpu.sh
-#                                      # where each process's step time goes (profile-rank-K.txt in $OUT)
+#   PYTHONPATH=results/profile_steps STUDIO_PROFILE_STEPS=8:4 STUDIO_PROFILE_OUT=$OUT ACCUMS=1 FSDP=no \
+#     bash results/multi-gpu.sh        # where each process's step time goes (profile-rank-K.txt in $OUT)
 set -u
 export STUDIO_HOME=${STUDIO_HOME:-/tmp/sh} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 cd "$(dirname "$0")/.."   # the repository root

@@ -27,6 +27,13 @@ def _losses(run_dir) -> list[float]:
     return [e.loss for e in read_events(run_dir / "events.jsonl") if e.kind == "log"]
 
 
+def _tokens(run_dir) -> list[int]:
+    """Tokens trained on between logs, from each log's tokens/s and elapsed time."""
+    logs = [e for e in read_events(run_dir / "events.jsonl") if e.kind == "log"]
+    return [round(e.tokens_per_second * (e.elapsed_s - before))
+            for e, before in zip(logs, [0.0] + [e.elapsed_s for e in logs])]
+
+
 def _rank_processes() -> list[psutil.Process]:
     """Processes of a several-process run still alive under this test process."""
     found = []
@@ -54,6 +61,7 @@ def test_two_processes_train_as_one_with_the_same_global_batch(two_process_run, 
     run_dir = two_process_run.run_dir
     assert two_process_run.state == "completed" and two_process_run.step == 6
     assert _losses(run_dir) == pytest.approx(_losses(one_process_run.run_dir), rel=1e-4)
+    assert _tokens(run_dir) == pytest.approx(_tokens(one_process_run.run_dir), abs=1), "every process's tokens"
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
     events = read_events(run_dir / "events.jsonl")
     stages = [e.message for e in events if e.kind == "stage"]
@@ -338,7 +346,7 @@ def test_the_fit_estimate_of_one_card_when_the_model_is_sharded():
 
 
 def test_sharded_training_needs_the_memory_to_load_the_model_in_every_process():
-    from studio.recipes import from_dict
+    from studio.recipes import from_dict, replace_section
     from studio.train.placement import plan_placement
 
     cfg = from_dict({"model": {"name_or_path": "meta-llama/Llama-3.1-8B-Instruct", "load_in": "16bit"},
@@ -346,6 +354,9 @@ def test_sharded_training_needs_the_memory_to_load_the_model_in_every_process():
     with pytest.raises(ConfigError, match=r"each process's memory .*: 2 x 15.0 GiB, and 24.0 GiB of RAM is free"):
         plan_placement(cfg, gpu_count=2, fits_one_card=False, free_ram_gib=24.0)
     assert plan_placement(cfg, gpu_count=2, fits_one_card=False, free_ram_gib=40.0).engine == "fsdp"
+    in_float32 = replace_section(cfg, "model", dtype="float32")
+    with pytest.raises(ConfigError, match=r"2 x 29.9 GiB, and 40.0 GiB of RAM is free"):
+        plan_placement(in_float32, gpu_count=2, fits_one_card=False, free_ram_gib=40.0)
 
 
 def test_a_checkpoint_of_sharded_training_resumes_only_sharded(trained_run, tmp_path):

@@ -26,6 +26,20 @@ def test_compiled_layers_train_to_the_same_losses(tiny_llama, tmp_path):
     assert "Compiled decoder layers: 2 (torch.compile; the first steps include compiling them)." in stages
 
 
+def test_compiled_layers_stay_compiled_through_evaluation_and_a_reference_model(tiny_llama, tmp_path, monkeypatch):
+    import torch._dynamo.config as dynamo
+
+    from test_methods_preference import preference_config
+
+    monkeypatch.setattr(dynamo, "fail_on_recompile_limit_hit", True)  # an error instead of running uncompiled
+    cfg = preference_config(tiny_llama, "dpo", "train.max_steps=4", "train.compile_layers=true",
+                            "train.gradient_checkpointing=true", "data.eval_fraction=0.25", "train.eval_steps=2")
+    result = train_tiny(cfg, tmp_path)
+    assert result.state == "completed" and result.step == 4
+    events = read_events(result.run_dir / "events.jsonl")
+    assert [e.step for e in events if e.kind == "eval"] == [2, 4]
+
+
 def _kept_for_backward(model, ids) -> int:
     """Bytes of the tensors a forward pass keeps for backward, weights left out (they are held anyway)."""
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}

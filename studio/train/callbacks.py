@@ -185,7 +185,8 @@ class TrainedTokens:
         if not isinstance(ids, torch.Tensor):
             return
         mask = kwargs.get("attention_mask")
-        # Packed rows come without a mask and without padding.
+        # Packed rows come without a mask and without padding. (A 4-D mask, which no studio
+        # batch has, would count the padding too: every position of the rows.)
         self.count = self.count + (mask.sum() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else ids.numel())
 
     def take(self) -> int:

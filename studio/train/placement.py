@@ -99,22 +99,27 @@ def _refuse_what_cannot_be_shared(cfg: RunConfig, processes: int, engine: str) -
 
 
 def _check_memory_for_loading(cfg: RunConfig, processes: int, free_ram_gib: float | None) -> None:
-    """Each process of sharded training reads the whole 16-bit model into memory before FSDP spreads it
-    over the cards: refused when the machine's free memory cannot hold them all at once."""
+    """Each process of sharded training reads the whole model into memory before FSDP spreads it over
+    the cards: refused when the machine's free memory cannot hold them all at once."""
     import psutil
 
     from studio.fit import parameter_counts, shape_of
+    import torch
+
     from studio.hardware import GIB
 
     shape = shape_of(cfg.model.name_or_path)
     if shape is None:
         return  # unknown until loaded
-    model_gib = sum(parameter_counts(shape)) * 2 / GIB
+    # The dtype it is loaded in: auto is 16-bit on a GPU, where sharded training runs.
+    bytes_each = 2 if cfg.model.dtype == "auto" else getattr(torch, cfg.model.dtype).itemsize
+    model_gib = sum(parameter_counts(shape)) * bytes_each / GIB
     free = psutil.virtual_memory().available / GIB if free_ram_gib is None else free_ram_gib
     if processes * model_gib > free:
         raise ConfigError(f"Sharded training (FSDP) reads the whole model into each process's memory before "
                           f"spreading it over the GPUs: {processes} x {model_gib:.1f} GiB, and {free:.1f} GiB of "
-                          "RAM is free. Close other programs, or train on fewer GPUs (train.devices).")
+                          "RAM is free. Close other programs, train on fewer GPUs (train.devices), or load the "
+                          "model in 4-bit (model.load_in=4bit) with train.parallel=ddp: each GPU then holds it whole.")
 
 
 def _engine(cfg: RunConfig, processes: int, gpus: tuple[int, ...], fits_one_card: bool | None) -> str:

@@ -211,14 +211,20 @@ def _make_trainer(cfg: RunConfig, run_dir: Path, model, tokenizer, built, sink: 
     if cfg.train.packing:
         # Best-fit packing keeps rows whole; the trainer then keeps them apart in attention.
         train_dataset = pack_dataset(train_dataset, cfg.train.max_length, "bfd")
+    options = early_stopping_options(cfg, eval_dataset is not None, sink)
     health = TrainingHealth(cfg.train.learning_rate, rewarded=method.rewarded)
     watch = HealthCallback(health, sink, RecentBatches(model, built.train), grad_norms=not _steps_inside_backward(cfg))
     progress = ProgressCallback(sink, stop, MemoryProbe(), TrainedTokens(model), method.curves)
     callbacks = [progress, watch]
     if cfg.train.early_stopping:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping))
-    trainer = make_trainer(cfg, run_dir / "checkpoints", model, tokenizer, train_dataset, eval_dataset,
-                           callbacks=callbacks, **early_stopping_options(cfg, eval_dataset is not None, sink))
+    try:
+        trainer = make_trainer(cfg, run_dir / "checkpoints", model, tokenizer, train_dataset, eval_dataset,
+                               callbacks=callbacks, **options)
+    except BaseException:
+        progress.close()  # their hooks off the model
+        watch.close()
+        raise
     return trainer, progress, watch
 
 

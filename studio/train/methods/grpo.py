@@ -64,7 +64,6 @@ def make_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_datas
     options.update(
         num_generations=g.num_generations, max_completion_length=g.max_completion_length,
         temperature=g.temperature, beta=g.beta, reward_weights=rewards.weights,
-        # TRL counts the prompt and completion tokens of each step itself; its batches have no input_ids.
         **overrides,
     )
     trainer = StudioGRPOTrainer(model=model, reward_funcs=rewards.functions, args=GRPOConfig(**options),

@@ -70,7 +70,6 @@ def make_orpo_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_
             return _orpo_forward(self, model, batch)
 
     options = shared_options(cfg, output_dir, eval_dataset is not None)
-    # Its batches have no input_ids column to count tokens from (each side has its own).
     options.update(beta=cfg.preference.beta, max_length=cfg.train.max_length)
     options.update(overrides)
     # ORPO's trainer takes padding from its config; the model's pad token keeps chat and export alike.
