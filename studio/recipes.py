@@ -268,7 +268,7 @@ def _check_method_rules(cfg: RunConfig, source: str) -> RunConfig:
 
 def _check_compile(cfg: RunConfig, source: str) -> None:
     """What compiled decoder layers cannot run with (studio.speed.compiled)."""
-    why = {"4bit": "4-bit and 8-bit weights are not compiled yet", "8bit": "4-bit and 8-bit weights are not compiled yet",
+    why = {"8bit": "8-bit weights are not compiled yet",
            "grpo": "grpo generates between its steps, a new shape at every token",
            "prefix": "prefix tuning hands each layer learned keys and values through the model's cache",
            "liger": "Liger's kernels keep torch.compile out of the layers (inductor makes its own)"}

@@ -52,22 +52,35 @@ def supports(packed: torch.Tensor, quant_state) -> bool:
 
 def dequantize_nf4(packed: torch.Tensor, quant_state) -> torch.Tensor:
     """The (out, in) weight in quant_state.dtype, exactly as bitsandbytes.functional.dequantize_4bit gives it."""
-    out = torch.empty(quant_state.shape, dtype=quant_state.dtype, device=packed.device)
-    n_packed = packed.numel()
     nested = quant_state.nested
     state2 = quant_state.state2 if nested else None
     absmax = quant_state.absmax
+    rows, columns = quant_state.shape
+    return torch.ops.studio.dequantize_nf4(
+        packed, absmax, state2.code if nested else absmax, state2.absmax if nested else absmax,
+        _offset(quant_state) if nested else absmax, _table(quant_state, packed.device),
+        rows, columns, quant_state.dtype, quant_state.blocksize, state2.blocksize if nested else 1, nested)
+
+
+# One operator to torch.compile (studio.speed.compiled): it calls the kernel as it is, never traces into it.
+@torch.library.custom_op("studio::dequantize_nf4", mutates_args=())
+def _dequantize_op(packed: torch.Tensor, absmax: torch.Tensor, code2: torch.Tensor, absmax2: torch.Tensor,
+                   offset: torch.Tensor, table: torch.Tensor, rows: int, columns: int, dtype: torch.dtype,
+                   blocksize: int, nested_blocksize: int, nested: bool) -> torch.Tensor:
+    out = torch.empty((rows, columns), dtype=dtype, device=packed.device)
+    n_packed = packed.numel()
     grid = (triton.cdiv(n_packed, PACKED_PER_PROGRAM),)
     _dequantize_nf4[grid](
-        packed, absmax,
-        state2.code if nested else absmax, state2.absmax if nested else absmax,
-        _offset(quant_state) if nested else absmax,
-        _table(quant_state, packed.device), out, n_packed,
-        BLOCK=PACKED_PER_PROGRAM, QUANT_BLOCK=quant_state.blocksize,
-        NESTED_BLOCK=state2.blocksize if nested else 1, NESTED=nested,
+        packed, absmax, code2, absmax2, offset, table, out, n_packed,
+        BLOCK=PACKED_PER_PROGRAM, QUANT_BLOCK=blocksize, NESTED_BLOCK=nested_blocksize, NESTED=nested,
         enable_fp_fusion=False,  # bitsandbytes rounds the product before adding the offset
     )
     return out
+
+
+@_dequantize_op.register_fake
+def _(packed, absmax, code2, absmax2, offset, table, rows, columns, dtype, blocksize, nested_blocksize, nested):
+    return packed.new_empty((rows, columns), dtype=dtype)
 
 
 def _offset(quant_state) -> torch.Tensor:
