@@ -10,7 +10,8 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export STUDIO_HOME=/tmp/sh PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 SHAPE=${SHAPE:-llama-3.2-1b} METHOD=${METHOD:-lora} BATCH=${BATCH:-4}
-timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_speed_compiled.py tests/test_speed_fused.py -k "cuda or one_launch" \
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_speed_compiled.py tests/test_speed_fused.py tests/test_speed.py \
+  -k "cuda or one_launch" \
   2>&1 | tail -3
 B="python3 launch.py bench $SHAPE --method $METHOD --batch $BATCH --length 2048 --warmup 4 --steps 8 --no-reference"
 timeout 150 $B --out "$OUT/eager.json" 2>&1 | grep "| studio" | sed 's/^/eager    /'

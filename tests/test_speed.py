@@ -139,3 +139,44 @@ def test_embeddings_in_cpu_memory_get_their_ids_from_the_data_loader(tiny_llama,
     # Every lookup used the ids the loader handed over, none copied them back from the device.
     assert model.get_input_embeddings().lookups_without_waiting == 2
     assert trainer.state.log_history[-1]["train_loss"] > 0
+
+
+def test_8bit_optimizers_wait_for_the_gpu_between_updates_only_when_paged():
+    import bitsandbytes.optim.optimizer as optimizer
+
+    from studio.speed.patches import no_waits_between_8bit_updates
+
+    wait = optimizer.sync_gpu
+    with no_waits_between_8bit_updates(paged=False):
+        assert optimizer.sync_gpu is not wait
+    assert optimizer.sync_gpu is wait, "put back after training"
+    with no_waits_between_8bit_updates(paged=True):
+        assert optimizer.sync_gpu is wait
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_8bit_updates_without_the_waits_are_the_same_on_cuda(monkeypatch):
+    import bitsandbytes as bnb
+
+    from studio.speed.patches import no_waits_between_8bit_updates
+
+    waits = []
+    synchronize = torch.cuda.synchronize
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: waits.append(1) or synchronize(*args))
+
+    def three_steps(patched: bool) -> tuple[list[torch.Tensor], int]:
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(256, 4096, device="cuda")) for _ in range(8)]
+        adam = bnb.optim.AdamW(params, lr=1e-3, optim_bits=8)
+        waits.clear()
+        with no_waits_between_8bit_updates(paged=not patched):
+            for _ in range(3):
+                for p in params:
+                    p.grad = torch.randn_like(p)
+                adam.step()
+        return [p.detach().clone() for p in params], len(waits)
+
+    waited, count = three_steps(patched=False)
+    unwaited, none = three_steps(patched=True)
+    assert count == 3 * 8 and none == 0
+    assert all(torch.equal(a, b) for a, b in zip(waited, unwaited))

@@ -22,6 +22,7 @@ from studio.config import RunConfig
 from studio.data.building import LABELLED, PAIRS
 from studio.recipes import apply_overrides
 from studio.hardware import free_accelerator_memory, has_cuda, resolve_dtype
+from studio.speed.patches import training_patches
 from studio.train.methods import method_for
 from studio.train.training import load_for_training
 
@@ -112,7 +113,8 @@ def train_studio(cfg: RunConfig, model, tokenizer, rows: torch.Tensor, warmup: i
             timer = _StepTimer(result, profile_from=warmup if profile and has_cuda() else None)
             trainer = make_trainer(cfg, Path(scratch), model, tokenizer, dataset, callbacks=[timer],
                                    save_strategy="no", train_sampling_strategy="sequential")
-            trainer.train()
+            with training_patches(cfg):  # as launch.py train runs it
+                trainer.train()
         result.losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     except torch.OutOfMemoryError as exc:
         result.error = f"out of memory: {str(exc).splitlines()[0]}"

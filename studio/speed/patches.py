@@ -1,6 +1,6 @@
 """Patches of library internals and CUDA-only trainer options, each checked against the version it was made for.
 
-    with scoring_only_trained_positions():    # TRL's fused LM head scores labelled positions only, on CPU too
+    with training_patches(cfg):                # every patch below, as train and bench run the trainer
         trainer.train()
     cuda_speedups(cfg.train)                   # SFTConfig options: Liger's kernels, activation offload
 """
@@ -15,6 +15,35 @@ from studio.hardware import has_cuda
 
 # The private TRL function the fused-head patch replaces was read in this version.
 TRL_CHECKED = "1.16.0"
+
+
+@contextlib.contextmanager
+def training_patches(cfg):
+    """The patches the studio trains under: the LM head's scoring, the 8-bit optimizers' waits."""
+    with scoring_only_trained_positions(), no_waits_between_8bit_updates(paged="paged" in cfg.train.optimizer):
+        yield
+
+
+@contextlib.contextmanager
+def no_waits_between_8bit_updates(paged: bool):
+    """bitsandbytes' 8-bit optimizers wait for the whole GPU after updating each parameter: a wait paged
+    states need, the others not. Their updates are queued in order on one stream either way, so the
+    results are the same, without 224 waits a step (LoRA on a 1B model) that leave the GPU idle while
+    the CPU launches the next update."""
+    try:
+        import bitsandbytes.optim.optimizer as optimizer
+    except ImportError:
+        yield
+        return
+    wait = getattr(optimizer, "sync_gpu", None)
+    if paged or wait is None:
+        yield
+        return
+    optimizer.sync_gpu = lambda tensor: None
+    try:
+        yield
+    finally:
+        optimizer.sync_gpu = wait
 
 
 @contextlib.contextmanager

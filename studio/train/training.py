@@ -31,7 +31,7 @@ from studio.hardware import (MemoryProbe, cap_gpu_memory, free_accelerator_memor
 from studio.train.health import Divergence, TrainingHealth
 from studio.models import hf_folder, load_model
 from studio.speed.apply import prepare_for_training
-from studio.speed.patches import scoring_only_trained_positions
+from studio.speed.patches import training_patches
 from studio.train.methods import method_for
 from studio.recipes import replace_section
 from studio.runs import (disk_full_text, is_disk_full, load_run_config, lock_run, read_template, write_atomically,
@@ -114,7 +114,7 @@ def train_run(run_dir: Path, sink: Sink, stop: threading.Event, checkpoint: Path
         if is_main_process():
             check_disk_for_run(run_dir, cfg, model)
         trainer, progress, watch = _make_trainer(cfg, run_dir, model, tokenizer, built, sink, stop)
-        with scoring_only_trained_positions():
+        with training_patches(cfg):
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         return _finish(run_dir, cfg, trainer, tokenizer, template, watch, stop, sink)
     except BaseException as exc:
