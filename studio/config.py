@@ -187,7 +187,7 @@ class TrainConfig:
     )
     compile_layers: bool = _f(
         False, "Compile each decoder layer (torch.compile): fewer kernel launches a step, for a GPU the CPU holds "
-        "up. The first steps take longer (compiling; cached for later runs). Not with 8-bit weights, grpo or prefix."
+        "up. The first steps take longer (compiling; cached for later runs). Not with 8-bit weights, grpo, prefix, fsdp."
     )
     devices: str = _f(
         "auto", "Where to train. auto: every GPU CUDA sees, one process each (the CPU when there is none). GPU "

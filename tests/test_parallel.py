@@ -180,6 +180,9 @@ def test_where_a_run_trains():
     assert not plan(2, devices="cpu").in_process  # the CPU on a GPU machine: a child process that sees no GPU
     with pytest.raises(ConfigError, match="adamw_8bit cannot step sharded"):
         plan(2, fits=False, optimizer="adamw_8bit")
+    with pytest.raises(ConfigError, match="train.compile_layers is not used with sharding"):
+        plan(2, fits=False, compile_layers=True)
+    assert plan(2, compile_layers=True).engine == "ddp"
     with pytest.raises(ConfigError, match="names GPU 2, but CUDA sees 2 GPUs \\(0, 1\\)"):
         plan(2, devices="0,2")
     with pytest.raises(ConfigError, match="names GPU 0, but CUDA sees no GPU"):
