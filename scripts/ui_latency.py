@@ -1,14 +1,19 @@
 """Measure the studio UI: delay from a training step to its numbers on screen, and the cost of the open page.
 
 Trains the same run twice: once headless, once started from the Train tab with
-the page open in headless Chromium (which polls once a second). Reports the
-median seconds per step of both, and for every step the delay between the
+the page open in headless Chromium (which polls while training runs). Reports
+the median seconds per step of both, and for every step the delay between the
 trainer's log event and the moment the page shows that step.
 
-Run as:  python scripts/ui_latency.py [MODEL] [STEPS]     (default: builtin:gemma-3-270m 20)
+With --client, a gradio client polls the Train tab's endpoint as the page's timer
+does, instead of a browser: the studio's own cost of an open page, for machines
+without Chromium (a GPU machine with the browser elsewhere).
+
+Run as:  python scripts/ui_latency.py [--client] [MODEL] [STEPS]     (default: builtin:gemma-3-270m 20)
 """
 
 import json
+import re
 import shutil
 import socket
 import statistics
@@ -88,6 +93,53 @@ def with_page(model: str, steps: int, runs: Path) -> tuple[Path, list[float]]:
     return run_dir, [seen[s] - logged[s] for s in sorted(seen) if s in logged], browser_cpu
 
 
+def with_client(model: str, steps: int, runs: Path) -> tuple[Path, list[float], float]:
+    import multiprocessing
+
+    from studio.events import read_events
+    from studio.services import Studio
+    from studio.ui.app import serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    studio = Studio(runs_dir=runs)
+    app = serve(studio, port=port, block=False)
+    # The client polls from a process of its own, as a browser would: its work stays out of the studio's.
+    context = multiprocessing.get_context("spawn")
+    stop, answers = context.Event(), context.Queue()
+    poller = context.Process(target=_poll, args=(f"http://127.0.0.1:{port}/", stop, answers))
+    poller.start()
+    run_dir = studio.start_training(config(model, steps))
+    while studio.jobs.busy:
+        time.sleep(0.5)
+    poller_cpu = _cpu_seconds([psutil.Process(poller.pid)])
+    stop.set()
+    seen = answers.get(timeout=60)
+    poller.join(timeout=30)
+    app.close()
+    logged = {e.step: e.time for e in read_events(run_dir / "events.jsonl") if e.kind == "log"}
+    return run_dir, [seen[s] - logged[s] for s in sorted(seen) if s in logged], poller_cpu
+
+
+POLL_WHILE_TRAINING_S = 0.5  # the Train tab's timer while a job runs (studio.ui.train_tab: fast_s)
+
+
+def _poll(url: str, stop, answers) -> None:
+    """The Train tab's polling, from another process: when each step first shows in its status line."""
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    seen: dict[int, float] = {}
+    while not stop.is_set():
+        status = client.predict(api_name="/training_snapshot")[0]
+        found = re.search(r" · step (\d+)/", status) if isinstance(status, str) else None
+        if found and int(found[1]) not in seen:
+            seen[int(found[1])] = time.time()
+        time.sleep(POLL_WHILE_TRAINING_S)
+    answers.put(seen)
+
+
 def _cpu_seconds(processes) -> float:
     total = 0.0
     for p in processes:
@@ -100,22 +152,27 @@ def _cpu_seconds(processes) -> float:
 
 
 def main() -> None:
-    model = sys.argv[1] if len(sys.argv) > 1 else "builtin:gemma-3-270m"
-    steps = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+    import torch
+
+    client = "--client" in sys.argv
+    args = [a for a in sys.argv[1:] if a != "--client"]
+    model = args[0] if args else "builtin:gemma-3-270m"
+    steps = int(args[1]) if len(args) > 1 else 20
     runs = Path("/tmp/ui_latency_runs")
     shutil.rmtree(runs, ignore_errors=True)
     headless_run = headless(model, steps, runs)
-    page_run, delays, browser_cpu = with_page(model, steps, runs)
+    page_run, delays, browser_cpu = (with_client if client else with_page)(model, steps, runs)
     result = {
-        "model": model, "steps": steps,
+        "model": model, "steps": steps, "page": "gradio client" if client else "headless Chromium",
         "headless_s_per_step": round(seconds_per_step(headless_run), 3),
         "page_open_s_per_step": round(seconds_per_step(page_run), 3),
         "delay_median_s": round(statistics.median(delays), 3), "delay_max_s": round(max(delays), 3),
         "steps_seen_on_screen": len(delays),
-        "browser_cpu_s_per_step": round(browser_cpu / steps, 3),
+        "page_cpu_s_per_step": round(browser_cpu / steps, 3),  # the browser's, or the polling client's
     }
     result["slowdown_percent"] = round(100 * (result["page_open_s_per_step"] / result["headless_s_per_step"] - 1), 1)
-    out = ROOT / "results" / "ui_latency-cpu.json"
+    device = torch.cuda.get_device_name(0).replace(" ", "-") if torch.cuda.is_available() else "cpu"
+    out = ROOT / "results" / f"ui_latency-{device}{'-client' if client else ''}.json"
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
