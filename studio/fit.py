@@ -230,6 +230,12 @@ def shape_of(name_or_path: str) -> Shape | None:
     )
 
 
+def capped_gib(available_gib: float, cfg: RunConfig) -> float:
+    """What one GPU offers a run under train.gpu_memory_cap (0: no cap)."""
+    cap = cfg.train.gpu_memory_cap
+    return min(available_gib, cap) if cap else available_gib
+
+
 def sharded(est: FitEstimate, shards: int) -> FitEstimate:
     """One card's share when FSDP splits the weights, gradients and optimizer states over `shards` cards.
 

@@ -38,9 +38,20 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def process_rank() -> int:
+    """This process's number among all the training processes (0 when training alone)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def is_main_process() -> bool:
     """The process that writes the run's files (rank 0; the only one when training alone)."""
-    return int(os.environ.get("RANK", "0")) == 0
+    return process_rank() == 0
+
+
+def visible_gpus(env: dict | None = None) -> list[str]:
+    """The GPUs CUDA_VISIBLE_DEVICES lists (in `env`, else this process's), in CUDA's order; [] when unset."""
+    value = (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES", "")
+    return [d.strip() for d in value.split(",") if d.strip()]
 
 
 def sharded_training() -> bool:
@@ -118,7 +129,7 @@ class MemoryProbe:
 
 def _physical_index(cuda_index: int) -> int:
     """NVML counts every GPU of the machine; CUDA only those CUDA_VISIBLE_DEVICES lists."""
-    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    visible = visible_gpus()
     if cuda_index < len(visible) and visible[cuda_index].isdigit():
         return int(visible[cuda_index])
     return cuda_index

@@ -27,8 +27,12 @@ def checkpoint_step(path: Path) -> int:
 
 def sharded_checkpoint(path: Path) -> bool:
     """Written by FSDP training: only FSDP training can resume it (and FSDP cannot resume any other)."""
-    return (path / "optimizer.bin").is_file() or (path / "pytorch_model_fsdp.bin").is_file() \
-        or any(path.glob("optimizer_*/"))
+    return _fsdp_optimizer_state(path) or (path / "pytorch_model_fsdp.bin").is_file()
+
+
+def _fsdp_optimizer_state(path: Path) -> bool:
+    """FSDP's optimizer state: optimizer.bin (whole) or an optimizer_0/ folder (sharded)."""
+    return (path / "optimizer.bin").is_file() or any(path.glob("optimizer_*/"))
 
 
 def checkpoint_problem(path: Path) -> str | None:
@@ -40,8 +44,7 @@ def checkpoint_problem(path: Path) -> str | None:
         json.loads(state.read_text(encoding="utf-8"))["global_step"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         return f"trainer_state.json is damaged ({type(exc).__name__}: {exc})"
-    # optimizer.pt, or under FSDP optimizer.bin (whole) or an optimizer_0/ folder (sharded)
-    if not ((path / "optimizer.pt").is_file() or (path / "optimizer.bin").is_file() or any(path.glob("optimizer_*/"))):
+    if not ((path / "optimizer.pt").is_file() or _fsdp_optimizer_state(path)):
         return "optimizer.pt is missing (the checkpoint was not finished)"
     if not any((path / name).is_file() for name in WEIGHT_FILES):
         return "it holds no weights (no *.safetensors)"

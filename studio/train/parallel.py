@@ -30,6 +30,7 @@ from pathlib import Path
 
 from studio.errors import ConfigError, StudioError, TrainingError
 from studio.events import Event, Sink
+from studio.hardware import visible_gpus
 from studio.train.placement import Placement
 
 STOP_FILE = "stop"  # in <run>/ranks/: asks every rank to stop after its current step
@@ -83,7 +84,7 @@ def rank_environment(placement: Placement, base: dict | None = None) -> dict:
     """The environment of the run's processes: their GPUs, the engine, and CPU threads shared out."""
     env = dict(os.environ if base is None else base)
     # The indices count the GPUs this process sees: through its own CUDA_VISIBLE_DEVICES, if it was given one.
-    seen = [d.strip() for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    seen = visible_gpus(env)
     env["CUDA_VISIBLE_DEVICES"] = ",".join(seen[i] if i < len(seen) else str(i) for i in placement.gpus)  # "": CPU
     env["STUDIO_PARALLEL"] = placement.engine
     # The processes import the studio from where this one did, whatever folder the studio was started in.

@@ -145,11 +145,11 @@ def _fits_one_card(cfg: RunConfig, gpus: tuple[int, ...]) -> bool:
     """The fit estimate's verdict for the smallest chosen card (unknown shapes are taken to fit: DDP is faster)."""
     import torch
 
-    from studio.fit import check_fit
+    from studio.fit import capped_gib, check_fit
     from studio.hardware import GIB
 
     smallest = min(torch.cuda.get_device_properties(i).total_memory for i in gpus) / GIB
-    est, _ = check_fit(cfg, min(smallest, cfg.train.gpu_memory_cap or smallest), on_gpu=True)
+    est, _ = check_fit(cfg, capped_gib(smallest, cfg), on_gpu=True)
     return est is None or est.verdict != "does not fit"
 
 

@@ -10,7 +10,6 @@ its events to `<run>/ranks/rank-K.jsonl`; rank 0 alone writes the run's files.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import threading
 import traceback
@@ -85,12 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from studio.events import JsonlSink
-    from studio.hardware import local_rank
+    from studio.hardware import local_rank, process_rank
     from studio.train.training import train_run
 
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())  # before anything asks for "the" GPU
-    rank = int(os.environ.get("RANK", "0"))
+    rank = process_rank()
     folder = ranks_folder(args.run_dir)
     folder.mkdir(exist_ok=True)
     sink = JsonlSink(folder / f"rank-{rank}.jsonl")

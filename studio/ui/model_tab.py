@@ -8,7 +8,7 @@ import gradio as gr
 
 from studio.catalog import CATALOG
 from studio.errors import StudioError
-from studio.fit import check_fit
+from studio.fit import capped_gib, check_fit
 from studio.model_info import describe_model
 from studio.config import RunConfig
 from studio.ui.controls import control, more_settings
@@ -66,8 +66,7 @@ def wire(studio, form: dict, tab: ModelTab) -> None:
         except StudioError as exc:
             return f"⚠️ {exc}"
         shards = placement.processes if placement.engine == "fsdp" else 1
-        available = min(hw["available_gib"], cfg.train.gpu_memory_cap or hw["available_gib"]) if hw["gpu"] \
-            else hw["available_gib"]
+        available = capped_gib(hw["available_gib"], cfg) if hw["gpu"] else hw["available_gib"]
         est, sentence = check_fit(cfg, available, hw["gpu"], shards)
         icon = {"fits": "✅", "tight": "🟡", "does not fit": "⛔"}.get(est.verdict if est else "", "❔")
         where = (f"**Each of {placement.processes} {'GPUs' if placement.gpus else 'processes'}** "
