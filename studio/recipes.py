@@ -261,22 +261,29 @@ def _check_method_rules(cfg: RunConfig, source: str) -> RunConfig:
                           "side by side. Set train.packing=false.")
     if cfg.train.method == "grpo":
         _check_grpo(cfg, source)
-    if cfg.train.compile_layers:
+    if cfg.train.compile_layers is True:
         _check_compile(cfg, source)
     return cfg
 
 
+_CANNOT_COMPILE = {"8bit": "8-bit weights are not compiled yet",
+                   "grpo": "grpo generates between its steps, a new shape at every token",
+                   "prefix": "prefix tuning hands each layer learned keys and values through the model's cache",
+                   "liger": "Liger's kernels keep torch.compile out of the layers (inductor makes its own)"}
+
+
+def settings_that_cannot_compile(cfg: RunConfig) -> list[tuple[str, str, str]]:
+    """(setting, value, why) for each of the run's settings that compiled decoder layers cannot run with."""
+    return [(setting, value, _CANNOT_COMPILE[value])
+            for setting, value in (("model.load_in", cfg.model.load_in), ("train.method", cfg.train.method),
+                                   ("train.kernels", cfg.train.kernels)) if value in _CANNOT_COMPILE]
+
+
 def _check_compile(cfg: RunConfig, source: str) -> None:
     """What compiled decoder layers cannot run with (studio.speed.compiled)."""
-    why = {"8bit": "8-bit weights are not compiled yet",
-           "grpo": "grpo generates between its steps, a new shape at every token",
-           "prefix": "prefix tuning hands each layer learned keys and values through the model's cache",
-           "liger": "Liger's kernels keep torch.compile out of the layers (inductor makes its own)"}
-    for setting, value in (("model.load_in", cfg.model.load_in), ("train.method", cfg.train.method),
-                           ("train.kernels", cfg.train.kernels)):
-        if value in why:
-            raise ConfigError(f"{source}: train.compile_layers cannot be used with {setting}={value}: {why[value]}. "
-                              f"Set train.compile_layers=false, or change {setting}.")
+    for setting, value, why in settings_that_cannot_compile(cfg):
+        raise ConfigError(f"{source}: train.compile_layers cannot be used with {setting}={value}: {why}. "
+                          f"Set train.compile_layers=false, or change {setting}.")
 
 
 def _check_grpo(cfg: RunConfig, source: str) -> None:

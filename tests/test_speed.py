@@ -180,3 +180,37 @@ def test_8bit_updates_without_the_waits_are_the_same_on_cuda(monkeypatch):
     unwaited, none = three_steps(patched=True)
     assert count == 3 * 8 and none == 0
     assert all(torch.equal(a, b) for a, b in zip(waited, unwaited))
+
+
+def test_profile_names_what_the_host_spends_a_step_on():
+    from studio.bench.paths import kernel_time_by_kind
+
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        for _ in range(4):  # two "steps" of two products each
+            a @ b
+    profile = kernel_time_by_kind(profiler, steps=2)
+    assert profile["gpu_ms_per_step"] == 0 and profile["host_ms_per_step"] > 0
+    products = next(op for op in profile["top_host_ops"] if op["name"] in ("aten::mm", "aten::matmul"))
+    assert products["calls_per_step"] == 2
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_activation_offload_keeps_the_memory_cache_when_every_4bit_layer_is_fused(tiny_llama, fused):
+    from types import SimpleNamespace
+
+    from studio.recipes import from_dict
+    from studio.speed.patches import offload_keeping_the_memory_cache
+    from studio.train.training import load_for_training
+
+    cfg = from_dict({"model": {"name_or_path": str(tiny_llama), "load_in": "4bit"}, "lora": {"dropout": 0.0},
+                     "train": {"fused_lora": fused}})
+    model, _ = load_for_training(cfg)
+    emptied = []
+    # TRL's offload context needs a GPU to exist; what the patch touches is its device module.
+    device = SimpleNamespace(empty_cache=lambda: emptied.append(True), current_stream=lambda: "the stream")
+    context = SimpleNamespace(device_module=device)
+    assert offload_keeping_the_memory_cache(SimpleNamespace(model=model, maybe_activation_offload_context=context)) is fused
+    context.device_module.empty_cache()
+    assert emptied == ([] if fused else [True])  # PEFT's own 4-bit layers need the emptying
+    assert context.device_module.current_stream() == "the stream"

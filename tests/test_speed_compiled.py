@@ -96,14 +96,58 @@ def test_compiled_layers_refuse_what_they_cannot_run(tiny_llama, setting, expect
 
 
 def test_compiled_layers_turn_liger_off_under_auto(monkeypatch):
+    import studio.speed.compiled as compiled
     import studio.speed.patches as patches
     from studio.recipes import from_dict
 
     # The choice of trainer options as on a CUDA machine with Liger installed.
     monkeypatch.setattr(patches, "has_cuda", lambda: True)
+    monkeypatch.setattr(compiled, "has_cuda", lambda: True)
     monkeypatch.setattr(patches, "liger_available", lambda: True)
-    assert patches.cuda_speedups(from_dict({}).train)["use_liger_kernel"]
-    assert "use_liger_kernel" not in patches.cuda_speedups(from_dict({"train": {"compile_layers": True}}).train)
+    monkeypatch.setattr(compiled, "what_compiling_lacks", lambda: None)
+    assert patches.cuda_speedups(from_dict({"train": {"compile_layers": False}}))["use_liger_kernel"]
+    assert "use_liger_kernel" not in patches.cuda_speedups(from_dict({"train": {"compile_layers": True}}))
+    assert "use_liger_kernel" not in patches.cuda_speedups(from_dict({}))  # auto compiles here
+    assert patches.cuda_speedups(from_dict({"model": {"load_in": "8bit"}}))["use_liger_kernel"]
+
+
+def test_auto_compiles_with_cuda_where_compiling_can_run(monkeypatch):
+    import studio.speed.compiled as compiled
+    from studio.recipes import from_dict
+
+    notes = []
+    auto = from_dict({})
+    assert auto.train.compile_layers == "auto"
+    monkeypatch.setattr(compiled, "has_cuda", lambda: False)
+    assert not compiled.compiles_layers(auto, notes.append)  # the CPU: nothing to gain
+    monkeypatch.setattr(compiled, "has_cuda", lambda: True)
+    monkeypatch.setattr(compiled, "what_compiling_lacks", lambda: None)
+    assert compiled.compiles_layers(auto, notes.append)
+    for cannot in ({"model": {"load_in": "8bit"}}, {"train": {"kernels": "liger"}}, {"train": {"compile_layers": False}}):
+        assert not compiled.compiles_layers(from_dict(cannot), notes.append), cannot
+    with monkeypatch.context() as sharded:
+        sharded.setenv("WORLD_SIZE", "2")
+        sharded.setenv("STUDIO_PARALLEL", "fsdp")
+        assert not compiled.compiles_layers(auto, notes.append)
+    assert notes == []
+    monkeypatch.setattr(compiled, "what_compiling_lacks", lambda: "no C compiler found (install gcc)")
+    assert not compiled.compiles_layers(auto, notes.append)
+    assert notes == ["Compiled decoder layers off: no C compiler found (install gcc). Training runs uncompiled "
+                     "(~15% slower on a GPU)."]
+
+
+def test_what_compiling_lacks_names_a_missing_c_compiler(monkeypatch):
+    import importlib.util
+
+    import studio.speed.compiled as compiled
+
+    monkeypatch.setattr(compiled.sys, "platform", "linux")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())  # Triton there
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr(compiled.shutil, "which", lambda name: None)
+    assert "no C compiler found" in compiled.what_compiling_lacks()
+    monkeypatch.setenv("CC", "/usr/bin/gcc")
+    assert compiled.what_compiling_lacks() is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -122,14 +166,18 @@ def test_compiled_layers_match_eager_ones_on_cuda_in_bf16(load_in, tiny_llama):
         model.enable_input_require_grads()
         model.train()
         ids = torch.randint(3, 100, (2, 256), generator=torch.Generator().manual_seed(0)).to(model.device)
+        before = torch.cuda.memory_allocated()
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        kept = torch.cuda.memory_allocated() - before
         loss.backward()
-        return loss.item(), torch.cat([p.grad.float().flatten() for p in model.parameters() if p.grad is not None])
+        gradients = torch.cat([p.grad.float().flatten() for p in model.parameters() if p.grad is not None])
+        return loss.item(), gradients, kept
 
-    loss, gradients = loss_and_gradients(False)
+    loss, gradients, kept = loss_and_gradients(False)
     dynamo.counters.clear()
-    compiled_loss, compiled_gradients = loss_and_gradients(True)
+    compiled_loss, compiled_gradients, compiled_kept = loss_and_gradients(True)
     assert dynamo.counters["aot_autograd"]["ok"] >= 1 and not dynamo.counters["graph_break"]
+    assert compiled_kept <= kept * 1.1, f"compiled layers keep {compiled_kept} bytes for backward, eager ones {kept}"
     assert compiled_loss == pytest.approx(loss, rel=1e-2)
     assert ((compiled_gradients - gradients).norm() / gradients.norm()).item() < 2e-2

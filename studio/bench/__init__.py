@@ -162,6 +162,10 @@ def describe(report: dict) -> str:
             lines.append(f"\nGPU time per step on the {result['path']} path "
                          f"({profile['gpu_ms_per_step']:.0f} ms busy of {result['median_step_s'] * 1000:.0f} ms): "
                          + ", ".join(f"{kind} {ms:.0f} ms" for kind, ms in profile["by_kind_ms_per_step"].items()) + ".")
+            if profile.get("top_host_ops"):
+                lines.append(f"Host (CPU) time of its operations, {profile['host_ms_per_step']:.0f} ms a step; the costliest: "
+                             + ", ".join(f"{op['name']} {op['self_ms_per_step']:.1f} ms ({op['calls_per_step']:.0f} calls)"
+                                         for op in profile["top_host_ops"][:8]) + ".")
     return "\n".join(lines)
 
 

@@ -208,7 +208,8 @@ class _StepTimer(TrainerCallback):
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.profile_from is not None and state.global_step == self.profile_from and self.profiler is None:
-            self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+            self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA,
+                                                               torch.profiler.ProfilerActivity.CPU])
             self.profiler.__enter__()
         _sync()
         self.started = time.perf_counter()
@@ -249,7 +250,15 @@ def kernel_time_by_kind(profiler, steps: int) -> dict:
         kind = next((k for k, fragments in KERNEL_KINDS if any(f in name for f in fragments)), TRITON_KIND)
         by_kind[kind] = by_kind.get(kind, 0.0) + self_ms(event)
     top = sorted(kernels, key=self_ms, reverse=True)[:10]
+    # Where the Python launching them spends its time: the host's own share of a step that waits for it.
+    host = [e for e in profiler.key_averages() if getattr(e, "device_type", None) == torch.autograd.DeviceType.CPU]
+    def host_ms(event) -> float:
+        return event.self_cpu_time_total / 1000 / max(steps, 1)
+
     return {
+        "host_ms_per_step": sum(host_ms(e) for e in host),
+        "top_host_ops": [{"name": e.key[:120], "self_ms_per_step": host_ms(e), "calls_per_step": e.count / max(steps, 1)}
+                         for e in sorted(host, key=host_ms, reverse=True)[:15]],
         "gpu_ms_per_step": sum(by_kind.values()),
         "by_kind_ms_per_step": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
         "top_kernels": [{"name": e.key[:120], "ms_per_step": self_ms(e), "calls_per_step": e.count / max(steps, 1)}

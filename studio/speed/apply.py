@@ -10,7 +10,7 @@ import torch
 
 from studio.config import PROMPT_METHODS, RunConfig
 from studio.models import attach_lora, attach_prompt_encoder
-from studio.speed.compiled import compile_decoder_layers
+from studio.speed.compiled import compile_decoder_layers, compiles_layers
 from studio.speed.embeddings import keep_input_embeddings_on_cpu
 from studio.speed.fused import setup_fused_lora
 from studio.speed.long_rows import slice_feed_forward
@@ -31,6 +31,6 @@ def prepare_for_training(model, cfg: RunConfig, note=lambda text: None):
         model = attach_lora(model, cfg.lora)
         setup_fused_lora(model, cfg, note)
     slice_feed_forward(model, cfg.train.feed_forward_slice)
-    if cfg.train.compile_layers:
-        compile_decoder_layers(model, note)
+    if compiles_layers(cfg, note):
+        compile_decoder_layers(model, note, fall_back=cfg.train.compile_layers == "auto")
     return model

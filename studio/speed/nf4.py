@@ -6,24 +6,17 @@ bit for bit bitsandbytes' result); anything else goes through bitsandbytes.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
-
-@functools.cache
-def _triton_kernel():
-    """studio.speed.nf4_triton, or None where Triton is missing (CPU-only installs)."""
-    try:
-        from studio.speed import nf4_triton
-    except ImportError:
-        return None
-    return nf4_triton
+try:  # imported here, not at the first product: compiled layers trace the products (studio.speed.compiled)
+    from studio.speed import nf4_triton as _NF4_TRITON
+except ImportError:  # no Triton (CPU-only installs): bitsandbytes unpacks
+    _NF4_TRITON = None
 
 
 def _one_launch(packed: torch.Tensor, quant_state):
     """studio.speed.nf4_triton where it unpacks this weight, else None."""
-    kernel = _triton_kernel() if packed.is_cuda else None
+    kernel = _NF4_TRITON if packed.is_cuda else None
     return kernel if kernel is not None and kernel.supports(packed, quant_state) else None
 
 

@@ -2,7 +2,8 @@
 
     with training_patches(cfg):                # every patch below, as train and bench run the trainer
         trainer.train()
-    cuda_speedups(cfg.train)                   # SFTConfig options: Liger's kernels, activation offload
+    cuda_speedups(cfg)                         # SFTConfig options: Liger's kernels, activation offload
+    offload_keeping_the_memory_cache(trainer)  # activation offload without emptying the GPU memory cache each step
 """
 
 from __future__ import annotations
@@ -73,27 +74,70 @@ def scoring_only_trained_positions():
         trl_utils._use_triton = decide
 
 
-def cuda_speedups(t) -> dict:
+def cuda_speedups(cfg) -> dict:
     """SFTConfig options that only exist on CUDA: Liger's fused kernels and activation offload.
 
     TRL already scores the loss through its own fused LM head (no full logits
     tensor), so Liger's cross-entropy stays off and only its RMSNorm, RoPE and
     SwiGLU kernels are used.
     """
+    from studio.speed.compiled import compiles_layers
+
     if not has_cuda():
         return {}
-    options = {}
+    t, options = cfg.train, {}
     if t.kernels == "liger" and not liger_available():
         raise ConfigError("train.kernels is liger, but Liger Kernel is not installed: "
                           "pip install -r requirements-cuda.txt, or set train.kernels=auto.")
     # Liger's kernels keep torch.compile out of a layer: compiled layers get inductor's own (recipes refuse liger).
-    if t.kernels == "liger" or (t.kernels == "auto" and liger_available() and not t.compile_layers):
+    if t.kernels == "liger" or (t.kernels == "auto" and liger_available() and not compiles_layers(cfg)):
         options["use_liger_kernel"] = True
         options["liger_kernel_config"] = {"rms_norm": True, "rope": True, "swiglu": True,
                                           "cross_entropy": False, "fused_linear_cross_entropy": False}
     if t.offload_activations:
         options["activation_offloading"] = True
     return options
+
+
+def offload_keeping_the_memory_cache(trainer) -> bool:
+    """Stop TRL's activation offload from emptying PyTorch's GPU memory cache before every step.
+
+    TRL empties it whenever bitsandbytes is loaded: PEFT's 4-bit layers leave their dequantized
+    weights in cached blocks that would otherwise pile up. Emptied, every step gives its memory
+    back to the driver and asks for it again, each time waiting for the GPU (offload cost 13-17%
+    of the speed, results/compile-h100.md). The studio's fused LoRA layers dequantize without those
+    buffers, so the cache is kept when every 4-bit layer is fused. Returns whether it was changed.
+    """
+    import trl
+
+    context = getattr(trainer, "maybe_activation_offload_context", None)
+    if trl.__version__ != TRL_CHECKED or not hasattr(context, "device_module"):
+        return False
+    if any(_unfused_4bit(module) for module in trainer.model.modules()):
+        return False
+    context.device_module = _KeepingTheCache(context.device_module)
+    return True
+
+
+class _KeepingTheCache:
+    """A torch device module (torch.cuda) whose empty_cache does nothing."""
+
+    def __init__(self, module) -> None:
+        self._module = module
+
+    def __getattr__(self, name: str):
+        return getattr(self._module, name)
+
+    def empty_cache(self) -> None:
+        pass
+
+
+def _unfused_4bit(module) -> bool:
+    """A LoRA layer over a bitsandbytes 4-bit weight that runs PEFT's forward."""
+    from studio.speed.fused import FusedLoraForward
+
+    base = getattr(module, "base_layer", None)
+    return type(base).__name__ == "Linear4bit" and not isinstance(module, FusedLoraForward)
 
 
 def liger_available() -> bool:

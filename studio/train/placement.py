@@ -93,7 +93,7 @@ def _refuse_what_cannot_be_shared(cfg: RunConfig, processes: int, engine: str) -
     if cfg.train.method == "galore":
         raise ConfigError("train.method=galore projects whole weight matrices, which sharding (FSDP) splits: use "
                           "train.parallel=ddp.")
-    if cfg.train.compile_layers:
+    if cfg.train.compile_layers is True:
         raise ConfigError("train.compile_layers is not used with sharding (FSDP), which gathers each layer's "
                           "weights around its call: set train.compile_layers=false, or train.parallel=ddp.")
     if cfg.train.optimizer in ("adamw_8bit", "paged_adamw_8bit"):

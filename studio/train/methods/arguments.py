@@ -10,7 +10,7 @@ from transformers import PrinterCallback
 from studio.config import RunConfig, optimizer_for
 from studio.errors import TrainingError
 from studio.hardware import has_cuda, resolve_dtype, sharded_training, world_size
-from studio.speed.patches import cuda_speedups
+from studio.speed.patches import cuda_speedups, offload_keeping_the_memory_cache
 
 
 def shared_options(cfg: RunConfig, output_dir: Path, has_eval: bool) -> dict:
@@ -51,7 +51,7 @@ def shared_options(cfg: RunConfig, output_dir: Path, has_eval: bool) -> dict:
         # The trainer's own count waits for the GPU after every batch; callbacks.TrainedTokens counts.
         include_num_input_tokens_seen="no",
         dataloader_num_workers=0,
-        **cuda_speedups(t),
+        **cuda_speedups(cfg),
         **parallel_options(cfg),
     )
 
@@ -103,6 +103,8 @@ def check_trl_method(trainer_class, method: str) -> None:
 
 
 def finish_trainer(trainer):
-    """What every trainer needs once built: progress goes through the studio's callbacks, not printed."""
+    """What every trainer needs once built: progress goes through the studio's callbacks, not printed;
+    activation offload keeps the GPU memory cache between steps."""
     trainer.remove_callback(PrinterCallback)
+    offload_keeping_the_memory_cache(trainer)
     return trainer
