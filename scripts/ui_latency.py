@@ -9,10 +9,13 @@ With --client, a gradio client polls the Train tab's endpoint as the page's time
 does, instead of a browser: the studio's own cost of an open page, for machines
 without Chromium (a GPU machine with the browser elsewhere).
 
-Run as:  python scripts/ui_latency.py [--client] [MODEL] [STEPS]     (default: builtin:gemma-3-270m 20)
+Run as:  python scripts/ui_latency.py [--client] [MODEL] [STEPS] [KEY=VALUE ...]
+         (default: builtin:gemma-3-270m 20; KEY=VALUE: config overrides for both runs, e.g. train.batch_size=4)
+The result goes to results/ui_latency-DEVICE[-client].json, or to $OUT when that is set (a GPU machine).
 """
 
 import json
+import os
 import re
 import shutil
 import socket
@@ -30,12 +33,15 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
 
+OVERRIDES: list[str] = []  # KEY=VALUE from the command line
+
+
 def config(model: str, steps: int):
     from studio.recipes import load_recipe
 
     return load_recipe(ROOT / "recipes" / "quickstart.yaml",
                        [f"model.name_or_path={model}", f"train.max_steps={steps}", "train.save_steps=1000",
-                        "name=latency"])
+                        "name=latency", *OVERRIDES])
 
 
 def seconds_per_step(run_dir: Path) -> float:
@@ -155,7 +161,8 @@ def main() -> None:
     import torch
 
     client = "--client" in sys.argv
-    args = [a for a in sys.argv[1:] if a != "--client"]
+    args = [a for a in sys.argv[1:] if a != "--client" and "=" not in a]
+    OVERRIDES.extend(a for a in sys.argv[1:] if "=" in a)
     model = args[0] if args else "builtin:gemma-3-270m"
     steps = int(args[1]) if len(args) > 1 else 20
     runs = Path("/tmp/ui_latency_runs")
@@ -163,7 +170,8 @@ def main() -> None:
     headless_run = headless(model, steps, runs)
     page_run, delays, browser_cpu = (with_client if client else with_page)(model, steps, runs)
     result = {
-        "model": model, "steps": steps, "page": "gradio client" if client else "headless Chromium",
+        "model": model, "steps": steps, "overrides": OVERRIDES,
+        "page": "gradio client" if client else "headless Chromium",
         "headless_s_per_step": round(seconds_per_step(headless_run), 3),
         "page_open_s_per_step": round(seconds_per_step(page_run), 3),
         "delay_median_s": round(statistics.median(delays), 3), "delay_max_s": round(max(delays), 3),
@@ -172,7 +180,7 @@ def main() -> None:
     }
     result["slowdown_percent"] = round(100 * (result["page_open_s_per_step"] / result["headless_s_per_step"] - 1), 1)
     device = torch.cuda.get_device_name(0).replace(" ", "-") if torch.cuda.is_available() else "cpu"
-    out = ROOT / "results" / f"ui_latency-{device}{'-client' if client else ''}.json"
+    out = Path(os.environ.get("OUT") or ROOT / "results") / f"ui_latency-{device}{'-client' if client else ''}.json"
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
