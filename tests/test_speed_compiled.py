@@ -130,6 +130,11 @@ def test_auto_compiles_with_cuda_where_compiling_can_run(monkeypatch):
         sharded.setenv("STUDIO_PARALLEL", "fsdp")
         assert not compiled.compiles_layers(auto, notes.append)
     assert notes == []
+    long_rows = from_dict({"train": {"max_length": 16384, "feed_forward_slice": 8192}})
+    assert not compiled.compiles_layers(long_rows, notes.append)
+    assert notes.pop() == ("Compiled decoder layers off: rows up to 16384 tokens run their feed-forward blocks in "
+                           "slices of 8192 (train.feed_forward_slice), which are not compiled.")
+    assert compiled.compiles_layers(from_dict({"train": {"max_length": 16384, "feed_forward_slice": 0}}))
     monkeypatch.setattr(compiled, "what_compiling_lacks", lambda: "no C compiler found (install gcc)")
     assert not compiled.compiles_layers(auto, notes.append)
     assert notes == ["Compiled decoder layers off: no C compiler found (install gcc). Training runs uncompiled "

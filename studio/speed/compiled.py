@@ -51,6 +51,13 @@ def compiles_layers(cfg: RunConfig, note=lambda text: None) -> bool:
         return setting  # true: recipes and placement have refused what cannot compile
     if not has_cuda() or settings_that_cannot_compile(cfg) or sharded_training():
         return False
+    t = cfg.train
+    if 0 < t.feed_forward_slice < t.max_length:
+        # A sliced block checkpoints each slice inside the layer, where torch.compile would trace the
+        # checkpoint itself: what kept every activation of a whole layer (the module docstring).
+        note(f"Compiled decoder layers off: rows up to {t.max_length} tokens run their feed-forward blocks in "
+             f"slices of {t.feed_forward_slice} (train.feed_forward_slice), which are not compiled.")
+        return False
     missing = what_compiling_lacks()
     if missing:
         note(f"Compiled decoder layers off: {missing}. Training runs uncompiled (~15% slower on a GPU).")
