@@ -164,3 +164,17 @@ def test_trained_tokens_count_what_training_sees_and_nothing_else(tiny_llama):
     model.train()
     model(ids)
     assert tokens.take() == 0, "closed: the hook is off the model"
+
+
+def test_time_left_is_reckoned_at_the_pace_after_the_first_log():
+    import threading
+
+    from studio.train.callbacks import ProgressCallback
+
+    progress = ProgressCallback(sink=lambda event: None, stop=threading.Event(), probe=None, tokens=None)
+    progress.started_at, progress.first_step = 100.0, 0
+    # The first step compiled layers for 14 s; the ones after take 0.3 s each.
+    assert progress._seconds_left(1, 11, now=114.0) == pytest.approx(140.0)  # all there is to go by yet
+    assert progress._seconds_left(2, 11, now=114.3) == pytest.approx(2.7)
+    assert progress._seconds_left(6, 11, now=115.5) == pytest.approx(1.5)
+    assert progress._seconds_left(11, 11, now=117.0) == 0
