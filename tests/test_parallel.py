@@ -73,6 +73,17 @@ def test_two_processes_train_as_one_with_the_same_global_batch(two_process_run, 
     assert not _rank_processes()
 
 
+def test_compiled_layers_train_in_two_processes_as_uncompiled_ones_in_one(tiny_llama, one_process_run, tmp_path):
+    # As on several GPUs, where compiled layers are the default: each process compiles its own.
+    result = train_tiny(tiny_config(tiny_llama, *SAME_GLOBAL_BATCH, "train.devices=cpu:2", "train.compile_layers=true"),
+                        tmp_path)
+    assert result.state == "completed" and result.step == 6
+    assert _losses(result.run_dir) == pytest.approx(_losses(one_process_run.run_dir), rel=1e-4)
+    stages = [e.message for e in read_events(result.run_dir / "events.jsonl") if e.kind == "stage"]
+    assert "Compiled decoder layers: 2 (torch.compile; the first steps include compiling them)." in stages
+    assert not _rank_processes()
+
+
 def test_the_adapter_of_two_processes_is_the_adapter_of_one_and_chats(two_process_run, one_process_run):
     from safetensors.torch import load_file
 
