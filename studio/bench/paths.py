@@ -239,8 +239,9 @@ TRITON_KIND = "fused Triton kernels (Liger, TRL's loss)"
 
 
 def kernel_time_by_kind(profiler, steps: int) -> dict:
-    """GPU milliseconds per step for each kind of kernel, and the ten costliest kernels."""
-    kernels = [e for e in profiler.key_averages() if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+    """GPU milliseconds per step for each kind of kernel, and the ten costliest kernels; the host's too."""
+    events = profiler.key_averages()  # aggregated once: on a profiled step that is seconds of work
+    kernels = [e for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
     def self_ms(event) -> float:
         return getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0)) / 1000 / max(steps, 1)
 
@@ -251,7 +252,7 @@ def kernel_time_by_kind(profiler, steps: int) -> dict:
         by_kind[kind] = by_kind.get(kind, 0.0) + self_ms(event)
     top = sorted(kernels, key=self_ms, reverse=True)[:10]
     # Where the Python launching them spends its time: the host's own share of a step that waits for it.
-    host = [e for e in profiler.key_averages() if getattr(e, "device_type", None) == torch.autograd.DeviceType.CPU]
+    host = [e for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CPU]
     def host_ms(event) -> float:
         return event.self_cpu_time_total / 1000 / max(steps, 1)
 

@@ -13,6 +13,7 @@ import sys
 
 from studio.errors import ConfigError
 from studio.hardware import has_cuda
+from studio.speed.compiled import compiles_layers
 
 # The private TRL function the fused-head patch replaces was read in this version.
 TRL_CHECKED = "1.16.0"
@@ -81,8 +82,6 @@ def cuda_speedups(cfg) -> dict:
     tensor), so Liger's cross-entropy stays off and only its RMSNorm, RoPE and
     SwiGLU kernels are used.
     """
-    from studio.speed.compiled import compiles_layers
-
     if not has_cuda():
         return {}
     t, options = cfg.train, {}

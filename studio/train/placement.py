@@ -105,10 +105,9 @@ def _check_memory_for_loading(cfg: RunConfig, processes: int, free_ram_gib: floa
     """Each process of sharded training reads the whole model into memory before FSDP spreads it over
     the cards: refused when the machine's free memory cannot hold them all at once."""
     import psutil
-
-    from studio.fit import parameter_counts, shape_of
     import torch
 
+    from studio.fit import parameter_counts, shape_of
     from studio.hardware import GIB
 
     shape = shape_of(cfg.model.name_or_path)
