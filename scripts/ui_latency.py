@@ -65,13 +65,10 @@ def headless(model: str, steps: int, runs: Path) -> Path:
 def with_page(model: str, steps: int, runs: Path) -> tuple[Path, list[float]]:
     from playwright.sync_api import sync_playwright
 
-    from studio.events import read_events
     from studio.services import Studio
     from studio.ui.app import serve
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     studio = Studio(runs_dir=runs)
     app = serve(studio, port=port, block=False)
     seen: dict[int, float] = {}
@@ -95,20 +92,16 @@ def with_page(model: str, steps: int, runs: Path) -> tuple[Path, list[float]]:
         seen = {int(k): v for k, v in page.evaluate("() => window.seen").items()}
         browser.close()
     app.close()
-    logged = {e.step: e.time for e in read_events(run_dir / "events.jsonl") if e.kind == "log"}
-    return run_dir, [seen[s] - logged[s] for s in sorted(seen) if s in logged], browser_cpu
+    return run_dir, _delays(run_dir, seen), browser_cpu
 
 
 def with_client(model: str, steps: int, runs: Path) -> tuple[Path, list[float], float]:
     import multiprocessing
 
-    from studio.events import read_events
     from studio.services import Studio
     from studio.ui.app import serve
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     studio = Studio(runs_dir=runs)
     app = serve(studio, port=port, block=False)
     # The client polls from a process of its own, as a browser would: its work stays out of the studio's.
@@ -124,8 +117,21 @@ def with_client(model: str, steps: int, runs: Path) -> tuple[Path, list[float], 
     seen = answers.get(timeout=60)
     poller.join(timeout=30)
     app.close()
+    return run_dir, _delays(run_dir, seen), poller_cpu
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _delays(run_dir: Path, seen: dict[int, float]) -> list[float]:
+    """For each step seen on screen: seconds from the trainer's log event to the moment it showed."""
+    from studio.events import read_events
+
     logged = {e.step: e.time for e in read_events(run_dir / "events.jsonl") if e.kind == "log"}
-    return run_dir, [seen[s] - logged[s] for s in sorted(seen) if s in logged], poller_cpu
+    return [seen[s] - logged[s] for s in sorted(seen) if s in logged]
 
 
 POLL_WHILE_TRAINING_S = 0.5  # the Train tab's timer while a job runs (studio.ui.train_tab: fast_s)
