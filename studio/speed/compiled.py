@@ -42,6 +42,7 @@ import torch
 from studio.config import RunConfig
 from studio.hardware import has_cuda, sharded_training
 from studio.recipes import settings_that_cannot_compile
+from studio.speed.nf4 import prepare_for_compiling
 
 
 def compiles_layers(cfg: RunConfig, note=lambda text: None) -> bool:
@@ -93,6 +94,7 @@ def compile_decoder_layers(model: torch.nn.Module, note=lambda text: None, fall_
 
     dynamo.recompile_limit = max(dynamo.recompile_limit, VERSIONS_PER_CODE)
     dynamo.suppress_errors = fall_back
+    prepare_for_compiling(model)
     layers = decoder_layers(model)
     for layer in layers:
         layer.__class__ = _compiled_class(type(layer))

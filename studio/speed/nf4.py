@@ -43,3 +43,9 @@ def linear_4bit(rows: torch.Tensor, packed: torch.Tensor, quant_state, bias: tor
     w = kernel.dequantize_nf4(packed, quant_state)
     w = w if w.dtype == rows.dtype else w.to(rows.dtype)
     return rows @ w.t() if bias is None else torch.addmm(bias, rows, w.t())
+
+
+def prepare_for_compiling(model: torch.nn.Module) -> None:
+    """What the one-launch unpacking caches per weight and device, made before torch.compile traces it."""
+    if _NF4_TRITON is not None:
+        _NF4_TRITON.prepare(model)

@@ -102,3 +102,18 @@ def _table(quant_state, device: torch.device) -> torch.Tensor:
 
         _TABLES[device] = bnb_functional.get_4bit_type("nf4", device=device).to(torch.float32)
     return _TABLES[device]
+
+
+def prepare(model: torch.nn.Module) -> None:
+    """Make every nf4 weight's offset and each device's table now, before torch.compile traces a layer.
+
+    Made inside a compiled layer, they change what the compiler guarded on (the table not yet cached, the
+    offset not yet set), and the layer compiles again at its next call: with checkpointing, that next call
+    is the recomputation, which then saves other tensors than the forward did, and backward fails.
+    """
+    for weight in model.parameters():
+        quant_state = getattr(weight, "quant_state", None)
+        if quant_state is not None and supports(weight, quant_state):
+            if quant_state.nested:
+                _offset(quant_state)
+            _table(quant_state, weight.device)
