@@ -8,6 +8,7 @@
 #   SMALL=no BIG=yes STEPS=8 LIMIT=240 bash results/multi-gpu.sh   # the 8B shape alone (a call of its own):
 #                                      QLoRA on one GPU and two, bf16 LoRA under a 12 GiB cap per GPU
 #   SMALL=no FSDP_RESUME=yes bash results/multi-gpu.sh   # a sharded run stopped, refused on one GPU, resumed on two
+#   SMALL=no QLORA_FSDP=yes bash results/multi-gpu.sh    # 4-bit weights on two GPUs: DDP against sharded (FSDP2)
 #   PYTHONPATH=results/profile_steps STUDIO_PROFILE_STEPS=8:4 STUDIO_PROFILE_OUT=$OUT ACCUMS=1 FSDP=no \
 #     bash results/multi-gpu.sh        # where each process's step time goes (profile-rank-K.txt in $OUT)
 set -u
@@ -63,6 +64,11 @@ if [ "${BIG:-no}" = yes ]; then  # the 8B shape: QLoRA 2 x 2048 on one GPU and t
   train one-8b model.load_in=4bit train.devices=$ONE
   train ddp-8b model.load_in=4bit train.devices=$TWO train.parallel=ddp
   train capped-8b model.load_in=16bit train.gpu_memory_cap=12 train.devices=$TWO
+fi
+if [ "${QLORA_FSDP:-no}" = yes ]; then  # 4-bit weights on two GPUs: each holding them whole (DDP) against
+  # sharded (FSDP2, the packed bytes stored as bf16 so FSDP can split them); the same 8 rows a step
+  train ddp4-q train.grad_accum=2 model.load_in=4bit train.devices=$TWO train.parallel=ddp
+  train fsdp4-q train.grad_accum=2 model.load_in=4bit train.devices=$TWO train.parallel=fsdp
 fi
 if [ "${FSDP_RESUME:-no}" = yes ]; then  # sharded (FSDP2) training stopped at step 4 by its max_steps, refused
   # on one GPU (a sharded checkpoint), resumed on two to step 8; the adapter then loads like any other

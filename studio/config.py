@@ -203,7 +203,7 @@ class TrainConfig:
     parallel: Literal["auto", "ddp", "fsdp"] = _f(
         "auto", "How several devices share the work. ddp: each holds the whole model and trains on its share of "
         "every step's rows (fastest, when the model and a batch fit on each card). fsdp: the weights, gradients and "
-        "optimizer states are sharded across the cards (FSDP2), for a 16-bit model too big for one (4-bit and 8-bit "
+        "optimizer states are sharded across the cards (FSDP2), for a model too big for one (16-bit or 4-bit; 8-bit "
         "weights are not sharded). auto: ddp when the fit estimate says one card holds it, else fsdp."
     )
     logging_steps: int = _f(1, "Log loss, LR and memory every this many steps.", min=1)

@@ -205,11 +205,17 @@ def quantization_config(cfg: ModelConfig):
 
     if cfg.load_in == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
+    import torch
+
+    dtype = resolve_dtype(cfg.dtype)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=resolve_dtype(cfg.dtype),
+        bnb_4bit_compute_dtype=dtype,
+        # FSDP shards only floating-point tensors: the packed 4-bit bytes are then stored as the model's
+        # 16-bit dtype (the same bytes, viewed differently), and split like any other weight.
+        bnb_4bit_quant_storage=dtype if sharded_training() else torch.uint8,
     )
 
 
@@ -219,8 +225,10 @@ def load_model(cfg: ModelConfig):
 
     source = hf_folder(cfg.name_or_path)
     refuse_unsafe_files(source, cfg.trust_remote_code, cfg.allow_pickle)
-    # Each training process holds its model on its own GPU; sharded training places the shards itself.
-    device_map = {"": local_rank()} if has_cuda() and not sharded_training() else None
+    # Each training process holds its model on its own GPU; sharded training places the shards itself,
+    # except of a 4-bit model, which bitsandbytes quantizes on the GPU as it loads (FSDP then keeps a shard).
+    on_own_gpu = has_cuda() and (not sharded_training() or cfg.load_in == "4bit")
+    device_map = {"": local_rank()} if on_own_gpu else None
     options = {"dtype": resolve_dtype(cfg.dtype), "device_map": device_map,
                "trust_remote_code": cfg.trust_remote_code,
                # None: safetensors when present, else pickle; True: safetensors or an error.

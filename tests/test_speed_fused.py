@@ -39,13 +39,14 @@ def _linear_16bit(fan_in, fan_out, bias, generator):
     return linear
 
 
-def _linear_4bit(fan_in, fan_out, bias, generator):
+def _linear_4bit(fan_in, fan_out, bias, generator, storage=torch.uint8):
     import bitsandbytes as bnb
 
     linear = bnb.nn.Linear4bit(fan_in, fan_out, bias=bias, compute_dtype=torch.float32, compress_statistics=True,
-                               quant_type="nf4")
+                               quant_type="nf4", quant_storage=storage)
     weight = torch.randn(fan_out, fan_in, generator=generator) * 0.05
-    linear.weight = bnb.nn.Params4bit(weight, requires_grad=False, compress_statistics=True, quant_type="nf4")
+    linear.weight = bnb.nn.Params4bit(weight, requires_grad=False, compress_statistics=True, quant_type="nf4",
+                                      quant_storage=storage)
     if bias:
         linear.bias = torch.nn.Parameter(torch.randn(fan_out, generator=generator), requires_grad=False)
     return linear.to("cpu")  # quantizes the weight
@@ -132,20 +133,32 @@ def test_fused_layer_is_really_used_and_gives_way_where_it_does_not_apply():
     assert use_fused_lora(model) == 0
 
 
-def test_a_4bit_weight_without_its_quantization_state_is_never_multiplied_as_a_matrix():
+@pytest.mark.parametrize("storage", [torch.uint8, torch.bfloat16], ids=["bytes", "bf16-storage"])
+def test_a_4bit_weight_gathered_by_fsdp_is_unpacked_with_the_layers_quantization_state(storage):
+    """FSDP hands a gathered weight back as a plain tensor of its storage dtype (bf16 when sharded), without
+    the quantization state: the fused layer takes the state from the layer and computes what PEFT does."""
+    import studio.speed.lora_linear as lora_linear
     from studio.speed.fused import use_fused_lora
 
     generator = torch.Generator().manual_seed(11)
-    model, layer = _lora_model(_linear_4bit(64, 96, False, generator), 8, 16, 11)
-    x = torch.randn(5, 64, generator=generator)
-    want = model(x)
+    base = _linear_4bit(64, 96, False, generator, storage)
+    model, layer = _lora_model(base, 8, 16, 11)
+    x, weights = torch.randn(5, 64, generator=generator), torch.randn(5, 96, generator=generator)
+    want = _forward_and_gradients(model, layer, x, weights)
     use_fused_lora(model)
-    base = layer.get_base_layer()
     base.quant_state = base.weight.quant_state  # where bitsandbytes also keeps it for a layer it made itself
-    # As FSDP gathers it: the packed bytes as a plain parameter; the quantization state is on the layer only.
     base.weight = torch.nn.Parameter(base.weight.data.clone(), requires_grad=False)
-    assert getattr(base.weight, "quant_state", None) is None
-    assert torch.allclose(model(x), want, atol=1e-6)
+    assert getattr(base.weight, "quant_state", None) is None and base.weight.dtype == storage
+    calls = []
+    original = lora_linear.LoraLinearFunction.forward
+    lora_linear.LoraLinearFunction.forward = staticmethod(lambda *args: calls.append(1) or original(*args))
+    try:
+        got = _forward_and_gradients(model, layer, x, weights)
+    finally:
+        lora_linear.LoraLinearFunction.forward = staticmethod(original)
+    assert calls == [1]  # the fused path, not the packed bytes multiplied as a matrix
+    for name in want:
+        assert _relative_error(got[name], want[name]) < 1e-5, name
 
 
 def test_fused_adapter_saves_the_same_tensors_and_merges(tmp_path):

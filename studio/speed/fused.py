@@ -124,9 +124,11 @@ def _fused_call(layer, x: torch.Tensor):
     autocast = torch.is_autocast_enabled(x.device.type)
     quant_state = getattr(weight, "quant_state", None)
     if quant_state is None and type(base) is not torch.nn.Linear:
-        # A 4-bit weight that lost its quantization state on the way (FSDP hands back gathered weights
-        # as plain tensors): bitsandbytes' own forward restores it from the layer.
-        return None
+        # A 4-bit weight that lost its quantization state on the way: FSDP hands back gathered weights as
+        # plain tensors. The layer keeps the state too (bitsandbytes' own forward restores it from there).
+        quant_state = getattr(base, "quant_state", None)
+        if quant_state is None or weight.dim() != 2 or weight.shape[1] != 1:
+            return None
     if quant_state is None:  # a 16-bit base: F.linear(x, W) in x's dtype, or autocast's
         dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
         return weight, None, bias, adapter, dtype, dtype

@@ -14,6 +14,11 @@ except ImportError:  # no Triton (CPU-only installs): bitsandbytes unpacks
     _NF4_TRITON = None
 
 
+def _as_bytes(packed: torch.Tensor) -> torch.Tensor:
+    """The packed weight as bytes: sharded (FSDP) training stores them as a 16-bit tensor, which FSDP can split."""
+    return packed if packed.dtype == torch.uint8 else packed.view(torch.uint8).view(-1, 1)
+
+
 def _one_launch(packed: torch.Tensor, quant_state):
     """studio.speed.nf4_triton where it unpacks this weight, else None."""
     kernel = _NF4_TRITON if packed.is_cuda else None
@@ -22,6 +27,7 @@ def _one_launch(packed: torch.Tensor, quant_state):
 
 def dequantize_4bit(packed: torch.Tensor, quant_state, dtype: torch.dtype) -> torch.Tensor:
     """The (out, in) weight in `dtype`."""
+    packed = _as_bytes(packed)
     kernel = _one_launch(packed, quant_state)
     if kernel is not None:
         weight = kernel.dequantize_nf4(packed, quant_state)
@@ -34,6 +40,7 @@ def dequantize_4bit(packed: torch.Tensor, quant_state, dtype: torch.dtype) -> to
 
 def linear_4bit(rows: torch.Tensor, packed: torch.Tensor, quant_state, bias: torch.Tensor | None) -> torch.Tensor:
     """rows @ W^T + bias without a gradient: unpacked by one launch on CUDA, else bitsandbytes' own product."""
+    packed = _as_bytes(packed)
     kernel = _one_launch(packed, quant_state)
     if kernel is None:
         import bitsandbytes as bnb

@@ -45,8 +45,9 @@ def split_grad_accum(grad_accum: int, processes: int) -> int:
 
 
 def plan_placement(cfg: RunConfig, gpu_count: int | None = None, fits_one_card: bool | None = None,
-                   free_ram_gib: float | None = None) -> Placement:
-    """Where `cfg` trains on this machine (GPUs counted, the fit estimate and free memory read, unless given)."""
+                   free_ram_gib: float | None = None, card_gib: float | None = None) -> Placement:
+    """Where `cfg` trains on this machine (GPUs counted, the fit estimate, free memory and the smallest chosen
+    card's memory read, unless given)."""
     from studio.hardware import has_cuda
 
     request = parse_devices(cfg.train.devices)
@@ -67,7 +68,9 @@ def plan_placement(cfg: RunConfig, gpu_count: int | None = None, fits_one_card: 
         processes = len(gpus)
     engine = _engine(cfg, processes, gpus, fits_one_card)
     _refuse_what_cannot_be_shared(cfg, processes, engine)
-    if engine == "fsdp":
+    if engine == "fsdp" and cfg.model.load_in == "4bit":
+        _check_each_card_holds_the_4bit_model(cfg, gpus, card_gib)
+    elif engine == "fsdp":
         _check_memory_for_loading(cfg, processes, free_ram_gib)
     per_process = split_grad_accum(cfg.train.grad_accum, processes)
     alone = processes == 1 and (gpus == (0,) and gpu_count == 1 if gpus else gpu_count == 0)
@@ -81,15 +84,15 @@ def _refuse_what_cannot_be_shared(cfg: RunConfig, processes: int, engine: str) -
                           "cannot share: set galore.layerwise=false, or train on one device (train.devices=0).")
     if engine != "fsdp":
         return
-    if cfg.model.load_in in ("4bit", "8bit"):
-        # The quantized layers need their whole packed weight and its scales in one place.
-        quantized = f"{cfg.model.load_in[0]}-bit weights (model.load_in={cfg.model.load_in}) cannot be sharded (FSDP)"
+    if cfg.model.load_in == "8bit":
+        # bitsandbytes' 8-bit layers need their whole weight and its scales in one place.
+        quantized = "8-bit weights (model.load_in=8bit) cannot be sharded (FSDP)"
         if cfg.train.parallel == "auto":
-            raise ConfigError(f"The model does not fit one card (fit estimate), and {quantized} to spread it: lower "
-                              "train.batch_size or train.max_length, turn on train.gradient_checkpointing, or set "
-                              "train.parallel=ddp to try each card anyway.")
-        raise ConfigError(f"{quantized}: use train.parallel=ddp (each GPU holds the quantized model), or "
-                          "model.load_in=16bit to shard it.")
+            raise ConfigError(f"The model does not fit one card (fit estimate), and {quantized} to spread it: load "
+                              "it in 4-bit (model.load_in=4bit), which shards, lower train.batch_size or "
+                              "train.max_length, or set train.parallel=ddp to try each card anyway.")
+        raise ConfigError(f"{quantized}: use model.load_in=4bit or 16bit to shard it, or train.parallel=ddp (each "
+                          "GPU holds the quantized model).")
     if cfg.train.method == "galore":
         raise ConfigError("train.method=galore projects whole weight matrices, which sharding (FSDP) splits: use "
                           "train.parallel=ddp.")
@@ -124,6 +127,32 @@ def _check_memory_for_loading(cfg: RunConfig, processes: int, free_ram_gib: floa
                           "model in 4-bit (model.load_in=4bit) with train.parallel=ddp: each GPU then holds it whole.")
 
 
+def _check_each_card_holds_the_4bit_model(cfg: RunConfig, gpus: tuple[int, ...], card_gib: float | None) -> None:
+    """Each process of sharded 4-bit training quantizes the whole model on its own GPU as it loads (bitsandbytes
+    quantizes on the GPU), and FSDP then keeps only its shard: refused when the packed weights alone fill a card."""
+    from studio.fit import capped_gib, estimate_fit, shape_of
+
+    shape = shape_of(cfg.model.name_or_path)
+    if shape is None:
+        return  # unknown until loaded
+    if card_gib is None:
+        card_gib = _smallest_card_gib(gpus)
+    available = capped_gib(card_gib, cfg)
+    weights = estimate_fit(shape, cfg, available, on_gpu=True).weights_gib
+    if weights > available:
+        raise ConfigError(f"Sharded 4-bit training loads the whole quantized model on each GPU before spreading it "
+                          f"(FSDP): {weights:.1f} GiB of 4-bit weights, and a card offers {available:.1f} GiB. Use "
+                          "GPUs with more memory, or a smaller model.")
+
+
+def _smallest_card_gib(gpus: tuple[int, ...]) -> float:
+    import torch
+
+    from studio.hardware import GIB
+
+    return min(torch.cuda.get_device_properties(i).total_memory for i in gpus) / GIB
+
+
 def _engine(cfg: RunConfig, processes: int, gpus: tuple[int, ...], fits_one_card: bool | None) -> str:
     """single, ddp or fsdp: auto shards only a model the fit estimate says one card cannot hold."""
     if processes == 1:
@@ -142,13 +171,9 @@ def _engine(cfg: RunConfig, processes: int, gpus: tuple[int, ...], fits_one_card
 
 def _fits_one_card(cfg: RunConfig, gpus: tuple[int, ...]) -> bool:
     """The fit estimate's verdict for the smallest chosen card (unknown shapes are taken to fit: DDP is faster)."""
-    import torch
-
     from studio.fit import capped_gib, check_fit
-    from studio.hardware import GIB
 
-    smallest = min(torch.cuda.get_device_properties(i).total_memory for i in gpus) / GIB
-    est, _ = check_fit(cfg, capped_gib(smallest, cfg), on_gpu=True)
+    est, _ = check_fit(cfg, capped_gib(_smallest_card_gib(gpus), cfg), on_gpu=True)
     return est is None or est.verdict != "does not fit"
 
 
