@@ -332,3 +332,15 @@ def test_the_export_of_a_diverged_run_says_its_weights_are_a_fallback(tiny_llama
     run_check = next(c for c in report.checks if c.name == "run")
     assert run_check.status == "warn" and f"diverged at step {result.step}" in run_check.detail
     assert report.state != "passed", "a diverged run's file is never a plain pass"
+
+
+def test_an_adapter_saved_without_its_trained_tensors_fails_the_run(tiny_llama, tmp_path, monkeypatch):
+    # What sharded training once did: PEFT picked none of the adapter's tensors out of the model's weights.
+    import peft.peft_model
+
+    monkeypatch.setattr(peft.peft_model, "get_peft_model_state_dict", lambda *args, **kwargs: {})
+    with pytest.raises(TrainingError, match=r"The adapter was saved with 0 of its 28 trained LoRA tensors"):
+        train_tiny(tiny_config(tiny_llama, "train.max_steps=2", "train.save_steps=10"), tmp_path)
+    run = next(tmp_path.iterdir())
+    assert read_status(run)["state"] == "failed" and not (run / "adapter").exists()
+    assert "saved with 0 of its 28" in [e for e in read_events(run / "events.jsonl") if e.kind == "end"][-1].message

@@ -13,10 +13,13 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from studio.errors import TrainingError
 from studio.events import Event, Sink
+
+if TYPE_CHECKING:
+    from studio.config import RunConfig
 
 WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
 
@@ -115,15 +118,17 @@ def remove_unfinished_checkpoints(run_dir: Path) -> None:
 # ---------------------------------------------------------------- resume
 
 
-def prepare_resume(run_dir: Path, changes: Sequence[str], sink: Sink) -> Path | None:
-    """Check that the run can continue, apply `changes`, set damaged checkpoints aside; the checkpoint to resume.
+def prepare_resume(run_dir: Path, changes: Sequence[str], sink: Sink) -> tuple[Path | None, RunConfig]:
+    """Check that the run can continue, set damaged checkpoints aside; the checkpoint to resume, and the run's
+    config with `changes` applied (saved by `keep_resume_changes` once the resume is sure to start, so a resume
+    refused later, on devices that cannot take its checkpoint, changes nothing).
 
     A finished run continues only with a higher train.max_steps (or train.epochs);
     a diverged one not at all (the same settings would diverge again). The devices
     may change (train.devices, train.parallel): a checkpoint resumes on one GPU or several.
     """
     from studio.recipes import apply_overrides
-    from studio.runs import load_run_config, read_status, save_run_config, train_again_command
+    from studio.runs import load_run_config, read_status, train_again_command
 
     cfg = load_run_config(run_dir)
     status = read_status(run_dir)
@@ -146,9 +151,6 @@ def prepare_resume(run_dir: Path, changes: Sequence[str], sink: Sink) -> Path | 
             f"{run_dir.name} already completed {total}. To train it further, give a higher total: "
             f"python launch.py resume {run_dir} train.max_steps={max(done, cfg.train.max_steps) * 2} "
             "(or, in the Train tab, 'Train to step').")
-    if extended != cfg:
-        save_run_config(run_dir, extended)
-        sink(Event("stage", message="Changed: " + ", ".join(changes)))
     good, damaged = scan_checkpoints(run_dir)
     for folder, reason in damaged:
         aside = set_aside(folder)
@@ -157,7 +159,16 @@ def prepare_resume(run_dir: Path, changes: Sequence[str], sink: Sink) -> Path | 
                                       + (good.name if good else "the start") + "."))
     if good is None and (run_dir / "events.jsonl").exists():
         sink(Event("stage", message="No complete checkpoint in this run yet: training starts from step 0."))
-    return good
+    return good, extended
+
+
+def keep_resume_changes(run_dir: Path, cfg: RunConfig, changes: Sequence[str], sink: Sink) -> None:
+    """Save the resumed run's config when `changes` changed it (prepare_resume checked them)."""
+    from studio.runs import load_run_config, save_run_config
+
+    if cfg != load_run_config(run_dir):
+        save_run_config(run_dir, cfg)
+        sink(Event("stage", message="Changed: " + ", ".join(changes)))
 
 
 def _more_to_do(before, after, done: int) -> bool:

@@ -20,8 +20,9 @@ import torch
 from transformers import EarlyStoppingCallback
 
 from studio.train.callbacks import HealthCallback, ProgressCallback, RecentBatches, TrainedTokens
-from studio.train.checkpoints import (check_disk_for_run, keep_last_good_checkpoint, latest_checkpoint, prepare_resume,
-                                remove_unfinished_checkpoints, sharded_checkpoint)
+from studio.train.checkpoints import (check_disk_for_run, keep_last_good_checkpoint, keep_resume_changes,
+                                     latest_checkpoint, prepare_resume, remove_unfinished_checkpoints,
+                                     sharded_checkpoint)
 from studio.config import RunConfig
 from studio.data.building import build_dataset, to_hf_dataset
 from studio.errors import ConfigError, DiskSpaceError, StudioError, TrainingError
@@ -62,11 +63,12 @@ def run_training(run_dir: Path, sink: Sink, stop: threading.Event | None = None,
 
     stop = stop or threading.Event()
     with lock_run(run_dir, "training"):
-        checkpoint = prepare_resume(run_dir, changes, sink) if resume else None
-        cfg = load_run_config(run_dir)  # as prepare_resume left it
+        checkpoint, cfg = prepare_resume(run_dir, changes, sink) if resume else (None, load_run_config(run_dir))
         placement = plan_placement(cfg)
         if checkpoint is not None:
             _check_engine_of(checkpoint, placement)
+        if resume:
+            keep_resume_changes(run_dir, cfg, changes, sink)
         if placement.in_process:
             return train_run(run_dir, sink, stop, checkpoint)
         write_status(run_dir, state="running", error=None, health=None)
@@ -279,12 +281,34 @@ def _save_weights(trainer, tokenizer, template: Template, run_dir: Path, cfg: Ru
         trainer.model.save_pretrained(tmp)
     if not is_main_process():
         return
+    _check_every_trained_tensor_saved(tmp, trainer.model)
     (tmp / "training_args.bin").unlink(missing_ok=True)  # the trainer's pickle: no part of the weights
     tokenizer.chat_template = template.jinja
     tokenizer.save_pretrained(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+
+
+def _check_every_trained_tensor_saved(folder: Path, model) -> None:
+    """An adapter file that lacks trained LoRA tensors is refused, never kept as the run's result.
+
+    (Sharded training once saved an empty adapter: the library that picks the adapter's tensors out of
+    the gathered weights found none, and an untrained adapter would have read as the run's result.)
+    """
+    from safetensors import safe_open
+
+    file = folder / "adapter_model.safetensors"
+    if not file.is_file():
+        return  # full weights, or an adapter of another kind
+    with safe_open(file, "pt") as saved_file:
+        saved = sum("lora_" in key for key in saved_file.keys())
+    trained = sum(p.requires_grad and "lora_" in name for name, p in model.named_parameters())
+    if saved < trained:
+        raise TrainingError(f"The adapter was saved with {saved} of its {trained} trained LoRA tensors, so the "
+                            "run's weights were not kept. This is a fault in saving, not in the data or the "
+                            "settings: resume the run from its newest checkpoint to save again, and report it "
+                            "with the run folder's events.jsonl.")
 
 
 def _last_loss(trainer) -> float | None:

@@ -31,8 +31,9 @@ def shared_options(cfg: RunConfig, output_dir: Path, has_eval: bool) -> dict:
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         seed=t.seed,
-        # Sharded training checkpoints through FSDP's own wrapper (parallel_options).
-        activation_checkpointing=t.gradient_checkpointing and not sharded_training(),
+        # Sharded training too: FSDP's own checkpoint wrapper renames every layer it wraps, and PEFT then
+        # finds none of the adapter's tensors in the gathered weights (it saved an empty adapter).
+        activation_checkpointing=t.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
         logging_steps=t.logging_steps,
         eval_strategy="steps" if has_eval else "no",
@@ -52,16 +53,17 @@ def shared_options(cfg: RunConfig, output_dir: Path, has_eval: bool) -> dict:
         include_num_input_tokens_seen="no",
         dataloader_num_workers=0,
         **cuda_speedups(cfg),
-        **parallel_options(cfg),
+        **parallel_options(),
     )
 
 
-def parallel_options(cfg: RunConfig) -> dict:
+def parallel_options() -> dict:
     """How the processes of a several-device run share the work (none when training alone).
 
     ddp: every process holds the model and averages its gradients with the others after each
     step's rows (gloo between CPU processes, NCCL between GPUs). fsdp: FSDP2 shards each decoder
-    layer's weights, gradients and optimizer states across the GPUs.
+    layer's weights, gradients and optimizer states across the GPUs (checkpointed by transformers, as
+    on one device: shared_options).
     """
     if world_size() == 1:
         return {}
@@ -74,7 +76,6 @@ def parallel_options(cfg: RunConfig) -> dict:
     return {"fsdp": True, "fsdp_config": {
         "version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "reshard_after_forward": True,
         "cpu_ram_efficient_loading": True, "state_dict_type": "FULL_STATE_DICT",
-        "activation_checkpointing": cfg.train.gradient_checkpointing,
     }}
 
 
