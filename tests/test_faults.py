@@ -187,6 +187,19 @@ def test_a_damaged_newest_checkpoint_is_named_and_resume_uses_the_previous_one(t
     assert [e.step for e in sink.events() if e.kind == "log"][0] == 5
 
 
+def test_a_checkpoint_whose_weights_file_holds_no_tensors_is_damaged(trained_run, tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from studio.train.checkpoints import checkpoint_problem
+
+    checkpoint = Path(shutil.copytree(latest_checkpoint(trained_run), tmp_path / "checkpoint-10"))
+    assert checkpoint_problem(checkpoint) is None
+    save_file({}, checkpoint / "adapter_model.safetensors")
+    assert checkpoint_problem(checkpoint) == "adapter_model.safetensors is damaged (it holds no tensors)"
+
+
 def test_a_broken_status_marks_that_run_unreadable_and_lists_the_rest(trained_run, tmp_path):
     import shutil
 

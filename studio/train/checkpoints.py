@@ -68,10 +68,11 @@ def _safetensors_problem(file: Path) -> str | None:
 
     try:
         with safe_open(file, framework="pt") as fh:
-            fh.keys()
+            keys = fh.keys()
     except Exception as exc:  # safetensors raises its own error type for a bad header or a short file
         return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return None
+    # Resuming from an empty weights file would start the weights over without a word.
+    return None if keys else "it holds no tensors"
 
 
 def scan_checkpoints(run_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
