@@ -9,6 +9,8 @@
 #                                      QLoRA on one GPU and two, bf16 LoRA under a 12 GiB cap per GPU
 #   SMALL=no FSDP_RESUME=yes bash results/multi-gpu.sh   # a sharded run stopped, refused on one GPU, resumed on two
 #   SMALL=no QLORA_FSDP=yes bash results/multi-gpu.sh    # 4-bit weights on two GPUs: DDP against sharded (FSDP2)
+#   PYTHONPATH=results/ddp_options:$PYTHONPATH STUDIO_DDP_OPTIONS="static_graph gradient_as_bucket_view" \
+#     ACCUMS=2 FSDP=no bash results/multi-gpu.sh   # DDP options the studio does not set, to measure them
 #   PYTHONPATH=results/profile_steps STUDIO_PROFILE_STEPS=8:4 STUDIO_PROFILE_OUT=$OUT ACCUMS=1 FSDP=no \
 #     bash results/multi-gpu.sh        # where each process's step time goes (profile-rank-K.txt in $OUT)
 set -u
