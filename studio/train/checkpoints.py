@@ -122,7 +122,7 @@ def remove_unfinished_checkpoints(run_dir: Path) -> None:
 def prepare_resume(run_dir: Path, changes: Sequence[str], sink: Sink) -> tuple[Path | None, RunConfig]:
     """Check that the run can continue, set damaged checkpoints aside; the checkpoint to resume, and the run's
     config with `changes` applied (saved by `keep_resume_changes` once the resume is sure to start, so a resume
-    refused later, on devices that cannot take its checkpoint, changes nothing).
+    refused later, on devices that cannot take its checkpoint, saves none of them).
 
     A finished run continues only with a higher train.max_steps (or train.epochs);
     a diverged one not at all (the same settings would diverge again). The devices

@@ -90,9 +90,12 @@ def _refuse_what_cannot_be_shared(cfg: RunConfig, processes: int, engine: str) -
         if cfg.train.parallel == "auto":
             raise ConfigError(f"The model does not fit one card (fit estimate), and {quantized} to spread it: load "
                               "it in 4-bit (model.load_in=4bit), which shards, lower train.batch_size or "
-                              "train.max_length, or set train.parallel=ddp to try each card anyway.")
+                              "train.max_length, turn on train.gradient_checkpointing, or set train.parallel=ddp "
+                              "to try each card anyway.")
         raise ConfigError(f"{quantized}: use model.load_in=4bit or 16bit to shard it, or train.parallel=ddp (each "
                           "GPU holds the quantized model).")
+    if cfg.model.load_in == "4bit":
+        _refuse_4bit_sharding_outside_the_fused_layers(cfg)
     if cfg.train.method == "galore":
         raise ConfigError("train.method=galore projects whole weight matrices, which sharding (FSDP) splits: use "
                           "train.parallel=ddp.")
@@ -102,6 +105,20 @@ def _refuse_what_cannot_be_shared(cfg: RunConfig, processes: int, engine: str) -
     if cfg.train.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
         raise ConfigError(f"train.optimizer={cfg.train.optimizer} cannot step sharded (FSDP) weights: set "
                           "train.optimizer=auto (AdamW when sharded) or adamw_torch, or train.parallel=ddp.")
+
+
+def _refuse_4bit_sharding_outside_the_fused_layers(cfg: RunConfig) -> None:
+    """Sharded 4-bit weights are unpacked by the studio's fused LoRA layers (checked on two GPUs against DDP);
+    bitsandbytes' own layer swaps a new weight in under FSDP's gathered one, which was never checked."""
+    lora = cfg.lora
+    unfused = [why for why, bad in (("LoRA is off (lora.enabled=false)", not lora.enabled),
+                                    (f"lora.dropout is {lora.dropout}", lora.dropout > 0),
+                                    ("lora.use_dora is on", lora.use_dora),
+                                    ("train.fused_lora is off", cfg.train.fused_lora is False)) if bad]
+    if unfused:
+        raise ConfigError(f"Sharded 4-bit training (FSDP) runs through the fused LoRA layers, but "
+                          f"{' and '.join(unfused)}: set lora.dropout=0, lora.use_dora=false and "
+                          "train.fused_lora=auto, or train.parallel=ddp (each GPU holds the 4-bit model).")
 
 
 def _check_memory_for_loading(cfg: RunConfig, processes: int, free_ram_gib: float | None) -> None:

@@ -300,15 +300,15 @@ def _check_every_trained_tensor_saved(folder: Path, model) -> None:
 
     file = folder / "adapter_model.safetensors"
     if not file.is_file():
-        return  # full weights, or an adapter of another kind
+        return  # full weights (model/); prefix and p-tuning adapters have a file but no LoRA tensors: 0 of 0
     with safe_open(file, "pt") as saved_file:
         saved = sum("lora_" in key for key in saved_file.keys())
     trained = sum(p.requires_grad and "lora_" in name for name, p in model.named_parameters())
     if saved < trained:
         raise TrainingError(f"The adapter was saved with {saved} of its {trained} trained LoRA tensors, so the "
-                            "run's weights were not kept. This is a fault in saving, not in the data or the "
-                            "settings: resume the run from its newest checkpoint to save again, and report it "
-                            "with the run folder's events.jsonl.")
+                            "run's weights were not kept (its checkpoints were saved the same way and may lack them "
+                            "too). This is a fault in saving, not in the data or the settings: please report it "
+                            "with the run folder's events.jsonl (and ranks/launcher.log, if there is one).")
 
 
 def _last_loss(trainer) -> float | None:
