@@ -77,6 +77,18 @@ def _forward_and_gradients(model, layer, x, weights):
             "B": layer.lora_B["default"].weight.grad}
 
 
+@pytest.fixture
+def fused_calls(monkeypatch) -> list:
+    """Each call of the fused LoRA function appends to this list (the function itself still runs)."""
+    import studio.speed.lora_linear as lora_linear
+
+    calls = []
+    original = lora_linear.LoraLinearFunction.forward
+    monkeypatch.setattr(lora_linear.LoraLinearFunction, "forward",
+                        staticmethod(lambda *args: calls.append(1) or original(*args)))
+    return calls
+
+
 def _relative_error(got, want):
     return ((got - want).norm() / want.norm()).item()
 
@@ -104,8 +116,7 @@ def test_fused_layer_matches_peft_forward_and_every_gradient(kind, bias, lead, f
         assert _relative_error(fused[name], want) < 1e-5, name
 
 
-def test_fused_layer_is_really_used_and_gives_way_where_it_does_not_apply():
-    import studio.speed.lora_linear as lora_linear
+def test_fused_layer_is_really_used_and_gives_way_where_it_does_not_apply(fused_calls):
     from studio.speed.fused import use_fused_lora
 
     generator = torch.Generator().manual_seed(5)
@@ -113,31 +124,19 @@ def test_fused_layer_is_really_used_and_gives_way_where_it_does_not_apply():
     x = torch.randn(4, 32, generator=generator)
     use_fused_lora(model)
     assert type(layer).__name__ == "Linear" and layer.__class__.__mro__[1].__name__ == "FusedLoraForward"
-    calls = []
-    original = lora_linear.LoraLinearFunction.forward
-
-    def counted(*args):
-        calls.append(1)
-        return original(*args)
-
-    lora_linear.LoraLinearFunction.forward = staticmethod(counted)
-    try:
-        model(x)
-        assert len(calls) == 1
-        with model.disable_adapter():  # PEFT's own forward: the base layer alone
-            assert torch.allclose(model(x), layer.base_layer(x))
-        assert len(calls) == 1
-    finally:
-        lora_linear.LoraLinearFunction.forward = staticmethod(original)
+    model(x)
+    assert len(fused_calls) == 1
+    with model.disable_adapter():  # PEFT's own forward: the base layer alone
+        assert torch.allclose(model(x), layer.base_layer(x))
+    assert len(fused_calls) == 1
     # Switching twice changes nothing.
     assert use_fused_lora(model) == 0
 
 
 @pytest.mark.parametrize("storage", [torch.uint8, torch.bfloat16], ids=["bytes", "bf16-storage"])
-def test_a_4bit_weight_gathered_by_fsdp_is_unpacked_with_the_layers_quantization_state(storage):
+def test_a_4bit_weight_gathered_by_fsdp_is_unpacked_with_the_layers_quantization_state(storage, fused_calls):
     """FSDP hands a gathered weight back as a plain tensor of its storage dtype (bf16 when sharded), without
     the quantization state: the fused layer takes the state from the layer and computes what PEFT does."""
-    import studio.speed.lora_linear as lora_linear
     from studio.speed.fused import use_fused_lora
 
     generator = torch.Generator().manual_seed(11)
@@ -149,14 +148,8 @@ def test_a_4bit_weight_gathered_by_fsdp_is_unpacked_with_the_layers_quantization
     base.quant_state = base.weight.quant_state  # where bitsandbytes also keeps it for a layer it made itself
     base.weight = torch.nn.Parameter(base.weight.data.clone(), requires_grad=False)
     assert getattr(base.weight, "quant_state", None) is None and base.weight.dtype == storage
-    calls = []
-    original = lora_linear.LoraLinearFunction.forward
-    lora_linear.LoraLinearFunction.forward = staticmethod(lambda *args: calls.append(1) or original(*args))
-    try:
-        got = _forward_and_gradients(model, layer, x, weights)
-    finally:
-        lora_linear.LoraLinearFunction.forward = staticmethod(original)
-    assert calls == [1]  # the fused path, not the packed bytes multiplied as a matrix
+    got = _forward_and_gradients(model, layer, x, weights)
+    assert fused_calls == [1]  # the fused path, not the packed bytes multiplied as a matrix
     for name in want:
         assert _relative_error(got[name], want[name]) < 1e-5, name
 

@@ -141,13 +141,19 @@ def _fused_call(layer, x: torch.Tensor):
     return weight, quant_state, bias, adapter, dtype, x.dtype
 
 
+def settings_the_fused_path_cannot_honour(cfg: RunConfig) -> list[str]:
+    """The LoRA settings that keep the layers on PEFT's own forward, in words (empty when none)."""
+    lora = cfg.lora
+    return [why for why, bad in ((f"lora.dropout is {lora.dropout}", lora.dropout > 0),
+                                 ("lora.use_dora is on", lora.use_dora)) if bad]
+
+
 def fused_lora_wanted(cfg: RunConfig, note=lambda text: None) -> bool:
     """Whether this run's LoRA layers should be fused; refuses settings the fused path cannot honour."""
     setting, lora = cfg.train.fused_lora, cfg.lora
     if setting is False or not lora.enabled:
         return False
-    unsupported = [why for why, bad in ((f"lora.dropout is {lora.dropout}", lora.dropout > 0),
-                                        ("lora.use_dora is on", lora.use_dora)) if bad]
+    unsupported = settings_the_fused_path_cannot_honour(cfg)
     if setting is True and unsupported:
         raise ConfigError(f"train.fused_lora=true needs lora.dropout=0 and lora.use_dora=false, but "
                           f"{' and '.join(unsupported)}. Change those, or set train.fused_lora=auto.")

@@ -110,11 +110,11 @@ def _refuse_what_cannot_be_shared(cfg: RunConfig, processes: int, engine: str) -
 def _refuse_4bit_sharding_outside_the_fused_layers(cfg: RunConfig) -> None:
     """Sharded 4-bit weights are unpacked by the studio's fused LoRA layers (checked on two GPUs against DDP);
     bitsandbytes' own layer swaps a new weight in under FSDP's gathered one, which was never checked."""
-    lora = cfg.lora
-    unfused = [why for why, bad in (("LoRA is off (lora.enabled=false)", not lora.enabled),
-                                    (f"lora.dropout is {lora.dropout}", lora.dropout > 0),
-                                    ("lora.use_dora is on", lora.use_dora),
+    from studio.speed.fused import settings_the_fused_path_cannot_honour
+
+    unfused = [why for why, bad in (("LoRA is off (lora.enabled=false)", not cfg.lora.enabled),
                                     ("train.fused_lora is off", cfg.train.fused_lora is False)) if bad]
+    unfused += settings_the_fused_path_cannot_honour(cfg)
     if unfused:
         raise ConfigError(f"Sharded 4-bit training (FSDP) runs through the fused LoRA layers, but "
                           f"{' and '.join(unfused)}: set lora.dropout=0, lora.use_dora=false and "
