@@ -5,7 +5,8 @@
 # sees twice the rows, each GPU doing exactly the single GPU's work).
 # Needs a machine with two GPUs; figures in results/multi-gpu-h200.md.
 #   SHAPE=tiny-llama ONE=cpu TWO=cpu:2 FSDP=no LENGTH=128 bash results/multi-gpu.sh   # the same on a CPU
-#   SMALL=no BIG=yes STEPS=8 LIMIT=240 bash results/multi-gpu.sh   # the 8B shape alone (a call of its own):
+#   SMALL=no BIG=yes STEPS=8 LIMIT=240 bash results/multi-gpu.sh   # the 8B shape alone (a call of its own;
+#                                      BIG_RUNS=capped for the sharded run only):
 #                                      QLoRA on one GPU and two, bf16 LoRA under a 12 GiB cap per GPU
 #   SMALL=no FSDP_RESUME=yes bash results/multi-gpu.sh   # a sharded run stopped, refused on one GPU, resumed on two
 #   SMALL=no QLORA_FSDP=yes bash results/multi-gpu.sh    # 4-bit weights on two GPUs: DDP against sharded (FSDP2)
@@ -63,9 +64,13 @@ if [ "${BIG:-no}" = yes ]; then  # the 8B shape: QLoRA 2 x 2048 on one GPU and t
   common="model.name_or_path=$F data.path=/tmp/long.jsonl data.eval_fraction=0 data.template=alpaca
           train.max_length=$LENGTH train.batch_size=2 train.grad_accum=${BIG_ACCUM:-2} train.max_steps=$STEPS train.save_steps=1000
           train.warmup_steps=0 train.gradient_checkpointing=true train.logging_steps=$LOG_EVERY --runs-dir $RUNS"
-  train one-8b model.load_in=4bit train.devices=$ONE
-  train ddp-8b model.load_in=4bit train.devices=$TWO train.parallel=ddp
-  train capped-8b model.load_in=16bit train.gpu_memory_cap=12 train.devices=$TWO
+  for run in ${BIG_RUNS:-one ddp capped}; do  # BIG_RUNS=capped: the sharded run alone
+    case $run in
+      one) train one-8b model.load_in=4bit train.devices=$ONE ;;
+      ddp) train ddp-8b model.load_in=4bit train.devices=$TWO train.parallel=ddp ;;
+      capped) train capped-8b model.load_in=16bit train.gpu_memory_cap=12 train.devices=$TWO ;;
+    esac
+  done
 fi
 if [ "${QLORA_FSDP:-no}" = yes ]; then  # 4-bit weights on two GPUs: each holding them whole (DDP) against
   # sharded (FSDP2, the packed bytes stored as bf16 so FSDP can split them); the same 8 rows a step

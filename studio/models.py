@@ -207,15 +207,18 @@ def quantization_config(cfg: ModelConfig):
         return BitsAndBytesConfig(load_in_8bit=True)
     import torch
 
+    from studio.train.sharding import packed_storage_dtype
+
     dtype = resolve_dtype(cfg.dtype)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=dtype,
-        # FSDP shards only floating-point tensors: the packed 4-bit bytes are then stored as the model's
-        # 16-bit dtype (the same bytes, viewed differently), and split like any other weight.
-        bnb_4bit_quant_storage=dtype if sharded_training() else torch.uint8,
+        # FSDP shards only floating-point tensors: the packed 4-bit bytes are then stored as a 16-bit dtype
+        # (the same bytes, viewed differently), split like any other weight. The other 16-bit dtype than the
+        # model's, so that FSDP gathers each layer as bytes (studio.train.sharding says why).
+        bnb_4bit_quant_storage=packed_storage_dtype(dtype) if sharded_training() else torch.uint8,
     )
 
 

@@ -11,6 +11,7 @@ from studio.config import RunConfig, optimizer_for
 from studio.errors import TrainingError
 from studio.hardware import has_cuda, resolve_dtype, sharded_training, world_size
 from studio.speed.patches import cuda_speedups, offload_keeping_the_memory_cache
+from studio.train.sharding import keep_packed_weights_intact
 
 
 def shared_options(cfg: RunConfig, output_dir: Path, has_eval: bool) -> dict:
@@ -105,7 +106,9 @@ def check_trl_method(trainer_class, method: str) -> None:
 
 def finish_trainer(trainer):
     """What every trainer needs once built: progress goes through the studio's callbacks, not printed;
-    activation offload keeps the GPU memory cache between steps."""
+    activation offload keeps the GPU memory cache between steps; sharded 4-bit weights are gathered intact."""
     trainer.remove_callback(PrinterCallback)
     offload_keeping_the_memory_cache(trainer)
+    if sharded_training():
+        keep_packed_weights_intact(trainer)
     return trainer
