@@ -69,6 +69,9 @@ fi
 echo "[setup] libraries (llama-cpp-python compiles once, about 5 minutes on 2 cores)"
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
 $pip install -r requirements.txt
+# DeepSpeed (train.parallel=deepspeed-zero2/3) comes as source only, and its setup reads the torch
+# installed above; its compiled parts build when first used (CUDA ops on a GPU, a small one on the CPU).
+DS_BUILD_OPS=0 $pip install --no-build-isolation deepspeed==0.19.8
 [ $want_dev = 1 ] && $pip install -r requirements-dev.txt
 if [ $gpu = 1 ]; then
   # Fused Triton kernels for training on CUDA (RMSNorm, RoPE, SwiGLU): Triton has no use

@@ -200,12 +200,12 @@ class TrainConfig:
         0.0, "Use at most this many GiB of each GPU (0: all of it): room for a desktop or another program, or a try "
         "of how a run fits a smaller card. The fit estimate and train.parallel=auto count with it.", min=0
     )
-    parallel: Literal["auto", "ddp", "fsdp"] = _f(
+    parallel: Literal["auto", "ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3"] = _f(
         "auto", "How several devices share the work. ddp: each holds the whole model and trains on its share of "
-        "every step's rows (fastest, when the model and a batch fit on each card). fsdp: the weights, gradients and "
-        "optimizer states are sharded across the cards (FSDP2), for a model too big for one (16-bit or 4-bit; 8-bit "
-        "weights are not sharded). auto: ddp when the fit estimate says one card holds it, else fsdp."
-    )
+        "every step's rows (fastest, when the model and a batch fit on each card). fsdp: weights, gradients and "
+        "optimizer states sharded across the cards (FSDP2), for a model too big for one (16-bit or 4-bit). "
+        "deepspeed-zero2 / zero3: DeepSpeed ZeRO (16-bit weights; zero3 shards the weights too). auto: ddp when the "
+        "fit estimate says one card holds it, else fsdp.")
     logging_steps: int = _f(1, "Log loss, LR and memory every this many steps.", min=1)
     eval_steps: int = _f(20, "Evaluate every this many steps (with data.eval_fraction > 0 or data.eval_path).", min=1)
     save_steps: int = _f(20, "Save a checkpoint every this many steps.", min=1)

@@ -54,9 +54,19 @@ def visible_gpus(env: dict | None = None) -> list[str]:
     return [d.strip() for d in value.split(",") if d.strip()]
 
 
+def parallel_engine() -> str:
+    """How this process shares the work with others: single, ddp, fsdp, deepspeed-zero2 or deepspeed-zero3."""
+    return os.environ.get("STUDIO_PARALLEL", "ddp") if world_size() > 1 else "single"
+
+
 def sharded_training() -> bool:
     """This process is one of several that shard the model (FSDP), rather than each holding all of it."""
-    return world_size() > 1 and os.environ.get("STUDIO_PARALLEL") == "fsdp"
+    return parallel_engine() == "fsdp"
+
+
+def deepspeed_training() -> bool:
+    """This process is one of several that DeepSpeed ZeRO runs (zero3 also shards the weights)."""
+    return parallel_engine().startswith("deepspeed")
 
 
 def cap_gpu_memory(cap_gib: float) -> None:

@@ -18,7 +18,7 @@ import torch
 from conftest import tiny_config, train_tiny
 
 from studio.errors import ConfigError, TrainingError
-from studio.events import read_events
+from studio.events import MemorySink, read_events
 
 # batch 2, accumulating 2: a step sees 4 rows, alone or as 2 processes of 1 batch each
 SAME_GLOBAL_BATCH = ("train.batch_size=2", "train.grad_accum=2", "train.max_steps=6", "train.save_steps=3")
@@ -393,7 +393,6 @@ def test_a_checkpoint_of_sharded_training_resumes_only_sharded(trained_run, tmp_
 
     import torch
 
-    from studio.events import MemorySink
     from studio.runs import load_run_config
     from studio.train.checkpoints import latest_checkpoint
     from studio.train.training import run_training
@@ -499,3 +498,87 @@ def test_sharded_4bit_training_refuses_layers_that_fsdp_would_gather_as_numbers(
     with pytest.raises(TrainingError, match=r"every parameter of .*layers\.0 is torch.bfloat16: FSDP would gather"):
         packed_weights_policy(lora_model(torch.bfloat16))
     assert packed_weights_policy(lora_model()) is None  # 16-bit weights: accelerate's policy
+
+
+@pytest.fixture(scope="module")
+def zero3_run(tiny_llama, tmp_path_factory):
+    return train_tiny(tiny_config(tiny_llama, *SAME_GLOBAL_BATCH, "train.devices=cpu:2",
+                                  "train.parallel=deepspeed-zero3"), tmp_path_factory.mktemp("zero3-runs"))
+
+
+def _deepspeed_run(request, stage: int):
+    if stage == 3:
+        return request.getfixturevalue("zero3_run")
+    tiny_llama, tmp = request.getfixturevalue("tiny_llama"), request.getfixturevalue("tmp_path")
+    return train_tiny(tiny_config(tiny_llama, *SAME_GLOBAL_BATCH, "train.devices=cpu:2",
+                                  "train.parallel=deepspeed-zero2"), tmp)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_trains_as_one_process_with_the_same_global_batch(request, stage, one_process_run):
+    from safetensors.torch import load_file
+
+    from studio.train.checkpoints import checkpoint_engine, checkpoint_problem, deepspeed_processes
+
+    result = _deepspeed_run(request, stage)
+    assert result.state == "completed" and result.step == 6
+    run_dir = result.run_dir
+    stages = [e.message for e in read_events(run_dir / "events.jsonl") if e.kind == "stage"]
+    assert f"Training in 2 processes on the CPU, {'sharded (DeepSpeed ZeRO-3)' if stage == 3 else 'DeepSpeed ZeRO-2'}" \
+        in stages
+    assert _losses(run_dir) == pytest.approx(_losses(one_process_run.run_dir), rel=1e-4)
+    # zero3: every process held part of each weight, gathered whole when saved (sums in another order: Adam
+    # turns their last bits into whole steps for entries whose gradient is near zero, hence a tensor's norm)
+    ours, alone = (load_file(run.run_dir / "adapter" / "adapter_model.safetensors") for run in (result, one_process_run))
+    assert ours.keys() == alone.keys()
+    for name in ours:
+        assert ((ours[name] - alone[name]).norm() / alone[name].norm()).item() < 1e-3, name
+    newest = run_dir / "checkpoints" / "checkpoint-6"
+    assert checkpoint_problem(newest) is None
+    assert checkpoint_engine(newest) == f"deepspeed-zero{stage}" and deepspeed_processes(newest) == 2
+    assert not _rank_processes()
+
+
+def test_a_deepspeed_checkpoint_resumes_in_as_many_processes_and_nowhere_else(zero3_run, tmp_path):
+    import shutil
+
+    from studio.runs import load_run_config
+    from studio.train.checkpoints import checkpoint_problem
+    from studio.train.training import run_training
+
+    run = Path(shutil.copytree(zero3_run.run_dir, tmp_path / zero3_run.run_dir.name))
+    with pytest.raises(ConfigError, match=r"checkpoint-6 was written by DeepSpeed ZeRO-3 in 2 processes, and this "
+                                          r"resume would train one process on the CPU: resume it with "
+                                          r"train.parallel=deepspeed-zero3 on 2 devices"):
+        run_training(run, MemorySink(), resume=True, changes=["train.max_steps=8", "train.devices=cpu"])
+    with pytest.raises(ConfigError, match=r"in 2 processes, and this resume would train 2 processes on the CPU, "
+                                          r"data parallel \(DDP\)"):
+        run_training(run, MemorySink(), resume=True, changes=["train.max_steps=8", "train.parallel=ddp"])
+    assert load_run_config(run).train.max_steps == 6  # refused: nothing changed
+    sink = MemorySink()
+    result = run_training(run, sink, resume=True, changes=["train.max_steps=8"])
+    assert result.state == "completed" and result.step == 8
+    assert [e.step for e in sink.events() if e.kind == "log"] == [7, 8]
+    assert checkpoint_problem(run / "checkpoints" / "checkpoint-8") is None
+    # DeepSpeed's states cut short: the checkpoint counts as damaged, and resume passes it by
+    states = next((run / "checkpoints" / "checkpoint-8").glob("global_step*/zero_pp_rank_1_mp_rank_00_optim_states.pt"))
+    states.write_bytes(states.read_bytes()[:100])
+    assert "damaged (cut short" in checkpoint_problem(run / "checkpoints" / "checkpoint-8")
+    assert not _rank_processes()
+
+
+def test_deepspeed_refuses_what_it_does_not_train():
+    from studio.recipes import from_dict
+    from studio.train.placement import plan_placement
+
+    def plan(**sections):
+        sections["train"] = {"parallel": "deepspeed-zero2", **sections.get("train", {})}
+        return plan_placement(from_dict(sections), gpu_count=2, fits_one_card=True)
+
+    assert plan().describe() == "2 processes on GPU 0, 1, DeepSpeed ZeRO-2"
+    with pytest.raises(ConfigError, match="trains 16-bit weights, but model.load_in is 4bit: use train.parallel=fsdp"):
+        plan(model={"load_in": "4bit"})
+    with pytest.raises(ConfigError, match="train.method=grpo is not trained under DeepSpeed"):
+        plan(train={"method": "grpo"})
+    with pytest.raises(ConfigError, match="train.optimizer=adamw_8bit is not stepped under DeepSpeed ZeRO"):
+        plan(train={"optimizer": "adamw_8bit"})

@@ -28,9 +28,25 @@ def checkpoint_step(path: Path) -> int:
     return int(path.name.split("-")[1].split(".")[0])
 
 
-def sharded_checkpoint(path: Path) -> bool:
-    """Written by FSDP training: only FSDP training can resume it (and FSDP cannot resume any other)."""
-    return _fsdp_optimizer_state(path) or (path / "pytorch_model_fsdp.bin").is_file()
+def checkpoint_engine(path: Path) -> str:
+    """What wrote the checkpoint, which only the same can resume: fsdp, deepspeed-zero2, deepspeed-zero3 (each
+    keeps its states in a form of its own), or plain (one device or DDP: the same states in every process)."""
+    if _fsdp_optimizer_state(path) or (path / "pytorch_model_fsdp.bin").is_file():
+        return "fsdp"
+    if (path / "latest").is_file():  # DeepSpeed names the folder of its states there
+        zero3 = any(_deepspeed_states(path).glob("zero_pp_rank_*_model_states.pt"))
+        return "deepspeed-zero3" if zero3 else "deepspeed-zero2"
+    return "plain"
+
+
+def deepspeed_processes(path: Path) -> int:
+    """How many processes wrote a DeepSpeed checkpoint (one optimizer-state file each)."""
+    return len(list(_deepspeed_states(path).glob("zero_pp_rank_*_optim_states.pt")))
+
+
+def _deepspeed_states(path: Path) -> Path:
+    latest = path / "latest"
+    return path / latest.read_text(encoding="utf-8", errors="replace").strip()
 
 
 def _fsdp_optimizer_state(path: Path) -> bool:
@@ -47,7 +63,10 @@ def checkpoint_problem(path: Path) -> str | None:
         json.loads(state.read_text(encoding="utf-8"))["global_step"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         return f"trainer_state.json is damaged ({type(exc).__name__}: {exc})"
-    if not ((path / "optimizer.pt").is_file() or _fsdp_optimizer_state(path)):
+    deepspeed = (path / "latest").is_file()
+    if deepspeed and not deepspeed_processes(path):
+        return f"DeepSpeed's states ({_deepspeed_states(path).name}/) are missing (the checkpoint was not finished)"
+    if not ((path / "optimizer.pt").is_file() or _fsdp_optimizer_state(path) or deepspeed):
         return "optimizer.pt is missing (the checkpoint was not finished)"
     if not any((path / name).is_file() for name in WEIGHT_FILES):
         return "it holds no weights (no *.safetensors)"
@@ -55,8 +74,9 @@ def checkpoint_problem(path: Path) -> str | None:
         problem = _safetensors_problem(file)
         if problem:
             return f"{file.name} is damaged ({problem})"
+    states = _deepspeed_states(path).glob("*.pt") if deepspeed else []
     for file in sorted([*path.glob("*.pt"), *path.glob("*.pth"), *path.glob("optimizer.bin"),
-                        *path.glob("pytorch_model_fsdp.bin")]):
+                        *path.glob("pytorch_model_fsdp.bin"), *states]):
         # torch.save writes a zip archive whose directory sits at the end: a cut file has none.
         if not zipfile.is_zipfile(file):
             return f"{file.name} is damaged (cut short: {file.stat().st_size:,} bytes)"

@@ -2,7 +2,7 @@
 
 `train.devices` says which devices (auto: every GPU, else the CPU), `train.parallel`
 how several of them share the work: DDP when the model and a batch fit on each
-card, FSDP2 sharding when the fit estimate says they do not.
+card, FSDP2 sharding when the fit estimate says they do not; DeepSpeed ZeRO when asked.
 
     placement = plan_placement(cfg)      # processes, GPUs, engine, each one's grad_accum, notes
     placement.in_process                 # one device and the only one in sight: trained in this process
@@ -17,13 +17,16 @@ from studio.errors import ConfigError
 from studio.config import parse_devices
 
 
+SHARDING_ENGINES = ("fsdp", "deepspeed-zero3")  # the weights split across the devices: a model bigger than one
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where a run trains: its processes, their GPUs (CUDA indices; none on the CPU) and how they share the work."""
 
     processes: int
     gpus: tuple[int, ...]
-    engine: str  # single, ddp or fsdp
+    engine: str  # single, ddp, fsdp, deepspeed-zero2 or deepspeed-zero3
     grad_accum: int  # each process's accumulation steps
     notes: tuple[str, ...] = ()
     # Trained inside the studio's own process: one process, and the only device it sees. (With several
@@ -35,7 +38,8 @@ class Placement:
         where = f"GPU {', '.join(map(str, self.gpus))}" if self.gpus else "the CPU"
         if self.processes == 1:
             return f"one process on {where}"
-        how = {"ddp": "data parallel (DDP)", "fsdp": "sharded (FSDP2)"}[self.engine]
+        how = {"ddp": "data parallel (DDP)", "fsdp": "sharded (FSDP2)", "deepspeed-zero2": "DeepSpeed ZeRO-2",
+               "deepspeed-zero3": "sharded (DeepSpeed ZeRO-3)"}[self.engine]
         return f"{self.processes} processes on {where}, {how}"
 
 
@@ -70,7 +74,7 @@ def plan_placement(cfg: RunConfig, gpu_count: int | None = None, fits_one_card: 
     _refuse_what_cannot_be_shared(cfg, processes, engine)
     if engine == "fsdp" and cfg.model.load_in == "4bit":
         _check_each_card_holds_the_4bit_model(cfg, gpus, card_gib)
-    elif engine == "fsdp":
+    elif engine in SHARDING_ENGINES:
         _check_memory_for_loading(cfg, processes, free_ram_gib)
     per_process = split_grad_accum(cfg.train.grad_accum, processes)
     alone = processes == 1 and (gpus == (0,) and gpu_count == 1 if gpus else gpu_count == 0)
@@ -82,6 +86,8 @@ def _refuse_what_cannot_be_shared(cfg: RunConfig, processes: int, engine: str) -
     if processes > 1 and cfg.train.method == "galore" and cfg.galore.layerwise:
         raise ConfigError("galore.layerwise updates each layer inside the backward pass, which several processes "
                           "cannot share: set galore.layerwise=false, or train on one device (train.devices=0).")
+    if engine.startswith("deepspeed"):
+        _refuse_what_deepspeed_does_not_train(cfg, engine)
     if engine != "fsdp":
         return
     if cfg.model.load_in == "8bit":
@@ -105,6 +111,29 @@ def _refuse_what_cannot_be_shared(cfg: RunConfig, processes: int, engine: str) -
     if cfg.train.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
         raise ConfigError(f"train.optimizer={cfg.train.optimizer} cannot step sharded (FSDP) weights: set "
                           "train.optimizer=auto (AdamW when sharded) or adamw_torch, or train.parallel=ddp.")
+
+
+DEEPSPEED_METHODS = ("sft", "dpo", "orpo", "kto")  # the methods run under DeepSpeed in the tests
+
+
+def _refuse_what_deepspeed_does_not_train(cfg: RunConfig, engine: str) -> None:
+    """DeepSpeed ZeRO trains the methods above on 16-bit weights, uncompiled, with a 32-bit-state optimizer."""
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(f"train.parallel={engine} needs DeepSpeed, which is not installed: run bash "
+                          "scripts/setup.sh (it installs it), or use train.parallel=ddp or fsdp.")
+    if cfg.model.load_in != "16bit":
+        raise ConfigError(f"train.parallel={engine} trains 16-bit weights, but model.load_in is {cfg.model.load_in}: "
+                          "use train.parallel=fsdp (shards 4-bit weights) or ddp, or model.load_in=16bit.")
+    if cfg.train.method not in DEEPSPEED_METHODS:
+        raise ConfigError(f"train.method={cfg.train.method} is not trained under DeepSpeed (only "
+                          f"{', '.join(DEEPSPEED_METHODS)}): use train.parallel=ddp.")
+    if cfg.train.compile_layers is True:
+        raise ConfigError("train.compile_layers is not used under DeepSpeed: set train.compile_layers=auto or false.")
+    if cfg.train.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+        raise ConfigError(f"train.optimizer={cfg.train.optimizer} is not stepped under DeepSpeed ZeRO, which shards "
+                          "the optimizer's states itself: set train.optimizer=auto (AdamW) or adamw_torch.")
 
 
 def _refuse_4bit_sharding_outside_the_fused_layers(cfg: RunConfig) -> None:
@@ -138,7 +167,7 @@ def _check_memory_for_loading(cfg: RunConfig, processes: int, free_ram_gib: floa
     model_gib = sum(parameter_counts(shape)) * bytes_each / GIB
     free = psutil.virtual_memory().available / GIB if free_ram_gib is None else free_ram_gib
     if processes * model_gib > free:
-        raise ConfigError(f"Sharded training (FSDP) reads the whole model into each process's memory before "
+        raise ConfigError(f"Sharded training reads the whole model into each process's memory before "
                           f"spreading it over the GPUs: {processes} x {model_gib:.1f} GiB, and {free:.1f} GiB of "
                           "RAM is free. Close other programs, train on fewer GPUs (train.devices), or load the "
                           "model in 4-bit (model.load_in=4bit) with train.parallel=ddp: each GPU then holds it whole.")
@@ -171,7 +200,7 @@ def _smallest_card_gib(gpus: tuple[int, ...]) -> float:
 
 
 def _engine(cfg: RunConfig, processes: int, gpus: tuple[int, ...], fits_one_card: bool | None) -> str:
-    """single, ddp or fsdp: auto shards only a model the fit estimate says one card cannot hold."""
+    """single, ddp, fsdp or DeepSpeed: auto shards (FSDP) only a model the fit estimate says one card cannot hold."""
     if processes == 1:
         return "single"
     if cfg.train.parallel == "fsdp" and not gpus:

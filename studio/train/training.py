@@ -22,13 +22,13 @@ from transformers import EarlyStoppingCallback
 from studio.train.callbacks import HealthCallback, ProgressCallback, RecentBatches, TrainedTokens
 from studio.train.checkpoints import (check_disk_for_run, keep_last_good_checkpoint, keep_resume_changes,
                                      latest_checkpoint, prepare_resume, remove_unfinished_checkpoints,
-                                     sharded_checkpoint)
+                                     checkpoint_engine, deepspeed_processes)
 from studio.config import RunConfig
 from studio.data.building import build_dataset, to_hf_dataset
 from studio.errors import ConfigError, DiskSpaceError, StudioError, TrainingError
 from studio.events import Event, Sink
-from studio.hardware import (MemoryProbe, cap_gpu_memory, free_accelerator_memory, is_main_process, sharded_training,
-                             world_size)
+from studio.hardware import (MemoryProbe, cap_gpu_memory, deepspeed_training, free_accelerator_memory, is_main_process,
+                             sharded_training, world_size)
 from studio.train.health import Divergence, TrainingHealth
 from studio.models import hf_folder, load_model
 from studio.speed.apply import prepare_for_training
@@ -78,12 +78,22 @@ def run_training(run_dir: Path, sink: Sink, stop: threading.Event | None = None,
 
 
 def _check_engine_of(checkpoint: Path, placement: Placement) -> None:
-    """Only sharded (FSDP) training resumes a sharded checkpoint, and it resumes no other."""
-    sharded = sharded_checkpoint(checkpoint)
-    if sharded != (placement.engine == "fsdp"):
-        raise ConfigError(f"{checkpoint.name} was written by {'sharded (FSDP)' if sharded else 'unsharded'} training, "
+    """A checkpoint resumes under the engine that wrote it (sharded states are kept in a form of its own), and
+    DeepSpeed's in as many processes as wrote it (one file of states each)."""
+    wrote = checkpoint_engine(checkpoint)
+    engine = placement.engine if placement.engine in ("fsdp", "deepspeed-zero2", "deepspeed-zero3") else "plain"
+    if wrote.startswith("deepspeed"):
+        processes = deepspeed_processes(checkpoint)
+        if wrote == engine and processes == placement.processes:
+            return
+        raise ConfigError(f"{checkpoint.name} was written by DeepSpeed ZeRO-{wrote[-1]} in {processes} processes, "
                           f"and this resume would train {placement.describe()}: resume it with "
-                          + ("train.parallel=fsdp on several GPUs." if sharded else
+                          f"train.parallel={wrote} on {processes} devices.")
+    if wrote != engine:
+        who = {"fsdp": "sharded (FSDP)", "plain": "unsharded"}[wrote]
+        raise ConfigError(f"{checkpoint.name} was written by {who} training, and this resume would train "
+                          f"{placement.describe()}: resume it with "
+                          + ("train.parallel=fsdp on several GPUs." if wrote == "fsdp" else
                              "train.parallel=ddp, or on one device."))
 
 
@@ -275,7 +285,7 @@ def _save_weights(trainer, tokenizer, template: Template, run_dir: Path, cfg: Ru
     tmp = final.with_name(final.name + ".part")
     if is_main_process():
         shutil.rmtree(tmp, ignore_errors=True)
-    if sharded_training():
+    if sharded_training() or deepspeed_training():
         trainer.save_model(str(tmp))  # every rank hands over its shards; rank 0 writes them whole
     elif is_main_process():
         trainer.model.save_pretrained(tmp)

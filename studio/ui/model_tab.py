@@ -14,7 +14,7 @@ from studio.config import RunConfig
 from studio.ui.controls import control, more_settings
 from studio.ui.form import config_from_form, named
 from studio.ui.hook import Hook
-from studio.train.placement import plan_placement
+from studio.train.placement import SHARDING_ENGINES, plan_placement
 
 CUSTOM = "Other: hub id, local folder or .gguf file"
 
@@ -65,7 +65,7 @@ def wire(studio, form: dict, tab: ModelTab) -> None:
             placement = plan_placement(cfg, gpu_count=len(hw["gpus"]))
         except StudioError as exc:
             return f"⚠️ {exc}"
-        shards = placement.processes if placement.engine == "fsdp" else 1
+        shards = placement.processes if placement.engine in SHARDING_ENGINES else 1
         available = capped_gib(hw["available_gib"], cfg) if hw["gpu"] else hw["available_gib"]
         est, sentence = check_fit(cfg, available, hw["gpu"], shards)
         icon = {"fits": "✅", "tight": "🟡", "does not fit": "⛔"}.get(est.verdict if est else "", "❔")

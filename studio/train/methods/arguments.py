@@ -9,7 +9,8 @@ from transformers import PrinterCallback
 
 from studio.config import RunConfig, optimizer_for
 from studio.errors import TrainingError
-from studio.hardware import has_cuda, resolve_dtype, sharded_training, world_size
+from studio.hardware import (deepspeed_training, has_cuda, parallel_engine, resolve_dtype, sharded_training,
+                              world_size)
 from studio.speed.patches import cuda_speedups, offload_keeping_the_memory_cache
 from studio.train.sharding import keep_packed_weights_intact
 
@@ -64,10 +65,13 @@ def parallel_options() -> dict:
     ddp: every process holds the model and averages its gradients with the others after each
     step's rows (gloo between CPU processes, NCCL between GPUs). fsdp: FSDP2 shards each decoder
     layer's weights, gradients and optimizer states across the GPUs (checkpointed by transformers, as
-    on one device: shared_options).
+    on one device: shared_options). deepspeed-zero2 / -zero3: DeepSpeed ZeRO shards the optimizer states
+    and gradients (zero3: the weights too).
     """
     if world_size() == 1:
         return {}
+    if deepspeed_training():
+        return {"deepspeed": deepspeed_config(parallel_engine())}
     if not sharded_training():
         # LoRA leaves most parameters without gradients: DDP need not search for unused ones. A causal
         # LM's buffers (rotary frequencies) never change in training, so DDP need not broadcast them
@@ -80,10 +84,19 @@ def parallel_options() -> dict:
     }}
 
 
+def deepspeed_config(engine: str) -> dict:
+    """DeepSpeed's config for deepspeed-zero2 or -zero3: the batch, precision and clipping come from the
+    trainer's own settings ("auto"); zero3 gathers the whole weights when the trainer saves them."""
+    zero = {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True} if engine.endswith("3") else {"stage": 2}
+    return {"zero_optimization": zero, "train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto",
+            "gradient_accumulation_steps": "auto", "gradient_clipping": "auto",
+            "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"}}
+
+
 def optimizer_name(setting: str) -> str:
     """transformers' name of the optimizer train.optimizer stands for (config.optimizer_for decides auto)."""
-    # bitsandbytes' 8-bit states cannot follow FSDP's sharded weights: sharded training's auto is AdamW.
-    name = optimizer_for(setting, has_cuda() and not sharded_training())
+    # bitsandbytes' 8-bit states cannot follow sharded weights, and ZeRO shards the states itself: AdamW.
+    name = optimizer_for(setting, has_cuda() and not (sharded_training() or deepspeed_training()))
     return {"adamw_8bit": "adamw_bnb_8bit"}.get(name, name)
 
 
