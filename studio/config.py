@@ -188,8 +188,8 @@ class TrainConfig:
     compile_layers: Literal["auto", True, False] = _f(
         "auto", "Compile each decoder layer (torch.compile): fewer kernel launches a step (~15% faster on an H100); "
         "the first step takes longer. auto: on with CUDA on Linux with a C compiler (Triton needs one), except with "
-        "8-bit weights, grpo, prefix, fsdp, train.kernels=liger or rows longer than train.feed_forward_slice; a "
-        "layer that fails to compile runs as it is. true/on, false/off."
+        "8-bit weights, grpo, prefix, fsdp, deepspeed, train.kernels=liger or rows longer than "
+        "train.feed_forward_slice; a layer that fails to compile runs as it is. true/on, false/off."
     )
     devices: str = _f(
         "auto", "Where to train. auto: every GPU CUDA sees, one process each (the CPU when there is none). GPU "

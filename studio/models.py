@@ -22,7 +22,7 @@ from pathlib import Path
 
 from studio.config import LoraConfig, ModelConfig, PromptTuningConfig
 from studio.errors import ConfigError, ModelLoadError
-from studio.hardware import has_cuda, local_rank, parallel_engine, resolve_dtype, sharded_training
+from studio.hardware import has_cuda, local_rank, resolve_dtype, sharded_training
 
 BUILTIN_GEMMA = "builtin:gemma-3-270m"
 GEMMA_NOTICE = (
@@ -230,8 +230,7 @@ def load_model(cfg: ModelConfig):
     refuse_unsafe_files(source, cfg.trust_remote_code, cfg.allow_pickle)
     # Each training process holds its model on its own GPU; sharded training places the shards itself,
     # except of a 4-bit model, which bitsandbytes quantizes on the GPU as it loads (FSDP then keeps a shard).
-    on_own_gpu = has_cuda() and (not (sharded_training() or parallel_engine() == "deepspeed-zero3")
-                                  or cfg.load_in == "4bit")
+    on_own_gpu = has_cuda() and (not sharded_training() or cfg.load_in == "4bit")
     device_map = {"": local_rank()} if on_own_gpu else None
     options = {"dtype": resolve_dtype(cfg.dtype), "device_map": device_map,
                "trust_remote_code": cfg.trust_remote_code,

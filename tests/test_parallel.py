@@ -527,9 +527,10 @@ def test_deepspeed_zero_trains_as_one_process_with_the_same_global_batch(request
     assert f"Training in 2 processes on the CPU, {'sharded (DeepSpeed ZeRO-3)' if stage == 3 else 'DeepSpeed ZeRO-2'}" \
         in stages
     assert _losses(run_dir) == pytest.approx(_losses(one_process_run.run_dir), rel=1e-4)
-    # zero3: every process held part of each weight, gathered whole when saved (sums in another order: Adam
-    # turns their last bits into whole steps for entries whose gradient is near zero, hence a tensor's norm)
-    ours, alone = (load_file(run.run_dir / "adapter" / "adapter_model.safetensors") for run in (result, one_process_run))
+    # zero3 gathers the weights whole to save them. The same adapter up to sums in another order (Adam turns
+    # their last bits into whole steps for entries whose gradient is near zero, hence a tensor's norm)
+    ours, alone = (load_file(run.run_dir / "adapter" / "adapter_model.safetensors")
+                   for run in (result, one_process_run))
     assert ours.keys() == alone.keys()
     for name in ours:
         assert ((ours[name] - alone[name]).norm() / alone[name].norm()).item() < 1e-3, name
@@ -549,7 +550,7 @@ def test_a_deepspeed_checkpoint_resumes_in_as_many_processes_and_nowhere_else(ze
     run = Path(shutil.copytree(zero3_run.run_dir, tmp_path / zero3_run.run_dir.name))
     with pytest.raises(ConfigError, match=r"checkpoint-6 was written by DeepSpeed ZeRO-3 in 2 processes, and this "
                                           r"resume would train one process on the CPU: resume it with "
-                                          r"train.parallel=deepspeed-zero3 on 2 devices"):
+                                          r"train.parallel=deepspeed-zero3 on 2 devices \(train.devices\)"):
         run_training(run, MemorySink(), resume=True, changes=["train.max_steps=8", "train.devices=cpu"])
     with pytest.raises(ConfigError, match=r"in 2 processes, and this resume would train 2 processes on the CPU, "
                                           r"data parallel \(DDP\)"):
@@ -582,3 +583,50 @@ def test_deepspeed_refuses_what_it_does_not_train():
         plan(train={"method": "grpo"})
     with pytest.raises(ConfigError, match="train.optimizer=adamw_8bit is not stepped under DeepSpeed ZeRO"):
         plan(train={"optimizer": "adamw_8bit"})
+    # ZeRO-3 moves the whole model to each GPU before splitting it: the weights must fit a card
+    eight_b = from_dict({"model": {"name_or_path": "meta-llama/Llama-3.1-8B-Instruct"},
+                         "train": {"parallel": "deepspeed-zero3"}})
+    assert plan_placement(eight_b, gpu_count=2, fits_one_card=True, card_gib=24.0).engine == "deepspeed-zero3"
+    with pytest.raises(ConfigError, match=r"ZeRO-3 moves the whole model to each GPU before splitting it: 15.0 GiB "
+                                          r"of weights, and a card offers 12.0 GiB. Use train.parallel=fsdp"):
+        plan_placement(eight_b, gpu_count=2, fits_one_card=True, card_gib=12.0)
+
+
+def test_deepspeed_checkpoints_in_bf16_are_recognised_and_checked(tmp_path):
+    """On a GPU in bf16, DeepSpeed names its optimizer states bf16_zero_pp_rank_K_...: the same checkpoint."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from studio.train.checkpoints import checkpoint_engine, checkpoint_problem, deepspeed_processes
+
+    checkpoint = tmp_path / "checkpoint-6"
+    states = checkpoint / "global_step6"
+    states.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 6}))
+    save_file({"lora_A": torch.ones(2, 2)}, checkpoint / "adapter_model.safetensors")
+    (checkpoint / "latest").write_text("global_step6")
+    for rank in range(2):
+        torch.save({}, states / f"bf16_zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
+        torch.save({}, states / f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt")
+    assert checkpoint_problem(checkpoint) is None
+    assert checkpoint_engine(checkpoint) == "deepspeed-zero3" and deepspeed_processes(checkpoint) == 2
+    (checkpoint / "latest").write_text("global_step9")  # names states that were never written
+    assert "DeepSpeed's states (the folder its file `latest` names) are missing" in checkpoint_problem(checkpoint)
+    (checkpoint / "latest").write_text("")
+    assert "are missing" in checkpoint_problem(checkpoint)
+
+
+@pytest.mark.parametrize("method", ["dpo", "orpo", "kto"])
+def test_the_preference_methods_train_under_deepspeed_zero3(tiny_llama, tmp_path, method):
+    from conftest import ROOT
+
+    cfg = tiny_config(tiny_llama, f"train.method={method}", f"data.path={ROOT / 'assets' / 'sample_preferences.jsonl'}",
+                      "train.max_steps=2", "train.batch_size=2", "train.save_steps=100", "train.devices=cpu:2",
+                      "train.parallel=deepspeed-zero3")
+    result = train_tiny(cfg, tmp_path)
+    assert (result.state, result.step) == ("completed", 2)
+    metrics = [e.extra.get("metrics", {}) for e in read_events(result.run_dir / "events.jsonl") if e.kind == "log"]
+    assert metrics and metrics[-1], "the method's own values come back from rank 0"
+    assert (result.run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert not _rank_processes()

@@ -34,19 +34,23 @@ def checkpoint_engine(path: Path) -> str:
     if _fsdp_optimizer_state(path) or (path / "pytorch_model_fsdp.bin").is_file():
         return "fsdp"
     if (path / "latest").is_file():  # DeepSpeed names the folder of its states there
-        zero3 = any(_deepspeed_states(path).glob("zero_pp_rank_*_model_states.pt"))
+        zero3 = any(_deepspeed_states(path).glob("*zero_pp_rank_*_model_states.pt"))
         return "deepspeed-zero3" if zero3 else "deepspeed-zero2"
     return "plain"
 
 
 def deepspeed_processes(path: Path) -> int:
-    """How many processes wrote a DeepSpeed checkpoint (one optimizer-state file each)."""
-    return len(list(_deepspeed_states(path).glob("zero_pp_rank_*_optim_states.pt")))
+    """How many processes wrote a DeepSpeed checkpoint (one optimizer-state file each; named bf16_... in bf16)."""
+    return len(list(_deepspeed_states(path).glob("*zero_pp_rank_*_optim_states.pt")))
 
 
 def _deepspeed_states(path: Path) -> Path:
-    latest = path / "latest"
-    return path / latest.read_text(encoding="utf-8", errors="replace").strip()
+    """The folder `latest` names (the checkpoint itself when it names none, so nothing is found there)."""
+    try:
+        name = (path / "latest").read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return path
+    return path / name if name and "/" not in name else path
 
 
 def _fsdp_optimizer_state(path: Path) -> bool:
@@ -65,7 +69,7 @@ def checkpoint_problem(path: Path) -> str | None:
         return f"trainer_state.json is damaged ({type(exc).__name__}: {exc})"
     deepspeed = (path / "latest").is_file()
     if deepspeed and not deepspeed_processes(path):
-        return f"DeepSpeed's states ({_deepspeed_states(path).name}/) are missing (the checkpoint was not finished)"
+        return "DeepSpeed's states (the folder its file `latest` names) are missing (the checkpoint was not finished)"
     if not ((path / "optimizer.pt").is_file() or _fsdp_optimizer_state(path) or deepspeed):
         return "optimizer.pt is missing (the checkpoint was not finished)"
     if not any((path / name).is_file() for name in WEIGHT_FILES):
@@ -74,7 +78,7 @@ def checkpoint_problem(path: Path) -> str | None:
         problem = _safetensors_problem(file)
         if problem:
             return f"{file.name} is damaged ({problem})"
-    states = _deepspeed_states(path).glob("*.pt") if deepspeed else []
+    states = _deepspeed_states(path).glob("*.pt") if deepspeed and _deepspeed_states(path) != path else []
     for file in sorted([*path.glob("*.pt"), *path.glob("*.pth"), *path.glob("optimizer.bin"),
                         *path.glob("pytorch_model_fsdp.bin"), *states]):
         # torch.save writes a zip archive whose directory sits at the end: a cut file has none.
@@ -222,7 +226,8 @@ def keep_last_good_checkpoint(run_dir: Path, cfg, tokenizer, template) -> str | 
 
 
 TRAINER_ONLY_FILES = {"optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin",
-                      "optimizer.bin", "pytorch_model_fsdp.bin"}  # the last two: FSDP's
+                      "optimizer.bin", "pytorch_model_fsdp.bin",  # FSDP's
+                      "latest", "zero_to_fp32.py", "zero_to_torch.py"}  # DeepSpeed's
 
 
 # ---------------------------------------------------------------- disk

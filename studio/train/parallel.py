@@ -4,7 +4,7 @@ One recipe runs on the CPU, one GPU or several: `train.devices` says which,
 `train.parallel` how they share the work. Several processes are started by
 PyTorch's own launcher (torch.distributed.run) as children of the studio, one
 per device, each running `studio.train.rank`; the Trainer (through accelerate)
-does the distributed part, DDP or FSDP2.
+does the distributed part: DDP, FSDP2 or DeepSpeed ZeRO.
 
     placement = plan_placement(cfg)      # studio.train.placement: processes, GPUs, engine
     result = train_in_ranks(run_dir, placement, sink, stop, checkpoint)

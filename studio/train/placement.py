@@ -17,7 +17,7 @@ from studio.errors import ConfigError
 from studio.config import parse_devices
 
 
-SHARDING_ENGINES = ("fsdp", "deepspeed-zero3")  # the weights split across the devices: a model bigger than one
+SHARDING_ENGINES = ("fsdp", "deepspeed-zero3")  # the weights split across the devices while training
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,10 @@ def plan_placement(cfg: RunConfig, gpu_count: int | None = None, fits_one_card: 
     engine = _engine(cfg, processes, gpus, fits_one_card)
     _refuse_what_cannot_be_shared(cfg, processes, engine)
     if engine == "fsdp" and cfg.model.load_in == "4bit":
-        _check_each_card_holds_the_4bit_model(cfg, gpus, card_gib)
-    elif engine in SHARDING_ENGINES:
+        _check_each_card_holds_the_weights(cfg, gpus, card_gib)
+    elif engine == "deepspeed-zero3" and gpus:
+        _check_each_card_holds_the_weights(cfg, gpus, card_gib)
+    elif engine == "fsdp":
         _check_memory_for_loading(cfg, processes, free_ram_gib)
     per_process = split_grad_accum(cfg.train.grad_accum, processes)
     alone = processes == 1 and (gpus == (0,) and gpu_count == 1 if gpus else gpu_count == 0)
@@ -167,15 +169,16 @@ def _check_memory_for_loading(cfg: RunConfig, processes: int, free_ram_gib: floa
     model_gib = sum(parameter_counts(shape)) * bytes_each / GIB
     free = psutil.virtual_memory().available / GIB if free_ram_gib is None else free_ram_gib
     if processes * model_gib > free:
-        raise ConfigError(f"Sharded training reads the whole model into each process's memory before "
+        raise ConfigError(f"Sharded training (FSDP) reads the whole model into each process's memory before "
                           f"spreading it over the GPUs: {processes} x {model_gib:.1f} GiB, and {free:.1f} GiB of "
                           "RAM is free. Close other programs, train on fewer GPUs (train.devices), or load the "
                           "model in 4-bit (model.load_in=4bit) with train.parallel=ddp: each GPU then holds it whole.")
 
 
-def _check_each_card_holds_the_4bit_model(cfg: RunConfig, gpus: tuple[int, ...], card_gib: float | None) -> None:
-    """Each process of sharded 4-bit training quantizes the whole model on its own GPU as it loads (bitsandbytes
-    quantizes on the GPU), and FSDP then keeps only its shard: refused when the packed weights alone fill a card."""
+def _check_each_card_holds_the_weights(cfg: RunConfig, gpus: tuple[int, ...], card_gib: float | None) -> None:
+    """Refused when the weights alone fill a card, where each process holds them whole before they are sharded:
+    sharded 4-bit training (bitsandbytes quantizes on the GPU as it loads, then FSDP keeps a shard) and
+    DeepSpeed ZeRO-3 (it moves the whole model to each GPU, then splits it)."""
     from studio.fit import capped_gib, estimate_fit, shape_of
 
     shape = shape_of(cfg.model.name_or_path)
@@ -186,9 +189,13 @@ def _check_each_card_holds_the_4bit_model(cfg: RunConfig, gpus: tuple[int, ...],
     available = capped_gib(card_gib, cfg)
     weights = estimate_fit(shape, cfg, available, on_gpu=True).weights_gib
     if weights > available:
-        raise ConfigError(f"Sharded 4-bit training loads the whole quantized model on each GPU before spreading it "
-                          f"(FSDP): {weights:.1f} GiB of 4-bit weights, and a card offers {available:.1f} GiB. Use "
-                          "GPUs with more memory, or a smaller model.")
+        if cfg.model.load_in == "4bit":
+            raise ConfigError(f"Sharded 4-bit training loads the whole quantized model on each GPU before spreading "
+                              f"it (FSDP): {weights:.1f} GiB of 4-bit weights, and a card offers {available:.1f} GiB. "
+                              "Use GPUs with more memory, or a smaller model.")
+        raise ConfigError(f"DeepSpeed ZeRO-3 moves the whole model to each GPU before splitting it: {weights:.1f} GiB "
+                          f"of weights, and a card offers {available:.1f} GiB. Use train.parallel=fsdp, which loads "
+                          "it in memory first and spreads it over the cards.")
 
 
 def _smallest_card_gib(gpus: tuple[int, ...]) -> float:

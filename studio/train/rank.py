@@ -107,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         local.set()  # ends the watcher
+    # Ended here, not by the interpreter's exit, where a communication library's threads could still be
+    # torn down (DeepSpeed's on the CPU aborted a process that had finished its run).
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     return 0
 
 

@@ -11,7 +11,8 @@ dtype is gathered as plain bytes instead.
 
 So the packed bytes are stored as the other 16-bit dtype than the model's (float16 beside a bfloat16
 model's norms and LoRA weights), and FSDP casts nothing (its mixed precision would turn the float16 bytes
-into bfloat16 numbers): autocast computes in the model's dtype, as on one GPU.
+into bfloat16 numbers). The computation stays in the model's dtype all the same: the norms are in it,
+TRL keeps a quantized model's LoRA weights in it, and the packed bytes unpack to it.
 
     policy = packed_weights_policy(model)   # None: accelerate's own suits the model
 """
@@ -30,12 +31,17 @@ def packed_storage_dtype(model_dtype: torch.dtype) -> torch.dtype:
 
 def packed_weights_policy(model):
     """FSDP2's mixed-precision policy for a model with 16-bit-stored 4-bit weights (None for any other):
-    it casts nothing; refused where a decoder layer's parameters would not be gathered as bytes."""
+    it casts nothing; refused where packed weights would not be gathered as bytes."""
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
-    layers = _decoder_layers_with_packed_weights(model)
-    if not layers:
+    packed = {id(p) for p in model.parameters() if _packed_in_16_bits(p)}
+    if not packed:
         return None
+    layers = _decoder_layers_with_packed_weights(model)
+    inside = {id(p) for _, layer in layers for p in layer.parameters()}
+    if not packed <= inside:  # FSDP would gather them in a group of their own dtype
+        raise TrainingError("Sharded 4-bit training shards packed weights inside the decoder layers only, and this "
+                            "model has some outside them: set train.parallel=ddp (each GPU holds the 4-bit model).")
     for name, layer in layers:
         dtypes = {p.dtype for p in layer.parameters()}
         if len(dtypes) < 2:

@@ -88,7 +88,7 @@ def _check_engine_of(checkpoint: Path, placement: Placement) -> None:
             return
         raise ConfigError(f"{checkpoint.name} was written by DeepSpeed ZeRO-{wrote[-1]} in {processes} processes, "
                           f"and this resume would train {placement.describe()}: resume it with "
-                          f"train.parallel={wrote} on {processes} devices.")
+                          f"train.parallel={wrote} on {processes} devices (train.devices).")
     if wrote != engine:
         who = {"fsdp": "sharded (FSDP)", "plain": "unsharded"}[wrote]
         raise ConfigError(f"{checkpoint.name} was written by {who} training, and this resume would train "
