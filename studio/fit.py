@@ -244,12 +244,16 @@ def sharded(est: FitEstimate, shards: int) -> FitEstimate:
     return replace(est, weights_gib=est.weights_gib / shards, trainable_gib=est.trainable_gib / shards)
 
 
-def check_fit(cfg: RunConfig, available_gib: float, on_gpu: bool, shards: int = 1) -> tuple[FitEstimate | None, str]:
-    """The estimate (one card's, with `shards` cards sharing the model) and its sentence, or None with the reason
-    when the model's shape is unknown."""
+def check_fit(cfg: RunConfig, available_gib: float, on_gpu: bool, shards: int = 1,
+              engine: str = "single") -> tuple[FitEstimate | None, str]:
+    """The estimate (one card's, with `shards` cards sharing the model under `engine`) and its sentence, or None
+    with the reason when the model's shape is unknown."""
     shape = shape_of(cfg.model.name_or_path)
     if shape is None:
         return None, "Size unknown until the model is loaded (not in the catalog and not a local folder)."
+    if engine in ("fsdp", "deepspeed-zero2", "deepspeed-zero3") and cfg.train.optimizer == "auto":
+        # These step 32-bit AdamW (studio.train.methods.arguments.optimizer_name): four times 8-bit's states.
+        cfg = replace_section(cfg, "train", optimizer="adamw_torch")
     est = estimate_fit(shape, cfg, available_gib, on_gpu)
     if shards > 1:
         est = sharded(est, shards)

@@ -113,3 +113,15 @@ def test_estimate_is_within_15_percent_of_every_measured_gpu_peak():
         assert abs(estimate.peak_gib / measured - 1) <= 0.15, (name, cfg.train, estimate.peak_gib, measured)
         checked += 1
     assert checked >= 10
+
+
+def test_sharded_and_deepspeed_estimates_count_the_32bit_adamw_they_step():
+    from studio.fit import check_fit
+    from studio.recipes import from_dict, replace_section
+
+    full = from_dict({"model": {"name_or_path": "meta-llama/Llama-3.1-8B-Instruct"}, "lora": {"enabled": False}})
+    data_parallel, _ = check_fit(full, 80.0, True, 1, "ddp")  # auto: 8-bit AdamW
+    as_adamw, _ = check_fit(replace_section(full, "train", optimizer="adamw_torch"), 80.0, True, 2)
+    for engine in ("fsdp", "deepspeed-zero3"):
+        sharded, _ = check_fit(full, 80.0, True, 2, engine)
+        assert sharded.trainable_gib == as_adamw.trainable_gib > data_parallel.trainable_gib / 2

@@ -67,7 +67,7 @@ def wire(studio, form: dict, tab: ModelTab) -> None:
             return f"⚠️ {exc}"
         shards = placement.processes if placement.engine in SHARDING_ENGINES else 1
         available = capped_gib(hw["available_gib"], cfg) if hw["gpu"] else hw["available_gib"]
-        est, sentence = check_fit(cfg, available, hw["gpu"], shards)
+        est, sentence = check_fit(cfg, available, hw["gpu"], shards, placement.engine)
         icon = {"fits": "✅", "tight": "🟡", "does not fit": "⛔"}.get(est.verdict if est else "", "❔")
         where = (f"**Each of {placement.processes} {'GPUs' if placement.gpus else 'processes'}** "
                  f"({placement.describe()}): " if placement.processes > 1 else "")
