@@ -630,3 +630,26 @@ def test_the_preference_methods_train_under_deepspeed_zero3(tiny_llama, tmp_path
     assert metrics and metrics[-1], "the method's own values come back from rank 0"
     assert (result.run_dir / "adapter" / "adapter_model.safetensors").is_file()
     assert not _rank_processes()
+
+
+def test_nan_training_under_zero3_keeps_the_last_checkpoint_of_finite_weights(tiny_llama, tmp_path):
+    """Before each checkpoint every process checks its part of each weight, and they agree on the answer (they
+    save together). The tiny model's LoRA weights are below DeepSpeed's size for splitting: each process holds
+    them whole here, so this runs the agreement, not a split weight."""
+    from safetensors.torch import load_file
+
+    from studio.runs import read_status
+    from studio.train.checkpoints import latest_checkpoint
+
+    # A checkpoint every step, a log every 6th: the weights turn non-finite before any log shows it.
+    result = train_tiny(tiny_config(tiny_llama, "train.learning_rate=1e4", "train.max_grad_norm=0",
+                                    "train.max_steps=12", "train.save_steps=1", "train.logging_steps=6",
+                                    "train.save_total_limit=0", "train.batch_size=2", "train.grad_accum=2",
+                                    "train.devices=cpu:2", "train.parallel=deepspeed-zero3"), tmp_path)
+    assert result.state == "diverged" and result.step < 12
+    good = latest_checkpoint(result.run_dir)
+    assert good is not None and int(good.name.split("-")[1]) < result.step, "no checkpoint of the bad weights"
+    assert f"The newest checkpoint with finite weights ({good.name}) is kept" in read_status(result.run_dir)["health"]
+    kept = load_file(result.run_dir / "adapter" / "adapter_model.safetensors")
+    assert all(t.isfinite().all() for t in kept.values())
+    assert not _rank_processes()

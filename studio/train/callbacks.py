@@ -16,7 +16,7 @@ import torch
 from transformers import TrainerCallback
 
 from studio.events import Event, Sink
-from studio.hardware import MemoryProbe
+from studio.hardware import MemoryProbe, parallel_engine
 from studio.train.health import Divergence, TrainingHealth
 
 # A trainer's log entry holding a few of the step's completions with their rewards (grpo), sent with the log event.
@@ -272,6 +272,18 @@ class HealthCallback(TrainerCallback):
 
 
 def trainable_weights_finite(model) -> bool:
-    """Whether every trained weight is a finite number (a cheap check on LoRA: only the adapter)."""
+    """Whether every trained weight is a finite number (a cheap check on LoRA: only the adapter).
+
+    Under DeepSpeed ZeRO-3 each process holds a part of each weight (its ds_tensor; the weight itself is an
+    empty placeholder) and checks that part: the processes then agree, so that all of them write the
+    checkpoint or none (writing one takes them all)."""
     with torch.no_grad():
-        return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
+        finite = all(bool(torch.isfinite(getattr(p, "ds_tensor", p)).all())
+                     for p in model.parameters() if p.requires_grad)
+    if parallel_engine() == "deepspeed-zero3":
+        import torch.distributed as dist
+
+        agreed = torch.tensor([int(finite)], device="cuda" if torch.cuda.is_available() else "cpu")  # NCCL: GPU
+        dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+        finite = bool(agreed.item())
+    return finite
