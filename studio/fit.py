@@ -251,7 +251,9 @@ def check_fit(cfg: RunConfig, available_gib: float, on_gpu: bool, shards: int = 
     shape = shape_of(cfg.model.name_or_path)
     if shape is None:
         return None, "Size unknown until the model is loaded (not in the catalog and not a local folder)."
-    if engine in ("fsdp", "deepspeed-zero2", "deepspeed-zero3") and cfg.train.optimizer == "auto":
+    from studio.train.placement import SPLIT_STATE_ENGINES
+
+    if engine in SPLIT_STATE_ENGINES and cfg.train.optimizer == "auto":
         # These step 32-bit AdamW (studio.train.methods.arguments.optimizer_name): four times 8-bit's states.
         cfg = replace_section(cfg, "train", optimizer="adamw_torch")
     est = estimate_fit(shape, cfg, available_gib, on_gpu)

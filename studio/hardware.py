@@ -64,9 +64,11 @@ def sharded_training() -> bool:
     return parallel_engine() == "fsdp"
 
 
-def deepspeed_training() -> bool:
-    """This process is one of several that DeepSpeed ZeRO runs (zero3 also shards the weights)."""
-    return parallel_engine().startswith("deepspeed")
+def split_states() -> bool:
+    """This process is one of several that split the optimizer states among them (FSDP or DeepSpeed ZeRO)."""
+    from studio.train.placement import SPLIT_STATE_ENGINES
+
+    return parallel_engine() in SPLIT_STATE_ENGINES
 
 
 def cap_gpu_memory(cap_gib: float) -> None:

@@ -40,7 +40,7 @@ import sys
 import torch
 
 from studio.config import RunConfig
-from studio.hardware import deepspeed_training, has_cuda, sharded_training
+from studio.hardware import has_cuda, split_states
 from studio.recipes import settings_that_cannot_compile
 from studio.speed.nf4 import prepare_for_compiling
 
@@ -50,7 +50,7 @@ def compiles_layers(cfg: RunConfig, note=lambda text: None) -> bool:
     setting = cfg.train.compile_layers
     if setting != "auto":
         return setting  # true: recipes and placement have refused what cannot compile
-    if not has_cuda() or settings_that_cannot_compile(cfg) or sharded_training() or deepspeed_training():
+    if not has_cuda() or settings_that_cannot_compile(cfg) or split_states():
         return False
     t = cfg.train
     if 0 < t.feed_forward_slice < t.max_length:

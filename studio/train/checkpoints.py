@@ -33,24 +33,34 @@ def checkpoint_engine(path: Path) -> str:
     keeps its states in a form of its own), or plain (one device or DDP: the same states in every process)."""
     if _fsdp_optimizer_state(path) or (path / "pytorch_model_fsdp.bin").is_file():
         return "fsdp"
-    if (path / "latest").is_file():  # DeepSpeed names the folder of its states there
-        zero3 = any(_deepspeed_states(path).glob("*zero_pp_rank_*_model_states.pt"))
+    states = _deepspeed_states(path)
+    if states is not None:
+        zero3 = any(states.glob("*zero_pp_rank_*_model_states.pt"))
         return "deepspeed-zero3" if zero3 else "deepspeed-zero2"
     return "plain"
 
 
 def deepspeed_processes(path: Path) -> int:
-    """How many processes wrote a DeepSpeed checkpoint (one optimizer-state file each; named bf16_... in bf16)."""
-    return len(list(_deepspeed_states(path).glob("*zero_pp_rank_*_optim_states.pt")))
+    """How many processes wrote a DeepSpeed checkpoint."""
+    return len(_optimizer_state_files(_deepspeed_states(path)))
 
 
-def _deepspeed_states(path: Path) -> Path:
-    """The folder `latest` names (the checkpoint itself when it names none, so nothing is found there)."""
+def _optimizer_state_files(states: Path | None) -> list[Path]:
+    """DeepSpeed's optimizer states in its folder `states`: one file per process (named bf16_... in bf16)."""
+    return [] if states is None else list(states.glob("*zero_pp_rank_*_optim_states.pt"))
+
+
+def _deepspeed_states(path: Path) -> Path | None:
+    """The folder of DeepSpeed's states that its file `latest` names (`latest` itself, where nothing is found, when
+    it is unreadable or names none); None when the checkpoint has no `latest`: not DeepSpeed's."""
+    latest = path / "latest"
+    if not latest.is_file():
+        return None
     try:
-        name = (path / "latest").read_text(encoding="utf-8", errors="replace").strip()
+        name = latest.read_text(encoding="utf-8", errors="replace").strip()
     except OSError:
-        return path
-    return path / name if name and "/" not in name else path
+        return latest
+    return path / name if name and "/" not in name else latest
 
 
 def _fsdp_optimizer_state(path: Path) -> bool:
@@ -67,8 +77,8 @@ def checkpoint_problem(path: Path) -> str | None:
         json.loads(state.read_text(encoding="utf-8"))["global_step"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         return f"trainer_state.json is damaged ({type(exc).__name__}: {exc})"
-    deepspeed = (path / "latest").is_file()
-    if deepspeed and not deepspeed_processes(path):
+    deepspeed = _deepspeed_states(path)
+    if deepspeed is not None and not _optimizer_state_files(deepspeed):
         return "DeepSpeed's states (the folder its file `latest` names) are missing (the checkpoint was not finished)"
     if not ((path / "optimizer.pt").is_file() or _fsdp_optimizer_state(path) or deepspeed):
         return "optimizer.pt is missing (the checkpoint was not finished)"
@@ -78,9 +88,8 @@ def checkpoint_problem(path: Path) -> str | None:
         problem = _safetensors_problem(file)
         if problem:
             return f"{file.name} is damaged ({problem})"
-    states = _deepspeed_states(path).glob("*.pt") if deepspeed and _deepspeed_states(path) != path else []
     for file in sorted([*path.glob("*.pt"), *path.glob("*.pth"), *path.glob("optimizer.bin"),
-                        *path.glob("pytorch_model_fsdp.bin"), *states]):
+                        *path.glob("pytorch_model_fsdp.bin"), *(deepspeed.glob("*.pt") if deepspeed else [])]):
         # torch.save writes a zip archive whose directory sits at the end: a cut file has none.
         if not zipfile.is_zipfile(file):
             return f"{file.name} is damaged (cut short: {file.stat().st_size:,} bytes)"

@@ -18,6 +18,9 @@ from studio.config import parse_devices
 
 
 SHARDING_ENGINES = ("fsdp", "deepspeed-zero3")  # the weights split across the devices while training
+# The engines that split the optimizer states across the processes: their checkpoints are their own, their
+# weights are saved through the trainer, they step 32-bit AdamW and run uncompiled.
+SPLIT_STATE_ENGINES = ("fsdp", "deepspeed-zero2", "deepspeed-zero3")
 
 
 @dataclass(frozen=True)
@@ -72,9 +75,7 @@ def plan_placement(cfg: RunConfig, gpu_count: int | None = None, fits_one_card: 
         processes = len(gpus)
     engine = _engine(cfg, processes, gpus, fits_one_card)
     _refuse_what_cannot_be_shared(cfg, processes, engine)
-    if engine == "fsdp" and cfg.model.load_in == "4bit":
-        _check_each_card_holds_the_weights(cfg, gpus, card_gib)
-    elif engine == "deepspeed-zero3" and gpus:
+    if (engine == "fsdp" and cfg.model.load_in == "4bit") or (engine == "deepspeed-zero3" and gpus):
         _check_each_card_holds_the_weights(cfg, gpus, card_gib)
     elif engine == "fsdp":
         _check_memory_for_loading(cfg, processes, free_ram_gib)

@@ -27,8 +27,8 @@ from studio.config import RunConfig
 from studio.data.building import build_dataset, to_hf_dataset
 from studio.errors import ConfigError, DiskSpaceError, StudioError, TrainingError
 from studio.events import Event, Sink
-from studio.hardware import (MemoryProbe, cap_gpu_memory, deepspeed_training, free_accelerator_memory, is_main_process,
-                             sharded_training, world_size)
+from studio.hardware import (MemoryProbe, cap_gpu_memory, free_accelerator_memory, is_main_process, split_states,
+                             world_size)
 from studio.train.health import Divergence, TrainingHealth
 from studio.models import hf_folder, load_model
 from studio.speed.apply import prepare_for_training
@@ -37,7 +37,7 @@ from studio.train.methods import method_for
 from studio.recipes import replace_section
 from studio.runs import (disk_full_text, is_disk_full, load_run_config, lock_run, read_template, write_atomically,
                          write_status)
-from studio.train.placement import Placement, split_grad_accum
+from studio.train.placement import SPLIT_STATE_ENGINES, Placement, split_grad_accum
 from studio.data.templates import Template, resolve_template, template_warnings
 
 
@@ -81,7 +81,7 @@ def _check_engine_of(checkpoint: Path, placement: Placement) -> None:
     """A checkpoint resumes under the engine that wrote it (sharded states are kept in a form of its own), and
     DeepSpeed's in as many processes as wrote it (one file of states each)."""
     wrote = checkpoint_engine(checkpoint)
-    engine = placement.engine if placement.engine in ("fsdp", "deepspeed-zero2", "deepspeed-zero3") else "plain"
+    engine = placement.engine if placement.engine in SPLIT_STATE_ENGINES else "plain"
     if wrote.startswith("deepspeed"):
         processes = deepspeed_processes(checkpoint)
         if wrote == engine and processes == placement.processes:
@@ -285,7 +285,7 @@ def _save_weights(trainer, tokenizer, template: Template, run_dir: Path, cfg: Ru
     tmp = final.with_name(final.name + ".part")
     if is_main_process():
         shutil.rmtree(tmp, ignore_errors=True)
-    if sharded_training() or deepspeed_training():
+    if split_states():
         trainer.save_model(str(tmp))  # every rank hands over its shards; rank 0 writes them whole
     elif is_main_process():
         trainer.model.save_pretrained(tmp)

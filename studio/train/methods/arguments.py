@@ -9,8 +9,7 @@ from transformers import PrinterCallback
 
 from studio.config import RunConfig, optimizer_for
 from studio.errors import TrainingError
-from studio.hardware import (deepspeed_training, has_cuda, parallel_engine, resolve_dtype, sharded_training,
-                              world_size)
+from studio.hardware import has_cuda, parallel_engine, resolve_dtype, sharded_training, split_states, world_size
 from studio.speed.patches import cuda_speedups, offload_keeping_the_memory_cache
 from studio.train.sharding import keep_packed_weights_intact
 
@@ -70,7 +69,7 @@ def parallel_options() -> dict:
     """
     if world_size() == 1:
         return {}
-    if deepspeed_training():
+    if parallel_engine().startswith("deepspeed"):
         return {"deepspeed": deepspeed_config(parallel_engine())}
     if not sharded_training():
         # LoRA leaves most parameters without gradients: DDP need not search for unused ones. A causal
@@ -96,7 +95,7 @@ def deepspeed_config(engine: str) -> dict:
 def optimizer_name(setting: str) -> str:
     """transformers' name of the optimizer train.optimizer stands for (config.optimizer_for decides auto)."""
     # bitsandbytes' 8-bit states cannot follow sharded weights, and ZeRO shards the states itself: AdamW.
-    name = optimizer_for(setting, has_cuda() and not (sharded_training() or deepspeed_training()))
+    name = optimizer_for(setting, has_cuda() and not split_states())
     return {"adamw_8bit": "adamw_bnb_8bit"}.get(name, name)
 
 
