@@ -10,6 +10,7 @@
 #                                      QLoRA on one GPU and two, bf16 LoRA under a 12 GiB cap per GPU
 #   SMALL=no FSDP_RESUME=yes bash results/multi-gpu.sh   # a sharded run stopped, refused on one GPU, resumed on two
 #   SMALL=no QLORA_FSDP=yes bash results/multi-gpu.sh    # 4-bit weights on two GPUs: DDP against sharded (FSDP2)
+#   SMALL=no DEEPSPEED=yes bash results/multi-gpu.sh     # DDP, DeepSpeed ZeRO-2 and ZeRO-3 with the same 32-bit AdamW
 #   PYTHONPATH=results/ddp_options:$PYTHONPATH STUDIO_DDP_OPTIONS="static_graph gradient_as_bucket_view" \
 #     ACCUMS=2 FSDP=no bash results/multi-gpu.sh   # DDP options the studio does not set, to measure them
 #   PYTHONPATH=results/profile_steps STUDIO_PROFILE_STEPS=8:4 STUDIO_PROFILE_OUT=$OUT ACCUMS=1 FSDP=no \
@@ -73,9 +74,21 @@ if [ "${BIG:-no}" = yes ]; then  # the 8B shape: QLoRA 2 x 2048 on one GPU and t
   done
 fi
 if [ "${QLORA_FSDP:-no}" = yes ]; then  # 4-bit weights on two GPUs: each holding them whole (DDP) against
-  # sharded (FSDP2, the packed bytes stored as bf16 so FSDP can split them); the same 8 rows a step
+  # sharded (FSDP2, the packed bytes stored as float16 so FSDP gathers them as bytes); the same 8 rows a step
   train ddp4-q train.grad_accum=2 model.load_in=4bit train.devices=$TWO train.parallel=ddp
   train fsdp4-q train.grad_accum=2 model.load_in=4bit train.devices=$TWO train.parallel=fsdp
+fi
+if [ "${DEEPSPEED:-no}" = yes ]; then  # DeepSpeed ZeRO-2 and ZeRO-3 against DDP and one GPU, all with the
+  # 32-bit AdamW the split-state engines step (auto is 8-bit AdamW elsewhere); the same 8 rows a step
+  for run in one-adamw ddp-adamw zero2-adamw zero3-adamw; do
+    case $run in
+      one-adamw) devices=$ONE parallel=auto ;;
+      ddp-adamw) devices=$TWO parallel=ddp ;;
+      zero2-adamw) devices=$TWO parallel=deepspeed-zero2 ;;
+      zero3-adamw) devices=$TWO parallel=deepspeed-zero3 ;;
+    esac
+    train $run train.grad_accum=2 train.optimizer=adamw_torch train.devices=$devices train.parallel=$parallel
+  done
 fi
 if [ "${FSDP_RESUME:-no}" = yes ]; then  # sharded (FSDP2) training stopped at step 4 by its max_steps, refused
   # on one GPU (a sharded checkpoint), resumed on two to step 8; the adapter then loads like any other
@@ -123,7 +136,7 @@ for run in sorted(glob.glob(sys.argv[1] + "/*")):
     print(name, {k: v for k, v in out[name].items() if k != "losses"})
     print("   losses", out[name]["losses"])
 for one in [n for n in list(out) if n.startswith("one")]:
-    for many in [n for n in list(out) if n.split("-")[0] in ("ddp", "fsdp") and n.split("-", 1)[1:] == one.split("-", 1)[1:]]:
+    for many in [n for n in list(out) if n.split("-")[0] in ("ddp", "fsdp", "zero2", "zero3") and n.split("-", 1)[1:] == one.split("-", 1)[1:]]:
         if out[one]["tokens_per_s"] and out[many]["tokens_per_s"]:
             out[f"speedup_{many}"] = out[many]["tokens_per_s"] / out[one]["tokens_per_s"]
             print(f"{many} against {one}:", round(out[f"speedup_{many}"], 2))

@@ -3,7 +3,8 @@
 # (gradio and what it needs beyond the GPU image's packages; how they were fetched: results/ui-latency-gpu.md).
 #   bash results/ui-latency-gpu.sh        # $OUT/ui_latency-<GPU>-client.json
 set -u
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl .uiwhl/*.whl || exit 1
+wheels=$(ls .whl/*.whl; for w in .uiwhl/*.whl; do [ -e ".whl/${w#.uiwhl/}" ] || echo "$w"; done)  # each once
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $wheels || exit 1
 export PYTHONPATH=/tmp/site STUDIO_HOME=/tmp/sh PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
 F=$(python3 - <<'PY' 2>/dev/null | tail -1
 import sys

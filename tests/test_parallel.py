@@ -458,6 +458,29 @@ def test_sharded_training_on_two_gpus_trains_and_saves_what_data_parallel_does(t
     assert worst[0][1] < 0.05, worst
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_studio_trains_on_a_gpu_in_a_child_process(tiny_llama, tmp_path):
+    """A GPU step is mostly Python launching kernels: the studio's server threads stay out of its interpreter."""
+    import time
+
+    from studio.runs import run_state
+    from studio.services import Studio
+
+    studio = Studio(runs_dir=tmp_path)
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.max_memory_allocated()
+    run_dir = studio.start_training(tiny_config(tiny_llama, "train.devices=0", "train.max_steps=4"))
+    while studio.jobs.busy:
+        time.sleep(0.2)
+    assert run_state(run_dir).state == "completed"
+    stages = [e.message for e in read_events(run_dir / "events.jsonl") if e.kind == "stage"]
+    assert "Training in one process on GPU 0" in stages, stages
+    memory = [e.memory for e in read_events(run_dir / "events.jsonl") if e.kind == "log" and e.memory]
+    assert any(gpu.get("gpu_peak") for m in memory for gpu in m.get("devices") or [m]), memory  # the live readout
+    assert torch.cuda.max_memory_allocated() == before  # the weights and steps were the child's
+    assert not _rank_processes()
+
+
 @pytest.mark.parametrize("setup, intact", [("studio", True), ("before", False)])
 def test_sharded_4bit_weights_are_gathered_bit_for_bit(tiny_llama, setup, intact):
     """FSDP2 gathers a layer through a copy that, on CUDA, reads a buffer of one 16-bit dtype as numbers and

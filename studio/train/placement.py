@@ -34,7 +34,8 @@ class Placement:
     notes: tuple[str, ...] = ()
     # Trained inside the studio's own process: one process, and the only device it sees. (With several
     # GPUs visible, even one GPU's run is a child process that sees that GPU alone, or the trainer
-    # would spread the batch over all of them with nn.DataParallel.)
+    # would spread the batch over all of them with nn.DataParallel. The UI asks for a child process on
+    # any GPU: run_training's gpu_in_child.)
     in_process: bool = False
 
     def describe(self) -> str:

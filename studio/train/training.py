@@ -51,12 +51,14 @@ class TrainResult:
 
 
 def run_training(run_dir: Path, sink: Sink, stop: threading.Event | None = None, resume: bool = False,
-                 changes: Sequence[str] = ()) -> TrainResult:
+                 changes: Sequence[str] = (), gpu_in_child: bool = False) -> TrainResult:
     """Train the run in `run_dir` as its config.yaml says; on resume, continue from its newest good checkpoint.
 
     The run is locked for the whole job: a second training or export of it, from
     any process, is refused. `changes` (resume only) raise train.max_steps or
     train.epochs to extend a finished run, or move it to other devices.
+    `gpu_in_child`: a run on one GPU trains in a child process too (the UI's: a GPU step is mostly
+    Python launching kernels, which the web server's threads would slow, holding the interpreter).
     """
     from studio.train.parallel import train_in_ranks
     from studio.train.placement import plan_placement
@@ -69,7 +71,7 @@ def run_training(run_dir: Path, sink: Sink, stop: threading.Event | None = None,
             _check_engine_of(checkpoint, placement)
         if resume:
             keep_resume_changes(run_dir, cfg, changes, sink)
-        if placement.in_process:
+        if placement.in_process and not (gpu_in_child and placement.gpus):
             return train_run(run_dir, sink, stop, checkpoint)
         write_status(run_dir, state="running", error=None, health=None)
         # A GGUF or the built-in model is turned into a model folder once, here, not by every process at once.
