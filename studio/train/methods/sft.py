@@ -7,6 +7,7 @@ from pathlib import Path
 from studio.config import RunConfig
 from studio.speed.embeddings import EmbeddingsInCpuMemory, feed_cpu_ids
 from studio.train.methods.arguments import finish_trainer, shared_options
+from studio.train.methods.sft_metrics import sft_trainer_class
 
 
 def make_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_dataset, eval_dataset=None,
@@ -16,7 +17,7 @@ def make_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_datas
     `train_dataset` holds finished rows (input_ids, labels). `overrides` replace
     SFTConfig fields (the benchmark turns saving off, for instance).
     """
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     t = cfg.train
     options = shared_options(cfg, output_dir, eval_dataset is not None)
@@ -29,8 +30,8 @@ def make_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_datas
         dataset_kwargs={"skip_prepare_dataset": True},
     )
     options.update(overrides)
-    trainer = SFTTrainer(model=model, args=SFTConfig(**options), train_dataset=train_dataset,
-                         eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=list(callbacks))
+    trainer = sft_trainer_class()(model=model, args=SFTConfig(**options), train_dataset=train_dataset,
+                                  eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=list(callbacks))
     if isinstance(model.get_input_embeddings(), EmbeddingsInCpuMemory):
         trainer.data_collator = feed_cpu_ids(trainer.model, trainer.data_collator)
     return finish_trainer(trainer)

@@ -1,0 +1,99 @@
+"""SFT batches that do not wait for the GPU for their metrics: these stay on the device until a log.
+
+TRL's SFTTrainer reads entropy, token accuracy and the token count back to the
+host after every batch, and gathers each across the processes. On CUDA each
+read waits for the GPU to finish the batch, so the GPU then idles while the CPU
+queues the next batch's kernels; with several GPUs each gather also makes every
+GPU wait for the slowest. Here the loss is TRL's own, each batch's sums are kept
+on the device, and a log (which waits for the GPU anyway, for the loss) adds
+them up across the processes once and hands TRL's log the numbers it would
+have averaged.
+
+(transformers still reads the attention mask back once per forward pass, to
+see whether it can be skipped, before any of the pass's work is queued.)
+
+    trainer_class = sft_trainer_class()     # SFTTrainer with the metrics on the device
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from studio.train.methods.arguments import check_trl_method
+
+# Each batch's sums, a row a batch: labelled positions, their entropy, the ones guessed right, tokens fed.
+VALID, ENTROPY, CORRECT, TOKENS = range(4)
+
+
+def sft_trainer_class():
+    """TRL's SFTTrainer, its compute_loss without host reads (where TRL takes its plain path)."""
+    from trl import SFTTrainer
+
+    check_trl_method(SFTTrainer, "compute_loss")
+
+    class SFTTrainerMetricsOnDevice(SFTTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._device_sums: dict[str, list[torch.Tensor]] = defaultdict(list)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not _plain_loss(self):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            inputs["use_cache"] = False
+            outputs = model(**inputs, fused_lm_head=True)
+            # TRL's loss, line for line: the mean over the labelled tokens (all processes' when given).
+            per_token_loss = -outputs.log_probs  # zero on ignored positions
+            if self.args.loss_type == "dft":
+                per_token_loss = per_token_loss * outputs.log_probs.exp().detach()
+            num_tokens = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
+            loss = per_token_loss.sum() / torch.as_tensor(num_tokens).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+            self._device_sums[self._mode()].append(torch.stack([
+                outputs.label_mask.sum().float(), outputs.entropy.detach().sum().float(),
+                outputs.is_top1.sum().float(), _tokens_fed(inputs).float()]))
+            return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs, start_time=None):
+            self._read_batch_sums(self._mode())
+            super().log(logs, start_time)
+
+        def _mode(self) -> str:
+            return "train" if self.model.training else "eval"
+
+        def _read_batch_sums(self, mode: str) -> None:
+            """Each batch's sums, added across the processes in one exchange, into TRL's metric lists."""
+            sums = self._device_sums[mode]
+            if not sums:
+                return
+            rows = self.accelerator.reduce(torch.stack(sums), reduction="sum").tolist()
+            sums.clear()
+            for row in rows:
+                valid = row[VALID]
+                self._metrics[mode]["entropy"].append(row[ENTROPY] / valid if valid > 0 else 0.0)
+                self._metrics[mode]["mean_token_accuracy"].append(row[CORRECT] / valid if valid > 0 else 0.0)
+                if mode == "train":
+                    self._total_train_tokens += int(row[TOKENS]) // self._tp_size
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+
+    SFTTrainerMetricsOnDevice.__name__ = SFTTrainer.__name__
+    return SFTTrainerMetricsOnDevice
+
+
+def _plain_loss(trainer) -> bool:
+    """TRL's compute_loss takes its plain path: no custom loss, label smoothing, MoE aux loss or sequence parallelism."""
+    parallelism = getattr(trainer.accelerator, "parallelism_config", None)
+    return (trainer.compute_loss_func is None and trainer.label_smoother is None and not trainer.aux_loss_enabled
+            and not getattr(parallelism, "sp_enabled", False))
+
+
+def _tokens_fed(inputs: dict) -> torch.Tensor:
+    """The batch's tokens, padding not counted, as TRL counts them (the mask; packed rows: their length)."""
+    ids = inputs["input_ids"]
+    if "attention_mask" in inputs:
+        return inputs["attention_mask"].sum()
+    if "position_ids" in inputs:
+        return ids.new_full((), inputs["position_ids"].size(1))  # made on the device: no copy to wait for
+    return ids.new_full((), ids.numel())  # no mask: no padding
