@@ -48,10 +48,21 @@ def stay_offline() -> None:
     Hub ids the user types may still be loaded (see `hub_online`), unless the user
     had switched the hub off already (HF_HUB_OFFLINE=1): then nothing goes online.
     """
-    _HUB.allowed = not any(_is_true(os.environ.get(name)) for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    # A training process the studio started inherits the studio's offline switches, and its permission.
+    inherited = os.environ.get(HUB_ALLOWED_VARIABLE)
+    _HUB.allowed = (inherited == "1" if inherited is not None else
+                    not any(_is_true(os.environ.get(name)) for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")))
     os.environ.update(OFFLINE_ENVIRONMENT)
     # TRANSFORMERS_OFFLINE=0 would not turn the hub on again, but it would read as if it did.
     os.environ.pop("TRANSFORMERS_OFFLINE", None)
+
+
+HUB_ALLOWED_VARIABLE = "STUDIO_HUB_ALLOWED"
+
+
+def hub_permission() -> dict[str, str]:
+    """The environment that passes this process's permission for typed hub ids on to a child process."""
+    return {HUB_ALLOWED_VARIABLE: "1" if _HUB.allowed else "0"}
 
 
 def _is_true(value: str | None) -> bool:

@@ -127,6 +127,24 @@ def test_stop_ends_every_process_at_the_same_step_and_resume_goes_on_alone(tiny_
     assert "devices: cpu\n" in (run_dir / "config.yaml").read_text()
 
 
+def test_a_run_of_one_child_process_trains_as_a_process_alone(tiny_llama, tmp_path):
+    """One GPU of several, or a GPU run the studio starts, is one process under the launcher: it must not look
+    like one process of a distributed run, which layer-wise GaLore is refused in."""
+    from dataclasses import replace
+
+    from studio.runs import create_run_dir
+    from studio.train.parallel import train_in_ranks
+    from studio.train.placement import plan_placement
+
+    cfg = tiny_config(tiny_llama, "train.method=galore", "lora.enabled=false", "galore.layerwise=true",
+                      "train.max_steps=2", "train.save_steps=2")
+    run_dir = create_run_dir(cfg, tmp_path)
+    placement = replace(plan_placement(cfg), in_process=False)
+    result = train_in_ranks(run_dir, placement, MemorySink(), threading.Event(), None)
+    assert result.state == "completed", result
+    assert not _rank_processes()
+
+
 def test_a_killed_process_fails_the_run_with_its_rank_and_leaves_none_behind(tiny_llama, tmp_path):
     killed = []
 

@@ -232,6 +232,16 @@ def test_hub_ids_alone_go_online_after_stay_offline():
     assert default.stdout.strip() == "True True (False, False)", default.stdout + default.stderr
     chosen_offline = run({"HF_HUB_OFFLINE": "1"})
     assert chosen_offline.stdout.strip() == "True True (True, True)", chosen_offline.stdout + chosen_offline.stderr
+    # A training process the studio starts inherits its offline switches, and its permission with them.
+    parent = ("from studio.safety import stay_offline\nstay_offline()\nimport subprocess, sys\n"
+              "from studio.train.parallel import rank_environment\nfrom studio.train.placement import Placement\n"
+              "env = rank_environment(Placement(processes=1, gpus=(), engine='single', grad_accum=1))\n"
+              f"sys.stdout.write(subprocess.run([sys.executable, '-c', {script!r}], env=env, capture_output=True,"
+              " text=True).stdout)")
+    for extra, child in (({}, "True True (False, False)"), ({"HF_HUB_OFFLINE": "1"}, "True True (True, True)")):
+        started = subprocess.run([sys.executable, "-c", parent], cwd=ROOT, env={**env, **extra}, capture_output=True,
+                                 text=True, timeout=120)
+        assert started.stdout.strip() == child, (extra, started.stdout + started.stderr)
 
 
 # ------------------------------------------------------------------ model files

@@ -31,6 +31,7 @@ from pathlib import Path
 from studio.errors import ConfigError, StudioError, TrainingError
 from studio.events import Event, Sink
 from studio.hardware import visible_gpus
+from studio.safety import hub_permission
 from studio.train.placement import Placement
 
 STOP_FILE = "stop"  # in <run>/ranks/: asks every rank to stop after its current step
@@ -91,6 +92,7 @@ def rank_environment(placement: Placement, base: dict | None = None) -> dict:
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(hub_permission())  # a hub id the user typed may still be downloaded there, as here
     if not placement.gpus:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // placement.processes)))
     return env

@@ -62,6 +62,22 @@ def host_group():
     return _HOST_GROUP[0]
 
 
+# What torch.distributed.run tells each process it starts.
+LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                      "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+
+
+def train_alone_if_the_only_process() -> None:
+    """A run of one process (one GPU of several, or the studio's own GPU runs) trains as a process alone
+    does: with the launcher's variables set, accelerate would set it up as one process of a distributed
+    run, which some optimizers refuse (layer-wise GaLore)."""
+    import os
+
+    if os.environ.get("WORLD_SIZE") == "1":
+        for name in LAUNCHER_VARIABLES:
+            os.environ.pop(name, None)
+
+
 def _watch_stop_file(path: Path, local: threading.Event) -> None:
     while not local.is_set():
         if path.exists():
@@ -81,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
     end_with_parent()  # the launcher may die without ending this process (kill -9)
     stay_offline()
+    train_alone_if_the_only_process()
     import torch
 
     from studio.events import JsonlSink

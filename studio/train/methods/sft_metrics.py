@@ -39,7 +39,7 @@ def sft_trainer_class():
             self._device_sums: dict[str, list[torch.Tensor]] = defaultdict(list)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if not _plain_loss(self):
+            if return_outputs or not _plain_loss(self):  # return_outputs: TRL computes the logits too
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             inputs["use_cache"] = False
             outputs = model(**inputs, fused_lm_head=True)
@@ -51,13 +51,14 @@ def sft_trainer_class():
             loss = per_token_loss.sum() / torch.as_tensor(num_tokens).clamp(min=1)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * (self.accelerator.num_processes // self.get_tp_size())
-            self._device_sums[self._mode()].append(torch.stack([
-                outputs.label_mask.sum().float(), outputs.entropy.detach().sum().float(),
-                outputs.is_top1.sum().float(), _tokens_fed(inputs).float()]))
-            return (loss, outputs) if return_outputs else loss
+            sums = torch.stack([outputs.label_mask.sum().float(), outputs.entropy.detach().sum().float(),
+                                outputs.is_top1.sum().float(), _tokens_fed(inputs).float()])
+            self._device_sums[self._mode()].append(sums if _counted(self.accelerator) else torch.zeros_like(sums))
+            return loss
 
         def log(self, logs, start_time=None):
-            self._read_batch_sums(self._mode())
+            for mode in ("train", "eval"):  # every process, in the same order; train first: eval logs its tokens
+                self._read_batch_sums(mode)
             super().log(logs, start_time)
 
         def _mode(self) -> str:
@@ -87,6 +88,15 @@ def _plain_loss(trainer) -> bool:
     parallelism = getattr(trainer.accelerator, "parallelism_config", None)
     return (trainer.compute_loss_func is None and trainer.label_smoother is None and not trainer.aux_loss_enabled
             and not getattr(parallelism, "sp_enabled", False))
+
+
+def _counted(accelerator) -> bool:
+    """Whether this process's batch counts in the metrics. The last batch of a dataloader that does not
+    divide among the processes is made whole with repeated rows; TRL's gather_for_metrics keeps the
+    first `remainder` processes' values there, and so does this."""
+    state = accelerator.gradient_state
+    return not (accelerator.num_processes > 1 and state.end_of_dataloader and state.remainder > 0
+                and accelerator.process_index >= state.remainder)
 
 
 def _tokens_fed(inputs: dict) -> torch.Tensor:
