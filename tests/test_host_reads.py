@@ -86,3 +86,14 @@ def test_sft_losses_and_metrics_are_trls(tiny_llama, tmp_path, monkeypatch, grad
     for ours, theirs in zip(studio_logs, trl_logs):
         for key in ("entropy", "mean_token_accuracy", "num_tokens"):
             assert ours[key] == pytest.approx(theirs[key], rel=1e-5), (key, ours, theirs)
+
+
+def test_another_trl_version_trains_with_trls_own_sft_trainer(monkeypatch, capsys):
+    import trl
+
+    from studio.train.methods.sft_metrics import sft_trainer_class
+
+    assert sft_trainer_class() is not trl.SFTTrainer
+    monkeypatch.setattr(trl, "__version__", "9.0.0")
+    assert sft_trainer_class() is trl.SFTTrainer
+    assert "TRL 9.0.0 is not the 1.16.0 the SFT loss was checked against" in capsys.readouterr().err

@@ -17,21 +17,27 @@ see whether it can be skipped, before any of the pass's work is queued.)
 
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
 
 import torch
 
-from studio.train.methods.arguments import check_trl_method
+from studio.train.methods.arguments import TRL_CHECKED
 
 # Each batch's sums, a row a batch: labelled positions, their entropy, the ones guessed right, tokens fed.
 VALID, ENTROPY, CORRECT, TOKENS = range(4)
 
 
 def sft_trainer_class():
-    """TRL's SFTTrainer, its compute_loss without host reads (where TRL takes its plain path)."""
+    """TRL's SFTTrainer, its compute_loss without host reads (where TRL takes its plain path); TRL's own
+    trainer under another TRL version, whose loss may have changed."""
+    import trl
     from trl import SFTTrainer
 
-    check_trl_method(SFTTrainer, "compute_loss")
+    if trl.__version__ != TRL_CHECKED:
+        print(f"Note: TRL {trl.__version__} is not the {TRL_CHECKED} the SFT loss was checked against; training "
+              "uses TRL's own (its metrics read from the GPU after every batch, same results).", file=sys.stderr)
+        return SFTTrainer
 
     class SFTTrainerMetricsOnDevice(SFTTrainer):
         def __init__(self, *args, **kwargs):
