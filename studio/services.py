@@ -186,7 +186,8 @@ class Studio:
         try:
             run_dir = create_run_dir(cfg, self.runs_dir)
             log = JsonlSink(run_dir / "events.jsonl")
-            self._run_job("train", run_dir.name, lambda sink, stop: run_training(run_dir, fan_out(log, sink), stop, gpu_in_child=True))
+            self._run_job("train", run_dir.name, lambda sink, stop: run_training(
+                run_dir, fan_out(log, sink), stop, gpu_in_child=True))
         except BaseException:
             self.gpu.release()
             raise

@@ -10,6 +10,7 @@ its events to `<run>/ranks/rank-K.jsonl`; rank 0 alone writes the run's files.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 import traceback
@@ -71,8 +72,6 @@ def train_alone_if_the_only_process() -> None:
     """A run of one process (one GPU of several, or the studio's own GPU runs) trains as a process alone
     does: with the launcher's variables set, accelerate would set it up as one process of a distributed
     run, which some optimizers refuse (layer-wise GaLore)."""
-    import os
-
     if os.environ.get("WORLD_SIZE") == "1":
         for name in LAUNCHER_VARIABLES:
             os.environ.pop(name, None)
