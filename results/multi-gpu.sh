@@ -21,6 +21,7 @@ cd "$(dirname "$0")/.."   # the repository root
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 SHAPE=${SHAPE:-llama-3.2-1b} ONE=${ONE:-0} TWO=${TWO:-0,1} FSDP=${FSDP:-yes} LENGTH=${LENGTH:-2048} STEPS=${STEPS:-14}
 LOG_EVERY=${LOG_EVERY:-1}  # steps between logs (each log waits for the GPUs and gathers from every process)
+# ROWS: rows of the made-up data set (600; fewer tokenize sooner, STEPS x 8 are enough)
 RUNS=$(mktemp -d)
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader 2>/dev/null
 checkpoint() {  # a shape's random weights with a small test tokenizer: prints its folder
@@ -35,21 +36,21 @@ print(folder)
 PY
 }
 F=$(checkpoint "$SHAPE")
-python3 - <<'PY'
-import json, random
+python3 - "${ROWS:-600}" <<'PY'
+import json, random, sys
 rng = random.Random(0)
 words = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega river stone cloud lamp".split()
 with open("/tmp/long.jsonl", "w") as f:
-    for i in range(600):
+    for i in range(int(sys.argv[1])):
         text = " ".join(rng.choice(words) for _ in range(2500))
         f.write(json.dumps({"instruction": f"Write passage {i}.", "input": "", "output": text}) + "\n")
 PY
 common="model.name_or_path=$F data.path=/tmp/long.jsonl data.eval_fraction=0 data.template=alpaca
         train.max_length=$LENGTH train.batch_size=4 train.max_steps=$STEPS train.save_steps=1000
         train.warmup_steps=0 train.gradient_checkpointing=true train.logging_steps=$LOG_EVERY --runs-dir $RUNS"
-train() {  # name, then overrides
+train() {  # name, then overrides (EXTRA: overrides added to every run, e.g. EXTRA=train.optimizer=adamw_torch)
   local name=$1; shift
-  timeout "${LIMIT:-170}" python3 launch.py train recipes/quickstart.yaml name=$name $common "$@" > "$OUT/$name.log" 2>&1 \
+  timeout "${LIMIT:-170}" python3 launch.py train recipes/quickstart.yaml name=$name $common "$@" ${EXTRA:-} > "$OUT/$name.log" 2>&1 \
     || { echo "$name failed:"; tail -15 "$OUT/$name.log"; }
 }
 if [ "${SMALL:-yes}" = yes ]; then
