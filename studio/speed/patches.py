@@ -15,7 +15,9 @@ from studio.errors import ConfigError
 from studio.hardware import has_cuda
 from studio.speed.compiled import compiles_layers
 
-# The private TRL function the fused-head patch replaces was read in this version.
+# The TRL version whose internals the studio's code was read against: the private functions patched here,
+# the trainer methods the studio's methods replace (dataset preparation, prompt tokenizing, ORPO's scoring)
+# and the SFT loss studio.train.methods.sft_metrics computes. Under another version each falls back or refuses.
 TRL_CHECKED = "1.16.0"
 
 

@@ -10,7 +10,7 @@ from transformers import PrinterCallback
 from studio.config import RunConfig, optimizer_for
 from studio.errors import TrainingError
 from studio.hardware import has_cuda, parallel_engine, resolve_dtype, sharded_training, split_states, world_size
-from studio.speed.patches import cuda_speedups, offload_keeping_the_memory_cache
+from studio.speed.patches import TRL_CHECKED, cuda_speedups, offload_keeping_the_memory_cache
 from studio.train.sharding import keep_packed_weights_intact
 
 
@@ -97,11 +97,6 @@ def optimizer_name(setting: str) -> str:
     # bitsandbytes' 8-bit states cannot follow sharded weights, and ZeRO shards the states itself: AdamW.
     name = optimizer_for(setting, has_cuda() and not split_states())
     return {"adamw_8bit": "adamw_bnb_8bit"}.get(name, name)
-
-
-# The TRL trainer methods the studio's methods replace (dataset preparation, prompt tokenizing, ORPO's
-# scoring) were read in this version.
-TRL_CHECKED = "1.16.0"
 
 
 def check_trl_method(trainer_class, method: str) -> None:

@@ -22,7 +22,7 @@ from collections import defaultdict
 
 import torch
 
-from studio.train.methods.arguments import TRL_CHECKED
+from studio.speed.patches import TRL_CHECKED
 
 # Each batch's sums, a row a batch: labelled positions, their entropy, the ones guessed right, tokens fed.
 VALID, ENTROPY, CORRECT, TOKENS = range(4)
