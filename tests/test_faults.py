@@ -60,21 +60,21 @@ def test_nan_training_stops_as_diverged_and_keeps_the_last_good_checkpoint(tiny_
     assert result.state == "diverged" and result.step < 12
     status = read_status(run)
     assert status["state"] == "diverged" and status["loss"] is None, "NaN is never stored as a number"
-    assert "learning rate 10000" in status["health"] and "train.learning_rate=1000" in status["health"]
+    assert "learning rate 10000" in status["health"] and "train.learning_rate=0.0005" in status["health"]
     events = read_events(run / "events.jsonl")
     bad = [e for e in events if e.kind == "log" and not (e.loss == e.loss and e.grad_norm == e.grad_norm)]
     assert bad and bad[-1].step == result.step, "the non-finite step is logged as it is, not as 0"
     assert events[-1].kind == "end" and events[-1].extra["state"] == "diverged"
     good = latest_checkpoint(run)
     assert good is not None and int(good.name.split("-")[1]) < result.step, "no checkpoint of the bad weights"
-    assert f"The newest checkpoint with finite weights ({good.name}) is kept" in status["health"]
+    assert f"The newest checkpoint from before the values went bad ({good.name}) is kept" in status["health"]
     from safetensors.torch import load_file
 
     kept = load_file(run / "adapter" / "adapter_model.safetensors")
     assert all(t.isfinite().all() for t in kept.values()), "the run's weights are the last good ones"
     assert run_state(run).state == "diverged"
     assert_plots_show_a_gap_and_a_red_mark(result, events)
-    with pytest.raises(TrainingError, match="diverged at step .* train.learning_rate=1000"):
+    with pytest.raises(TrainingError, match="diverged at step .* train.learning_rate=0.0005"):
         from studio.events import MemorySink
         from studio.train.training import run_training
 
@@ -275,9 +275,21 @@ def test_a_disk_that_fills_during_training_gives_one_message_and_the_true_state(
     assert "Traceback" not in text
     assert [p.name for p in (run / "checkpoints").glob("checkpoint-*")] == ["checkpoint-2"], "no half checkpoint"
     assert run_state(run).state in ("failed", "interrupted")
+    with pytest.raises(DiskSpaceError, match="cannot start: the disk is full"):
+        run_training(run, MemorySink(), resume=True)  # still full: the message, not a traceback
     filled[0].unlink()
     resumed = run_training(run, MemorySink(), resume=True)
     assert resumed.state == "completed" and resumed.step == 10
+
+
+def test_a_write_that_fails_on_a_full_disk_is_named_so_whatever_torch_says(small_disk):
+    from studio.runs import is_disk_full
+
+    torch_says = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 8310208 vs 8310096")
+    assert not is_disk_full(torch_says, small_disk), "room left: another fault"
+    filler = fill(small_disk)
+    assert is_disk_full(torch_says, small_disk) and not is_disk_full(torch_says)
+    filler.unlink()
 
 
 def test_a_second_ctrl_c_aborts_with_a_message_not_a_traceback(tiny_llama, tmp_path):
@@ -357,3 +369,30 @@ def test_an_adapter_saved_without_its_trained_tensors_fails_the_run(tiny_llama, 
     run = next(tmp_path.iterdir())
     assert read_status(run)["state"] == "failed" and not (run / "adapter").exists()
     assert "saved with 0 of its 28" in [e for e in read_events(run / "events.jsonl") if e.kind == "end"][-1].message
+
+
+def test_after_divergence_a_checkpoint_of_weights_known_bad_is_not_kept(tmp_path):
+    """Checkpoints 2 and 4 are whole; the loss already gave the weights of step 3 away: checkpoint-2 is kept."""
+    import json
+    from types import SimpleNamespace
+
+    import torch
+    from safetensors.torch import save_file
+
+    from studio.train.checkpoints import keep_last_good_checkpoint
+
+    for step in (2, 4):
+        folder = tmp_path / "checkpoints" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        torch.save({}, folder / "optimizer.pt")
+        save_file({"lora_A": torch.full((2, 2), float(step))}, folder / "adapter_model.safetensors")
+    cfg = SimpleNamespace(lora=SimpleNamespace(enabled=True))
+    tokenizer = SimpleNamespace(chat_template=None, save_pretrained=lambda folder: None)
+    template = SimpleNamespace(jinja="{{ messages }}")
+    assert keep_last_good_checkpoint(tmp_path, cfg, tokenizer, template, before_step=3) == "checkpoint-2"
+    from safetensors.torch import load_file
+
+    assert load_file(tmp_path / "adapter" / "adapter_model.safetensors")["lora_A"][0, 0] == 2.0
+    assert keep_last_good_checkpoint(tmp_path, cfg, tokenizer, template, before_step=2) is None
+    assert keep_last_good_checkpoint(tmp_path, cfg, tokenizer, template) == "checkpoint-4"

@@ -76,3 +76,22 @@ def test_the_summary_says_how_the_run_went():
     warned = TrainingHealth(2e-4)
     feed(warned, [2.0, 1.9, 1.8, 1.7, 1.6, 1.5, 7.0])
     assert "1 warning: Loss spike at step 7" in warned.summary("completed", 7)
+
+
+def test_after_divergence_the_weights_kept_come_from_before_the_values_went_bad():
+    climbing = TrainingHealth(learning_rate=1e3)
+    feed(climbing, [1.55, 1.4, 53.6, 493.0])  # the loss of step 3 came from the weights of step 2
+    assert climbing.first_bad_weights() == 2
+    nan_eval = TrainingHealth(learning_rate=2e-4)
+    feed(nan_eval, [2.0, 1.9, 1.8, 1.7])
+    nan_eval.observe_eval(4, math.nan)
+    assert nan_eval.first_bad_weights() == 4
+    calm = TrainingHealth(learning_rate=2e-4)
+    feed(calm, [2.0, 1.8, 1.7, 1.6, 2.1])
+    assert calm.first_bad_weights() is None
+    assert "no weights are kept" in Divergence(3, math.nan, None, 1e3, False).message(None)
+
+
+def test_the_rate_to_try_after_divergence_is_lower_and_within_the_usual_range():
+    assert Divergence(5, math.nan, None, 1e3, False).suggested_learning_rate == 5e-4, "not 100"
+    assert Divergence(5, math.nan, None, 2e-4, False).suggested_learning_rate == 2e-5

@@ -690,7 +690,7 @@ def test_nan_training_under_zero3_keeps_the_last_checkpoint_of_finite_weights(ti
     assert result.state == "diverged" and result.step < 12
     good = latest_checkpoint(result.run_dir)
     assert good is not None and int(good.name.split("-")[1]) < result.step, "no checkpoint of the bad weights"
-    assert f"The newest checkpoint with finite weights ({good.name}) is kept" in read_status(result.run_dir)["health"]
+    assert f"The newest checkpoint from before the values went bad ({good.name}) is kept" in read_status(result.run_dir)["health"]
     kept = load_file(result.run_dir / "adapter" / "adapter_model.safetensors")
     assert all(t.isfinite().all() for t in kept.values())
     assert not _rank_processes()

@@ -301,7 +301,7 @@ def _run_checks(run_dir: Path) -> list[Check]:
     if status.get("state") != "diverged":
         return []
     return [Check("run", "warn", f"the run diverged at step {status.get('step')}: these are the weights of its "
-                                 "newest checkpoint with finite weights, not a finished fine-tune")]
+                                 "newest checkpoint from before the values went bad, not a finished fine-tune")]
 
 
 def closest_type_that_kept(gguf_type: str, reports: list[GgufReport]) -> str:

@@ -211,12 +211,17 @@ def _more_to_do(before, after, done: int) -> bool:
     return after.train.epochs > before.train.epochs
 
 
-def keep_last_good_checkpoint(run_dir: Path, cfg, tokenizer, template) -> str | None:
-    """After divergence: the weights of the newest good checkpoint become the run's weights; its name, or None."""
+def keep_last_good_checkpoint(run_dir: Path, cfg, tokenizer, template, before_step: int | None = None) -> str | None:
+    """After divergence: the weights of the newest whole checkpoint (older than `before_step`, the first step
+    whose weights are known bad, when given) become the run's weights; its name, or None."""
     import os
     import shutil
 
     good = latest_checkpoint(run_dir)
+    if good is not None and before_step is not None and checkpoint_step(good) >= before_step:
+        older = [p for p in (run_dir / "checkpoints").glob("checkpoint-*")
+                 if p.name.split("-")[1].isdigit() and checkpoint_step(p) < before_step and checkpoint_problem(p) is None]
+        good = max(older, key=checkpoint_step, default=None)
     if good is None:
         return None
     final = run_dir / ("adapter" if cfg.lora.enabled else "model")

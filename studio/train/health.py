@@ -34,6 +34,7 @@ SPIKE_FACTOR = 3.0  # loss this many times its recent median: a spike
 SPIKE_WINDOW = 10  # logged losses the recent median is taken over
 SPIKE_QUIET_STEPS = 10  # no second spike warning within this many steps
 USUAL_MAX_LEARNING_RATE = 1e-2  # above this, fine-tuning rates are a likely cause of divergence by themselves
+HIGHEST_SUGGESTED_RATE = 5e-4  # the top of the usual range: a rate to try is never above it
 OVERFIT_RISES = 2  # consecutive eval losses above the previous one, after the best, that count as overfitting
 LITTLE_LEARNED = 0.15  # a loss that fell by less than this fraction: the run learned little
 NO_SIGNAL_LOGS = 3  # logged steps from the start with a reward the same for every completion: no learning signal
@@ -42,6 +43,11 @@ REWARD_ENDS = 3  # logged rewards averaged at each end for the summary (a single
 
 def is_finite(value: float | None) -> bool:
     return value is None or math.isfinite(value)
+
+
+def lower_learning_rate(rate: float) -> float:
+    """A rate to try after `rate` made the run go bad: a tenth of it, and within the usual range."""
+    return min(rate / 10, HIGHEST_SUGGESTED_RATE)
 
 
 @dataclass(frozen=True)
@@ -57,13 +63,14 @@ class Divergence:
 
     @property
     def suggested_learning_rate(self) -> float:
-        return self.learning_rate / 10
+        return lower_learning_rate(self.learning_rate)
 
     def message(self, last_good: str | None) -> str:
         what = " and ".join(f"{name} {value}" for name, value in (("loss", self.loss), ("grad norm", self.grad_norm))
                             if value is not None and not math.isfinite(value))
-        kept = (f"The newest checkpoint with finite weights ({last_good}) is kept as the run's weights (check it in "
-                "Chat before using it)." if last_good else "No checkpoint was saved before this step, so no weights are kept.")
+        kept = (f"The newest checkpoint from before the values went bad ({last_good}) is kept as the run's weights "
+                "(check it in Chat before using it)." if last_good else
+                "No checkpoint was saved before the values went bad, so no weights are kept.")
         usual = (" (far above the usual 1e-5 to 5e-4)" if self.learning_rate > USUAL_MAX_LEARNING_RATE else "")
         text = (f"Training diverged at step {self.step}: {what or 'the weights became non-finite'}. {kept} "
                 f"It used learning rate {self.learning_rate:g}{usual}; start a new run with a lower one, "
@@ -169,6 +176,16 @@ class TrainingHealth:
             return [warning]
         return []
 
+    def first_bad_weights(self) -> int | None:
+        """The step whose weights are the first known bad, before the values went non-finite: those of an eval
+        loss that is not a number, or those that gave a loss RISE_FACTOR times the first one logged (the loss of
+        step s is computed with the weights of step s - 1). None when no logged value gave them away."""
+        bad = [step for step, loss in self.evals if not math.isfinite(loss)]
+        if self.losses and not self.rewarded:
+            first = self.losses[0][1]
+            bad += [step - 1 for step, loss in self.losses if loss > RISE_FACTOR * first]
+        return min(bad) if bad else None
+
     @property
     def best_eval(self) -> tuple[int, float] | None:
         return min(self.evals, key=lambda e: e[1]) if self.evals else None
@@ -230,9 +247,9 @@ class TrainingHealth:
         previous = self.losses[-1][1]
         if loss > RISE_FACTOR * start and previous > RISE_FACTOR * start and not self._warned_rise:
             self._warned_rise = True
-            return [f"The loss rose far above where it started: {start:.4g} at the start, {loss:.4g} at step "
-                    f"{step}. The learning rate ({self.learning_rate:g}) is probably too high; try "
-                    f"{self.learning_rate / 10:g}."]
+            return [f"The loss rose far above where it started: {start:.4g} over the first logged steps, {loss:.4g} "
+                    f"at step {step}. The learning rate ({self.learning_rate:g}) is probably too high; try "
+                    f"{lower_learning_rate(self.learning_rate):g}."]
         recent = [l for _, l in self.losses[-SPIKE_WINDOW:]]
         if (len(recent) >= 5 and loss > SPIKE_FACTOR * statistics.median(recent)
                 and step - self._last_spike_step >= SPIKE_QUIET_STEPS):

@@ -105,7 +105,12 @@ def train_run(run_dir: Path, sink: Sink, stop: threading.Event, checkpoint: Path
     if world_size() > 1:
         cfg = replace_section(cfg, "train", grad_accum=split_grad_accum(cfg.train.grad_accum, world_size()))
     if is_main_process():
-        write_status(run_dir, state="running", error=None, health=None)
+        try:
+            write_status(run_dir, state="running", error=None, health=None)
+        except OSError as exc:
+            if not is_disk_full(exc, run_dir):
+                raise
+            raise DiskSpaceError(f"{run_dir.name} cannot start: {disk_full_text(run_dir)}") from None
     sink(Event("start", message=f"{'Resuming' if checkpoint else 'Starting'} {run_dir.name}", max_steps=cfg.train.max_steps))
     model = trainer = watch = progress = None
     try:
@@ -155,7 +160,7 @@ def _finish(run_dir, cfg, trainer, tokenizer, template, watch, stop, sink) -> Tr
     if health.divergence:
         state = "diverged"
         if is_main_process():
-            last_good = keep_last_good_checkpoint(run_dir, cfg, tokenizer, template)
+            last_good = keep_last_good_checkpoint(run_dir, cfg, tokenizer, template, health.first_bad_weights())
     else:
         state = "stopped" if stop.is_set() else "completed"
         _save_weights(trainer, tokenizer, template, run_dir, cfg)
@@ -175,7 +180,8 @@ def _record_failure(run_dir: Path, exc: BaseException, trainer, sink: Sink) -> N
     """Write the run's true state after an error; never let the report itself fail (a full disk)."""
     step = trainer.state.global_step if trainer is not None else None
     state = "failed"
-    if is_disk_full(exc) and is_main_process():
+    disk_full = is_disk_full(exc, run_dir)
+    if disk_full and is_main_process():
         remove_unfinished_checkpoints(run_dir)
         good = latest_checkpoint(run_dir)
         resume = (f"Its newest whole checkpoint is {good.name}: free some space, then resume the run."
@@ -195,7 +201,7 @@ def _record_failure(run_dir: Path, exc: BaseException, trainer, sink: Sink) -> N
             record()
         except OSError:
             pass  # the disk is full: the lock, released on exit, still lets the run read "interrupted"
-    if is_disk_full(exc):
+    if disk_full:
         raise DiskSpaceError(error) from None
 
 
