@@ -23,3 +23,9 @@ The layers, each importing only from the ones above it:
     cli_share
     ui/                                                   the only package that imports gradio; one typed object per tab
 """
+
+import logging
+
+# bitsandbytes warns at every start on a CPU that an optional kernel package (`kernels`) is missing, then
+# uses its own CPU path for 4-bit weights: a line that only alarms, kept out of every command's output.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)

@@ -280,6 +280,8 @@ def test_a_disk_that_fills_during_training_gives_one_message_and_the_true_state(
     filled[0].unlink()
     resumed = run_training(run, MemorySink(), resume=True)
     assert resumed.state == "completed" and resumed.step == 10
+    first = next(e.loss for e in read_events(run / "events.jsonl") if e.kind == "log")
+    assert f"fell from {first:.4g} to" in resumed.health, "the summary speaks of the whole run, not the resumed part"
 
 
 def test_a_write_that_fails_on_a_full_disk_is_named_so_whatever_torch_says(small_disk):

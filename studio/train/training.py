@@ -20,9 +20,9 @@ import torch
 from transformers import EarlyStoppingCallback
 
 from studio.train.callbacks import HealthCallback, ProgressCallback, RecentBatches, TrainedTokens
-from studio.train.checkpoints import (check_disk_for_run, keep_last_good_checkpoint, keep_resume_changes,
-                                     latest_checkpoint, prepare_resume, remove_unfinished_checkpoints,
-                                     checkpoint_engine, deepspeed_processes)
+from studio.train.checkpoints import (check_disk_for_run, checkpoint_engine, checkpoint_step, deepspeed_processes,
+                                     keep_last_good_checkpoint, keep_resume_changes, latest_checkpoint,
+                                     prepare_resume, remove_unfinished_checkpoints)
 from studio.config import RunConfig
 from studio.data.building import build_dataset, to_hf_dataset
 from studio.errors import ConfigError, DiskSpaceError, StudioError, TrainingError
@@ -132,7 +132,7 @@ def train_run(run_dir: Path, sink: Sink, stop: threading.Event, checkpoint: Path
             sink(Event("stage", message=f"Note: {note}"))
         if is_main_process():
             check_disk_for_run(run_dir, cfg, model)
-        trainer, progress, watch = _make_trainer(cfg, run_dir, model, tokenizer, built, sink, stop)
+        trainer, progress, watch = _make_trainer(cfg, run_dir, model, tokenizer, built, sink, stop, checkpoint)
         with training_patches(cfg):
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         return _finish(run_dir, cfg, trainer, tokenizer, template, watch, stop, sink)
@@ -222,7 +222,8 @@ def _run_template(run_dir: Path, cfg: RunConfig, tokenizer) -> Template:
     return template
 
 
-def _make_trainer(cfg: RunConfig, run_dir: Path, model, tokenizer, built, sink: Sink, stop: threading.Event):
+def _make_trainer(cfg: RunConfig, run_dir: Path, model, tokenizer, built, sink: Sink, stop: threading.Event,
+                  checkpoint: Path | None = None):
     from trl import pack_dataset
 
     method = method_for(cfg.train.method)
@@ -233,6 +234,8 @@ def _make_trainer(cfg: RunConfig, run_dir: Path, model, tokenizer, built, sink: 
         train_dataset = pack_dataset(train_dataset, cfg.train.max_length, "bfd")
     options = early_stopping_options(cfg, eval_dataset is not None, sink)
     health = TrainingHealth(cfg.train.learning_rate, rewarded=method.rewarded)
+    if checkpoint is not None:
+        _recall_logged_values(health, run_dir, checkpoint_step(checkpoint))
     watch = HealthCallback(health, sink, RecentBatches(model, built.train), grad_norms=not _steps_inside_backward(cfg))
     progress = ProgressCallback(sink, stop, MemoryProbe(), TrainedTokens(model), method.curves)
     callbacks = [progress, watch]
@@ -246,6 +249,27 @@ def _make_trainer(cfg: RunConfig, run_dir: Path, model, tokenizer, built, sink: 
         watch.close()
         raise
     return trainer, progress, watch
+
+
+def _recall_logged_values(health: TrainingHealth, run_dir: Path, up_to_step: int) -> None:
+    """A resumed run's health starts from what the run logged up to its checkpoint, so its summary and its
+    rules (how far the loss rose from its start, which weights went bad) speak of the whole run. A session
+    that was killed after the checkpoint logged steps that are trained again: the latest record of a step wins."""
+    from studio.events import read_events
+
+    events = run_dir / "events.jsonl"
+    if not events.is_file():
+        return
+    losses, evals = {}, {}
+    for event in read_events(events):
+        if event.step is None or event.step > up_to_step:
+            continue
+        if event.kind == "log" and event.loss is not None:
+            losses[event.step] = event.loss
+        elif event.kind == "eval" and event.eval_loss is not None:
+            evals[event.step] = event.eval_loss
+    health.losses = sorted(losses.items())
+    health.evals = sorted(evals.items())
 
 
 def make_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_dataset, eval_dataset=None,

@@ -75,7 +75,9 @@ def serve(studio: Studio, port: int = 7860, block: bool = True, settings: ServeS
     trusted_hosts = Middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts(), www_redirect=False)
     app.launch(server_name=settings.host, server_port=settings.port, share=False, auth=list(settings.auth) or None,
                enable_monitoring=False, ssr_mode=False, mcp_server=False, app_kwargs={"middleware": [trusted_hosts]},
-               prevent_thread_lock=not block, quiet=not block,
+               prevent_thread_lock=True, quiet=True,  # quiet: gradio's own lines suggest a public share link
                theme=gr.themes.Soft(primary_hue="emerald", neutral_hue="slate"),
                css_paths=[ASSETS / "studio.css"], inbrowser=False)
+    if block:  # launch.py has said where the studio is
+        app.block_thread()
     return app
