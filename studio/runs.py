@@ -274,8 +274,9 @@ def check_free_disk(folder: Path, needed: float, what: str) -> None:
     free = shutil.disk_usage(_existing(folder)).free
     if needed * 1.1 > free:
         raise DiskSpaceError(
-            f"Not enough disk space in {folder} for {what}: about {human_bytes(needed)} is needed, "
-            f"{human_bytes(free)} is free. Free {human_bytes(needed * 1.1 - free)} or more and try again."
+            f"Not enough disk space in {folder} for {what}: about {human_bytes(needed)} is needed, and a tenth "
+            f"more to spare; {human_bytes(free)} is free. Free {human_bytes(needed * 1.1 - free)} or more and "
+            "try again."
         )
 
 

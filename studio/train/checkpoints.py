@@ -247,8 +247,10 @@ TRAINER_ONLY_FILES = {"optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_stat
 # ---------------------------------------------------------------- disk
 
 
-def check_disk_for_run(run_dir: Path, cfg, model) -> None:
-    """Refuse to start when the checkpoints the run will keep, and its final weights, cannot fit on the disk."""
+def check_disk_for_run(run_dir: Path, cfg, model, tokenizer_bytes: int = 0) -> None:
+    """Refuse to start when the checkpoints the run will keep, and its final weights, cannot fit on the disk.
+
+    Each of them also holds a copy of the tokenizer's files (`tokenizer_bytes`: 33 MB for Gemma's)."""
     from studio.config import optimizer_for
     from studio.hardware import has_cuda
     from studio.runs import check_free_disk, human_bytes
@@ -258,11 +260,23 @@ def check_disk_for_run(run_dir: Path, cfg, model) -> None:
     # Adam keeps two states per trained weight: 4 bytes each, 1 byte each for the 8-bit optimizers.
     optimizer = optimizer_for(cfg.train.optimizer, has_cuda())
     state_bytes_per_value = 0 if optimizer == "sgd" else (2 if "8bit" in optimizer else 8)
-    checkpoint = weight_bytes + sum(p.numel() for p in trainable) * state_bytes_per_value
+    checkpoint = weight_bytes + sum(p.numel() for p in trainable) * state_bytes_per_value + tokenizer_bytes
     steps = cfg.train.max_steps or 10**9
     kept = min(cfg.train.save_total_limit or 10**9, max(1, steps // max(cfg.train.save_steps, 1)))
     # One more is written before the oldest is removed, one more may be the best by eval loss.
     count = kept + 1 + (1 if cfg.data.eval_fraction or cfg.data.eval_path else 0)
-    needed = count * checkpoint + weight_bytes
-    check_free_disk(run_dir, needed, f"{count} checkpoints of about {human_bytes(checkpoint)} and the final weights "
-                                     "(lower train.save_total_limit to keep fewer)")
+    needed = count * checkpoint + weight_bytes + tokenizer_bytes
+    fewer = " (lower train.save_total_limit to keep fewer)" if kept > 1 else ""
+    check_free_disk(run_dir, needed, f"{count} checkpoints of about {human_bytes(checkpoint)} and the final "
+                                     f"weights{fewer}")
+
+
+TOKENIZER_FILES = ("special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt")
+
+
+def tokenizer_bytes(folder) -> int:
+    """The size of the tokenizer's files in a model folder (0 for a hub id not yet in a folder)."""
+    if not isinstance(folder, Path) or not folder.is_dir():
+        return 0
+    return sum(f.stat().st_size for f in folder.iterdir()
+               if f.is_file() and (f.name.startswith("tokenizer") or f.name in TOKENIZER_FILES))

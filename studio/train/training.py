@@ -22,7 +22,7 @@ from transformers import EarlyStoppingCallback
 from studio.train.callbacks import HealthCallback, ProgressCallback, RecentBatches, TrainedTokens
 from studio.train.checkpoints import (check_disk_for_run, checkpoint_engine, checkpoint_step, deepspeed_processes,
                                      keep_last_good_checkpoint, keep_resume_changes, latest_checkpoint,
-                                     prepare_resume, remove_unfinished_checkpoints)
+                                     prepare_resume, remove_unfinished_checkpoints, tokenizer_bytes)
 from studio.config import RunConfig
 from studio.data.building import build_dataset, to_hf_dataset
 from studio.errors import ConfigError, DiskSpaceError, StudioError, TrainingError
@@ -131,7 +131,7 @@ def train_run(run_dir: Path, sink: Sink, stop: threading.Event, checkpoint: Path
         for note in built.notes:
             sink(Event("stage", message=f"Note: {note}"))
         if is_main_process():
-            check_disk_for_run(run_dir, cfg, model)
+            check_disk_for_run(run_dir, cfg, model, tokenizer_bytes(hf_folder(cfg.model.name_or_path)))
         trainer, progress, watch = _make_trainer(cfg, run_dir, model, tokenizer, built, sink, stop, checkpoint)
         with training_patches(cfg):
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
