@@ -4,7 +4,8 @@ The layers, each importing only from the ones above it:
 
     config, errors, fields, recipes                       the typed settings, their fields, recipes and overrides
     events, hardware, catalog, safety                     progress events, devices, known models, offline by default
-    models, model_info, fit, runs                         loading models, the fit estimate, run folders and locks
+    models, model_info, fit, runs, llama_check            loading models, the fit estimate, run folders and locks,
+                                                          whether llama.cpp runs on this machine
     data/      files, sources, bounded, formats,          what the model trains on, token by token, in the shape
                templates, pairs, prompts, building,       of row each method reads (sequences, pairs, labelled
                preview                                    answers, prompts)

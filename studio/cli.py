@@ -176,6 +176,7 @@ def stop_on_ctrl_c(stop: threading.Event, what: str):
 def _train(run_dir: Path, resume: bool, changes: list[str] = ()) -> int:
     from studio.events import ConsoleSink, JsonlSink, fan_out
     from studio.runs import read_status, train_again_command
+    from studio.train.health import lower_learning_rate
     from studio.train.training import run_training
 
     stop = threading.Event()
@@ -193,7 +194,7 @@ def _train(run_dir: Path, resume: bool, changes: list[str] = ()) -> int:
         print(f"  python launch.py resume {run_dir}")
     if result.state == "diverged":
         lr = load_learning_rate(run_dir)
-        print(f"  {train_again_command(run_dir, f'train.learning_rate={lr / 10:g}')}")
+        print(f"  {train_again_command(run_dir, f'train.learning_rate={lower_learning_rate(lr):g}')}")
         if not (run_dir / "adapter").is_dir() and not (run_dir / "model").is_dir():
             return 1
     print(f"  python launch.py chat {run_dir} --compare --prompt \"...\"")

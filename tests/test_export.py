@@ -112,3 +112,17 @@ def test_a_failed_conversion_leaves_nothing_that_looks_finished(tmp_path):
         export_run(run, gguf_types=("q4_k_m",))
     leftovers = [p.name for p in (run / "exports").iterdir()]
     assert leftovers == [], leftovers
+
+
+def test_a_llama_cpp_that_crashes_on_this_machine_is_named_not_left_to_kill_the_studio(monkeypatch, tmp_path):
+    """The probe's process dies of a real illegal instruction (SIGILL), as an unsuitable llama.cpp build does."""
+    import studio.llama_check as llama_check
+    from studio.errors import ModelLoadError
+
+    monkeypatch.setattr(llama_check, "_answered", False)
+    monkeypatch.setattr(llama_check, "PROBE", "import os, signal\nos.kill(os.getpid(), signal.SIGILL)\n")
+    with pytest.raises(ModelLoadError, match=r"killed by SIGILL \(an illegal instruction.*scripts/setup.sh"):
+        llama_check.check_llama_cpp_runs(tmp_path / "model.gguf")
+    monkeypatch.setattr(llama_check, "PROBE", "raise SystemExit(1)\n")
+    llama_check.check_llama_cpp_runs(tmp_path / "model.gguf")  # a Python failure: the caller's load reports it
+    assert not llama_check._answered

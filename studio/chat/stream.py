@@ -19,6 +19,7 @@ from typing import Iterator
 from studio.config import GenerationConfig
 from studio.errors import ModelLoadError
 from studio.data.templates import Template, prompt_ids, stop_markers, stop_token_ids
+from studio.llama_check import check_llama_cpp_runs
 
 
 def with_system(messages: list[dict], gen: GenerationConfig) -> list[dict]:
@@ -121,6 +122,7 @@ def open_gguf(path: str | Path, n_ctx: int = 2048):
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"GGUF file not found: {path}.")
+    check_llama_cpp_runs(path)
     try:
         return Llama(model_path=str(path), n_ctx=n_ctx, verbose=False)
     except ValueError as exc:

@@ -24,6 +24,7 @@ from typing import Iterator, Sequence
 from studio.config import GenerationConfig
 from studio.errors import ModelLoadError
 from studio.evaluate.rows import EvalRow
+from studio.llama_check import check_llama_cpp_runs
 from studio.data.templates import Template, prompt_ids, stop_markers, stop_token_ids, tokenize_conversation
 
 
@@ -130,6 +131,7 @@ def open_gguf_for_scoring(path: Path, n_ctx: int):
 
     if not Path(path).is_file():
         raise ModelLoadError(f"GGUF file not found: {path}.")
+    check_llama_cpp_runs(path)
     try:
         return Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False, seed=0)
     except ValueError as exc:

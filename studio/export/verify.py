@@ -35,6 +35,8 @@ from pathlib import Path
 from studio.export.gguf import EXPECTED_TENSOR_TYPES, UNQUANTIZED, gguf_metadata, tensor_type_counts
 from studio.export.references import FIXED_PROMPTS, References, until_stop
 from studio.data.templates import Template
+from studio.errors import ModelLoadError
+from studio.llama_check import check_llama_cpp_runs
 
 PARITY_STRINGS = (
     "Hello, world!",
@@ -132,6 +134,11 @@ def verify_gguf(path: Path, gguf_type: str, references: References, tokenizer, t
     report = GgufReport(str(path), gguf_type, path.stat().st_size, tensor_type_counts(path))
     report.checks.append(_check_tensor_types(report.tensor_types, gguf_type))
     report.checks += _check_metadata(path, tokenizer, template)
+    try:
+        check_llama_cpp_runs(path)
+    except ModelLoadError as exc:
+        report.checks.insert(0, Check("loads", "fail", str(exc)))
+        return report
     try:
         llm = Llama(model_path=str(path), n_ctx=512, logits_all=True, verbose=False, seed=0)
     except Exception as exc:  # llama.cpp reports load failures as ValueError or RuntimeError

@@ -163,6 +163,7 @@ def prepare_resume(run_dir: Path, changes: Sequence[str], sink: Sink) -> tuple[P
     """
     from studio.recipes import apply_overrides
     from studio.runs import load_run_config, read_status, train_again_command
+    from studio.train.health import lower_learning_rate
 
     cfg = load_run_config(run_dir)
     status = read_status(run_dir)
@@ -176,7 +177,7 @@ def prepare_resume(run_dir: Path, changes: Sequence[str], sink: Sink) -> tuple[P
         raise TrainingError(
             f"{run_dir.name} diverged at step {status.get('step')}; resuming it with the same settings would "
             "diverge again. Start a new run with a lower learning rate: "
-            + train_again_command(run_dir, f"train.learning_rate={cfg.train.learning_rate / 10:g}"))
+            + train_again_command(run_dir, f"train.learning_rate={lower_learning_rate(cfg.train.learning_rate):g}"))
     extended = apply_overrides(cfg, list(changes))
     done = status.get("step") or 0
     if status.get("state") == "completed" and not _more_to_do(cfg, extended, done):
