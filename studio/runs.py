@@ -263,8 +263,8 @@ def is_disk_full(exc: BaseException, folder: Path | None = None) -> bool:
         if isinstance(exc, RuntimeError) and "file write failed" in str(exc):
             return True
         exc = exc.__cause__ or exc.__context__
-    if folder is None or not isinstance(first, (RuntimeError, OSError)):
-        return False
+    if folder is None or not isinstance(first, (RuntimeError, OSError)) or "OutOfMemory" in type(first).__name__:
+        return False  # (running out of GPU memory on a nearly full disk is still a matter of memory)
     disk = shutil.disk_usage(_existing(folder))
     return disk.free < min(NEARLY_FULL_BYTES, disk.total * 0.05)
 
