@@ -110,15 +110,19 @@ def _safetensors_problem(file: Path) -> str | None:
 
 def scan_checkpoints(run_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
     """The newest whole checkpoint, and the damaged ones newer than it with their reasons."""
-    folders = sorted((p for p in (run_dir / "checkpoints").glob("checkpoint-*")
-                      if p.is_dir() and p.name.split("-")[1].isdigit()), key=checkpoint_step, reverse=True)
     damaged = []
-    for folder in folders:
+    for folder in _newest_first(run_dir):
         problem = checkpoint_problem(folder)
         if problem is None:
             return folder, damaged
         damaged.append((folder, problem))
     return None, damaged
+
+
+def _newest_first(run_dir: Path) -> list[Path]:
+    """The run's checkpoint folders, the newest first."""
+    return sorted((p for p in (run_dir / "checkpoints").glob("checkpoint-*")
+                   if p.is_dir() and p.name.split("-")[1].isdigit()), key=checkpoint_step, reverse=True)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -218,11 +222,9 @@ def keep_last_good_checkpoint(run_dir: Path, cfg, tokenizer, template, before_st
     import os
     import shutil
 
-    good = latest_checkpoint(run_dir)
-    if good is not None and before_step is not None and checkpoint_step(good) >= before_step:
-        older = [p for p in (run_dir / "checkpoints").glob("checkpoint-*")
-                 if p.name.split("-")[1].isdigit() and checkpoint_step(p) < before_step and checkpoint_problem(p) is None]
-        good = max(older, key=checkpoint_step, default=None)
+    good = next((folder for folder in _newest_first(run_dir)
+                 if (before_step is None or checkpoint_step(folder) < before_step) and checkpoint_problem(folder) is None),
+                None)
     if good is None:
         return None
     final = run_dir / ("adapter" if cfg.lora.enabled else "model")
