@@ -148,7 +148,7 @@ def _activations(shape: Shape, cfg: RunConfig, unit: float, on_gpu: bool, fp32_a
     rows = t.batch_size * (2 if t.method in PAIRED_METHODS else 1)  # a pair's two answers side by side
     tokens = rows * t.max_length
     if t.gradient_checkpointing:
-        offloaded = on_gpu and t.offload_activations
+        offloaded = on_gpu and (t.offload_activations or _offloads_layer_inputs(cfg, on_gpu))
         per_token = (0 if offloaded else shape.layers * h) + LAYER_WORKSET_HIDDEN * h
         if cfg.lora.enabled and fp32_adapters:
             per_token += FP32_ADAPTER_HIDDEN * h
@@ -191,7 +191,7 @@ def advice(shape: Shape, cfg: RunConfig, est: FitEstimate, on_gpu: bool) -> str:
     if not cfg.train.gradient_checkpointing:
         ckpt = estimate_fit(shape, replace_section(cfg, "train", gradient_checkpointing=True), est.available_gib, on_gpu)
         tips.append(f"gradient checkpointing (≈{ckpt.total_gib:.1f} GiB)")
-    elif on_gpu and not cfg.train.offload_activations:
+    elif on_gpu and not cfg.train.offload_activations and not _offloads_layer_inputs(cfg, on_gpu):
         offload = estimate_fit(shape, replace_section(cfg, "train", offload_activations=True), est.available_gib, on_gpu)
         tips.append(f"activation offload to CPU memory (≈{offload.total_gib:.1f} GiB)")
     if on_gpu and cfg.lora.enabled and not cfg.train.cpu_embeddings and not shape.tied_embeddings:
@@ -260,3 +260,9 @@ def check_fit(cfg: RunConfig, available_gib: float, on_gpu: bool, shards: int = 
     if shards > 1:
         est = sharded(est, shards)
     return est, advice(shape, cfg, est, on_gpu)
+
+
+def _offloads_layer_inputs(cfg: RunConfig, on_gpu: bool) -> bool:
+    from studio.speed.offload_inputs import offloads_layer_inputs  # imports torch: only when estimating
+
+    return offloads_layer_inputs(cfg, on_gpu)

@@ -232,6 +232,10 @@ def _check_rules(cfg: RunConfig, source: str) -> RunConfig:
     if devices.cpu and cfg.train.parallel == "fsdp":
         raise ConfigError(f"{source}: train.parallel=fsdp shards the model across GPUs, but train.devices is "
                           f"{cfg.train.devices}: use train.parallel=ddp (or auto) on the CPU.")
+    if cfg.train.offload_layer_inputs is True and not cfg.train.gradient_checkpointing:
+        raise ConfigError(f"{source}: train.offload_layer_inputs keeps the layer inputs gradient checkpointing "
+                          "keeps, but train.gradient_checkpointing is off: turn it on, or set "
+                          "train.offload_layer_inputs=auto.")
     if cfg.train.early_stopping and not (cfg.data.eval_fraction or cfg.data.eval_path):
         raise ConfigError(f"{source}: train.early_stopping needs eval data: set data.eval_fraction (e.g. 0.1) or "
                           "data.eval_path, or set train.early_stopping=0.")

@@ -44,23 +44,38 @@ def test_catalog_marks_base_and_instruct_models():
     assert CATALOG[0].source == "builtin:gemma-3-270m"
 
 
+# Measured before train.offload_layer_inputs existed: those runs kept their layer inputs on the GPU.
+BEFORE_LAYER_INPUT_OFFLOAD = ("train.offload_layer_inputs=false",)
+
+
+def _as_measured(report: dict, before_offload: bool):
+    from studio.bench.paths import BenchSpec
+
+    overrides = tuple(report["spec"]["overrides"])
+    if before_offload and not any(o.startswith("train.offload_layer_inputs") for o in overrides):
+        overrides += BEFORE_LAYER_INPUT_OFFLOAD
+    return BenchSpec(**{**report["spec"], "overrides": overrides})
+
+
 def _measured_peaks():
     """(shape name, run config, measured peak allocated GiB) for every GPU measurement in results/
-    (bench-h100.json, compile-h100/)."""
+    (bench-h100.json, compile-h100/, offload-h200/)."""
     import json
     from pathlib import Path
 
     from studio.bench.paths import BenchSpec, studio_config
 
     results = Path(__file__).resolve().parent.parent / "results"
-    reports = json.loads((results / "bench-h100.json").read_text())
+    reports = [(r, True) for r in json.loads((results / "bench-h100.json").read_text())]
     # Compiled layers and offload, one report a file (Unsloth's files beside them have no "kind"); the
     # layers compiled around their checkpoint were an earlier implementation.
-    files = [p for p in sorted(results.glob("compile-h100/*/*.json")) if p.parent.name != "compiled-around-checkpoint"]
-    reports += [r for r in map(json.loads, (p.read_text() for p in files))
+    files = [(p, True) for p in sorted(results.glob("compile-h100/*/*.json"))
+             if p.parent.name != "compiled-around-checkpoint"]
+    files += [(p, False) for p in sorted(results.glob("offload-h200/*/*.json"))]
+    reports += [(r, before) for r, before in ((json.loads(p.read_text()), before) for p, before in files)
                 if r.get("kind") == "throughput" and not r["spec"].get("profile")]
-    for report in reports:
-        spec = BenchSpec(**{**report["spec"], "overrides": tuple(report["spec"]["overrides"])})
+    for report, before_offload in reports:
+        spec = _as_measured(report, before_offload)
         if report["kind"] == "longest_sequence":
             for trial in report["trials"]:
                 if trial["fits"]:
@@ -84,10 +99,11 @@ def _measured_method_peaks():
         if "runs" in report:
             for run in report["runs"]:
                 spec = BenchSpec(run["model"], run["method"], run["batch"], run["length"],
-                                 overrides=tuple(run["overrides"]), train_method=run["train_method"])
+                                 overrides=tuple(run["overrides"]) + BEFORE_LAYER_INPUT_OFFLOAD,
+                                 train_method=run["train_method"])
                 yield spec.model, studio_config(spec, Path(spec.model)), run["peak_allocated_gib"]
             continue
-        spec = BenchSpec(**{**report["spec"], "overrides": tuple(report["spec"]["overrides"])})
+        spec = _as_measured(report, before_offload=True)
         studio = next(r for r in report["results"] if r["path"] == "studio")
         yield spec.model, studio_config(spec, Path(spec.model)), studio["peak_allocated_gib"]
 

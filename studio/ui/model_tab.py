@@ -86,8 +86,9 @@ def wire(studio, form: dict, tab: ModelTab) -> None:
     named(estimate, keys)
     tab.choice.change(pick, tab.choice, form["model.name_or_path"], api_name="pick_model")
     for key in ("model.name_or_path", "model.load_in", "lora.enabled", "lora.r", "train.batch_size",
-                "train.max_length", "train.gradient_checkpointing", "train.offload_activations", "train.cpu_embeddings",
-                "train.optimizer", "train.devices", "train.parallel", "train.gpu_memory_cap"):
+                "train.max_length", "train.gradient_checkpointing", "train.offload_activations",
+                "train.offload_layer_inputs", "train.cpu_embeddings", "train.optimizer", "train.devices",
+                "train.parallel", "train.gpu_memory_cap"):
         form[key].change(estimate, inputs, tab.fit, api_visibility="private")
     tab.load.click(check, form["model.name_or_path"], tab.info, api_name="check_model")
     tab.fit_estimate = Hook(estimate, inputs, tab.fit)

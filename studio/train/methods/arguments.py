@@ -10,6 +10,7 @@ from transformers import PrinterCallback
 from studio.config import RunConfig, optimizer_for
 from studio.errors import TrainingError
 from studio.hardware import has_cuda, parallel_engine, resolve_dtype, sharded_training, split_states, world_size
+from studio.speed.offload_inputs import OffloadLayerInputs, offloads_layer_inputs
 from studio.speed.patches import TRL_CHECKED, cuda_speedups, offload_keeping_the_memory_cache
 from studio.train.sharding import keep_packed_weights_intact
 
@@ -111,10 +112,13 @@ def check_trl_method(trainer_class, method: str) -> None:
         )
 
 
-def finish_trainer(trainer):
+def finish_trainer(trainer, cfg: RunConfig):
     """What every trainer needs once built: progress goes through the studio's callbacks, not printed;
-    activation offload keeps the GPU memory cache between steps; sharded 4-bit weights are gathered intact."""
+    checkpointed layer inputs wait in CPU memory (train.offload_layer_inputs); activation offload keeps the
+    GPU memory cache between steps; sharded 4-bit weights are gathered intact."""
     trainer.remove_callback(PrinterCallback)
+    if offloads_layer_inputs(cfg, has_cuda()):
+        trainer.add_callback(OffloadLayerInputs())
     offload_keeping_the_memory_cache(trainer)
     if sharded_training():
         keep_packed_weights_intact(trainer)

@@ -73,7 +73,7 @@ def make_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_datas
         # TRL copies the adapter as the KL reference; a new adapter equals the base model, so the adapter
         # switched off is the same reference without a second adapter to hold or save.
         trainer.model.delete_adapter("ref")
-    return finish_trainer(trainer)
+    return finish_trainer(trainer, cfg)
 
 
 def _check_columns(cfg: RunConfig, dataset, needing_answer: list[str]) -> None:

@@ -34,7 +34,7 @@ def make_dpo_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_d
     trainer_class = _keeping_tokenized_rows(DPOTrainer, lambda trainer, dataset, args: dataset)
     trainer = trainer_class(model=model, args=DPOConfig(**options), train_dataset=train_dataset,
                             eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=list(callbacks))
-    return finish_trainer(trainer)
+    return finish_trainer(trainer, cfg)
 
 
 def make_kto_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_dataset, eval_dataset=None,
@@ -51,7 +51,7 @@ def make_kto_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_d
     trainer_class = _keeping_tokenized_rows(KTOTrainer, _with_kl_completions)
     trainer = trainer_class(model=model, args=KTOConfig(**options), train_dataset=train_dataset,
                             eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=list(callbacks))
-    return finish_trainer(trainer)
+    return finish_trainer(trainer, cfg)
 
 
 def make_orpo_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_dataset, eval_dataset=None,
@@ -78,7 +78,7 @@ def make_orpo_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_
                                    eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=list(callbacks))
     base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
     add_fused_lm_head(base, outputs=("log_probs", "mean_logits"))
-    return finish_trainer(trainer)
+    return finish_trainer(trainer, cfg)
 
 
 def _reference_options(cfg: RunConfig) -> dict:

@@ -34,4 +34,4 @@ def make_trainer(cfg: RunConfig, output_dir: Path, model, tokenizer, train_datas
                                   eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=list(callbacks))
     if isinstance(model.get_input_embeddings(), EmbeddingsInCpuMemory):
         trainer.data_collator = feed_cpu_ids(trainer.model, trainer.data_collator)
-    return finish_trainer(trainer)
+    return finish_trainer(trainer, cfg)
