@@ -97,6 +97,21 @@ def test_inputs_stay_where_they_are_past_the_cpu_memory_budget_or_below_the_size
         assert offload.offloaded == expected
 
 
+def test_when_no_pinned_memory_can_be_had_the_inputs_stay_and_training_goes_on(tiny_llama, monkeypatch):
+    import studio.speed.offload_inputs as offload_inputs
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("CUDA error: out of memory (pinned host memory)")
+
+    monkeypatch.setattr(offload_inputs._HostCopy, "__init__", refuse)
+    offload = LayerInputOffload(min_bytes=1, host_budget_bytes=1 << 30)
+    ids = torch.randint(3, 100, (2, 32), generator=torch.Generator().manual_seed(3))
+    losses, gradients = _gradients(_model(tiny_llama, offload), ids)
+    assert offload.offloaded == 0 and offload.host_budget_bytes == 0
+    plain_losses, plain = _gradients(_model(tiny_llama, None), ids)
+    assert losses == plain_losses and all(torch.equal(gradients[n], plain[n]) for n in plain)
+
+
 def test_the_trainer_offloads_when_asked_and_trains_to_the_same_losses(tiny_llama, tmp_path, monkeypatch):
     import studio.speed.offload_inputs as offload_inputs
 

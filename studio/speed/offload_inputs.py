@@ -9,18 +9,20 @@ length x hidden values (1 GiB on an 8B model at 2 x 2048 tokens in bf16,
 0.5 GiB on a 1B model at 4 x 2048). Here each input is copied to pinned CPU
 memory as soon as its layer starts, on a stream of its own, so the copy runs
 while the GPU computes the layer, and its GPU memory is free once the next
-layer is done. In backward, a layer's input comes back on that stream while
-the layer after it (in backward order, the one before) is recomputed: the
-GPU waits for a copy only when the copy is slower than a layer.
+layer is done. In backward, as a layer takes its input back, the input of the
+layer before it starts coming back on that stream, arriving while this layer
+is recomputed and its gradients computed: the GPU waits for a copy only when
+the copy is slower than a layer.
 
 torch's own checkpoint does the recomputing, as before; this only hooks how it
 keeps the inputs (saved-tensor hooks), so the random state, autocast and
 gradients of keyword arguments are torch's. TRL's activation offload
-(train.offload_activations) copies every saved tensor and waits for each copy;
-it covers the layer inputs too, so the two are not combined.
+(train.offload_activations) copies every tensor a step saves, the layer inputs
+among them, so the two are not combined.
 
-When CPU memory runs short (past `host_budget_bytes`, half of what was free at
-the start by default), an input stays on the GPU as it would without offload.
+When CPU memory runs short (past `host_budget_bytes`: by default half of what
+was free at the start, shared by the machine's training processes), or pinned
+memory cannot be had, an input stays on the GPU as it would without offload.
 """
 
 from __future__ import annotations
@@ -79,7 +81,11 @@ class LayerInputOffload:
                 self.held_bytes + size > self.host_budget_bytes:
             return tensor
         newest = self._newest() if self._newest is not None else None
-        saved = _HostCopy(self, tensor, previous=newest if newest is not None and not newest.used else None)
+        try:
+            saved = _HostCopy(self, tensor, previous=newest if newest is not None and not newest.used else None)
+        except RuntimeError:  # no pinned memory to be had: this run keeps its inputs on the GPU from now on
+            self.host_budget_bytes = 0
+            return tensor
         self._newest = weakref.ref(saved)
         self.offloaded += 1
         return saved
@@ -180,6 +186,10 @@ def _offloading(checkpoint, offload: LayerInputOffload):
 
 
 def _half_of_free_memory() -> int:
+    """Half the CPU memory free now, shared by the training processes of this machine."""
+    import os
+
     import psutil
 
-    return psutil.virtual_memory().available // 2
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return psutil.virtual_memory().available // (2 * max(processes, 1))
