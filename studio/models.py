@@ -78,18 +78,42 @@ def builtin_gemma_gguf() -> Path:
     return target
 
 
+def _gguf_cache(kind: str, gguf_path: Path) -> Path:
+    """The cache folder of one kind made from a GGUF file (a changed file gets a new one)."""
+    stat = gguf_path.stat()
+    return data_home() / "cache" / kind / f"{gguf_path.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+
+
+def gguf_tokenizer_folder(gguf_path: Path) -> Path:
+    """An HF folder holding only the GGUF's tokenizer: what previewing data needs, made without the weights.
+
+    Reading a tokenizer out of a GGUF converts its whole vocabulary (about 20 s for Gemma's 262k tokens on
+    a laptop-class CPU); dequantizing the weights as well takes a minute. The dequantized folder, once built,
+    holds the same tokenizer."""
+    folder = _gguf_cache("gguf-tokenizers", gguf_path)
+    if (folder / "tokenizer_config.json").is_file():
+        return folder
+    from transformers import AutoTokenizer
+
+    tmp = folder.with_name(folder.name + ".part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    # A GGUF file holds tensors and metadata only: nothing in it is code.
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, trust_remote_code=False)
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, folder)
+    return folder
+
+
 def dequantized_folder(gguf_path: Path) -> Path:
     """An HF folder holding the GGUF's weights in 16/32-bit; built on first use, then reused."""
-    stat = gguf_path.stat()
-    folder = data_home() / "cache" / "dequantized" / f"{gguf_path.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+    folder = _gguf_cache("dequantized", gguf_path)
     if (folder / "config.json").is_file():
         return folder
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tmp = folder.with_name(folder.name + ".part")
     shutil.rmtree(tmp, ignore_errors=True)
-    # A GGUF file holds tensors and metadata only: nothing in it is code.
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_tokenizer_folder(gguf_path), trust_remote_code=False)
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, trust_remote_code=False)
     # The model remembers it came from GGUF; as a plain folder it must not.
     model.hf_quantizer = None
@@ -185,7 +209,10 @@ def load_error(what: str, exc: Exception, source: Path | str | None = None) -> M
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    source = hf_folder(name_or_path)
+    source = resolve_source(name_or_path)
+    if isinstance(source, Path) and source.suffix == ".gguf":
+        built = _gguf_cache("dequantized", source)  # the weights' folder when built, else the tokenizer's own
+        source = built if (built / "config.json").is_file() else gguf_tokenizer_folder(source)
     refuse_unsafe_files(source, trust_remote_code)
     try:
         with hub_access(source):

@@ -32,12 +32,16 @@ def test_loads_in_each_precision(tiny_llama, load_in):
 
 
 def test_gguf_model_is_dequantized_once_and_cached(trained_run, tmp_path):
-    """A .gguf file loads through transformers; the second load reuses the cached folder."""
+    """A .gguf file loads through transformers; the second load reuses the cached folder. Its tokenizer alone
+    (what a data preview needs) is read without dequantizing the weights."""
     from studio.export.exporting import export_run
-    from studio.models import dequantized_folder
+    from studio.models import _gguf_cache, dequantized_folder, load_tokenizer
 
     result = export_run(trained_run, gguf_types=("f16",))
     gguf = next(p for p in result.files if p.suffix == ".gguf")
+    alone = load_tokenizer(str(gguf))
+    assert (_gguf_cache("gguf-tokenizers", gguf) / "tokenizer_config.json").is_file()
+    assert not _gguf_cache("dequantized", gguf).exists()
     model, tokenizer = load_model(ModelConfig(name_or_path=str(gguf)))
     folder = dequantized_folder(gguf)
     assert (folder / "config.json").is_file()
@@ -48,5 +52,5 @@ def test_gguf_model_is_dequantized_once_and_cached(trained_run, tmp_path):
 
     original = AutoTokenizer.from_pretrained(trained_run / "adapter")
     text = "What is the capital of Peru? Ünïcödé 🚀"
-    assert tokenizer(text)["input_ids"] == original(text)["input_ids"]
+    assert tokenizer(text)["input_ids"] == original(text)["input_ids"] == alone(text)["input_ids"]
     assert model.config.vocab_size == original.vocab_size
