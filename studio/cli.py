@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "train.offload_activations=true train.kernels=none.")
     bench.add_argument("--no-reference", action="store_true", help="Skip the textbook path.")
     bench.add_argument("--profile", action="store_true",
-                       help="Also record where the studio path's GPU time goes, per kind of kernel (CUDA).")
+                       help="Then profile 3 more steps: where the studio path's GPU time goes, per kind of kernel (CUDA).")
     bench.add_argument("--max-memory", default=None, metavar="GIB",
                        help="Find the longest trainable sequence at batch 1 under this much GPU memory, e.g. 24GiB.")
     bench.add_argument("--out", default=None, help="Results file (.json, a .md table beside it; default bench/<...>.json).")

@@ -169,6 +169,24 @@ def _nvml_readings(handle) -> dict:
     return {"gpu_used": mem.used / GIB, "gpu_total": mem.total / GIB, "gpu_util_percent": float(util.gpu), "gpu_temp_c": float(temp)}
 
 
+def gpu_busy_percent(start_s: float, end_s: float) -> float | None:
+    """NVML's share of time a kernel ran on this process's GPU between two wall-clock times, in percent.
+
+    The driver samples it every 1/6 to 1 s, each sample covering the period before it, so the window
+    needs a few of those periods; a profiler-free check of what `launch.py bench --profile` counts."""
+    import pynvml
+
+    handle = _nvml_handle(_physical_index(torch.cuda.current_device())) if has_cuda() else None
+    if handle is None:
+        return None
+    try:
+        _, samples = pynvml.nvmlDeviceGetSamples(handle, pynvml.NVML_GPU_UTILIZATION_SAMPLES, int(start_s * 1e6))
+    except pynvml.NVMLError:
+        return None  # not every driver or virtual GPU keeps samples
+    within = [s.sampleValue.uiVal for s in samples if start_s * 1e6 <= s.timeStamp <= end_s * 1e6]
+    return sum(within) / len(within) if within else None
+
+
 def free_accelerator_memory() -> None:
     """Return cached blocks to the driver after a model is dropped."""
     import gc

@@ -109,6 +109,55 @@ def test_bench_runs_both_paths_with_the_same_loss(tmp_path, capsys):
     assert "| studio |" in capsys.readouterr().out
 
 
+def test_profiled_steps_come_after_the_measured_ones_and_are_not_timed(tmp_path):
+    from studio.bench import describe
+    from studio.cli import main
+
+    out = tmp_path / "profiled.json"
+    assert main(["bench", "tiny-llama", "--method", "lora", "--batch", "2", "--length", "64", "--steps", "2",
+                 "--profile", "--no-reference", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    (studio,) = report["results"]
+    assert len(studio["losses"]) == 3 + 2 + 3  # warm-up, measured, profiled (the profiler itself runs on CUDA)
+    assert len(studio["step_seconds"]) == 2
+    # On a GPU the report then says how much of a measured step the kernels fill, beside the profiled step.
+    studio.update(median_step_s=0.2, profile={"busy_ms_per_step": 190.0, "profiled_step_s": 0.25,
+                                               "gpu_ms_per_step": 200.0, "by_kind_ms_per_step": {"matrix multiply": 150.0}},
+                  gpu_busy_percent=93.0)
+    text = describe(report)
+    assert "kernels running 190 ms of a 250 ms profiled step; unprofiled, the measured steps took 200 ms" in text
+    assert "NVML read the GPU busy 93%" in text
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_profiled_steps_count_the_gpus_busy_time_on_cuda(tmp_path):
+    from studio.cli import main
+
+    out = tmp_path / "profiled.json"
+    assert main(["bench", "tiny-llama", "--method", "lora", "--batch", "2", "--length", "256", "--steps", "20",
+                 "--profile", "--no-reference", "--out", str(out)]) == 0
+    (studio,) = json.loads(out.read_text())["results"]
+    profile = studio["profile"]
+    # The union of the kernels' spans: no more than their sum, and inside the profiled steps' wall time.
+    assert 0 < profile["busy_ms_per_step"] <= profile["gpu_ms_per_step"] + 1e-6
+    assert profile["busy_ms_per_step"] <= profile["profiled_step_s"] * 1000
+    assert studio["gpu_busy_percent"] is None or 0 <= studio["gpu_busy_percent"] <= 100
+
+
+def test_busy_time_counts_overlapping_kernels_once():
+    from types import SimpleNamespace
+
+    from studio.bench.paths import busy_ms
+
+    def spans(*pairs):
+        return [SimpleNamespace(start=a, end=b) for a, b in pairs]
+
+    assert busy_ms([]) == 0
+    assert busy_ms(spans((0, 1000), (2000, 2500))) == 1.5  # apart: both count
+    assert busy_ms(spans((0, 1000), (500, 1500))) == 1.5  # a copy beside a kernel: the union
+    assert busy_ms(spans((3000, 4000), (0, 10_000), (9000, 12_000))) == 12.0  # nested and out of order
+
+
 def test_bench_names_unknown_shapes_and_bad_memory_caps(capsys):
     from studio.cli import main
 

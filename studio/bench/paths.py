@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 from studio.config import RunConfig
 from studio.data.building import LABELLED, PAIRS
 from studio.recipes import apply_overrides
-from studio.hardware import free_accelerator_memory, has_cuda, resolve_dtype
+from studio.hardware import free_accelerator_memory, gpu_busy_percent, has_cuda, resolve_dtype
 from studio.speed.patches import training_patches
 from studio.train.methods import method_for
 from studio.train.training import load_for_training
@@ -40,7 +40,8 @@ class BenchSpec:
     warmup: int = 3
     rank: int = 16
     seed: int = 0
-    profile: bool = False  # record where the GPU time of the measured steps goes
+    profile: bool = False  # after the measured steps, record where the GPU time of a few more goes
+    profile_steps: int = 3  # steps run under the profiler; never timed (the profiler slows the host)
     overrides: tuple[str, ...] = ()  # dotted config overrides for the studio path, e.g. train.kernels=none
     train_method: str = "sft"  # train.method: a preference method reads two rows per pair
 
@@ -53,11 +54,17 @@ class PathResult:
     peak_allocated_gib: float | None = None
     peak_reserved_gib: float | None = None
     error: str | None = None
-    profile: dict | None = None  # GPU time per kind of kernel over the measured steps
+    profile: dict | None = None  # GPU time per kind of kernel over the profiled steps
+    gpu_busy_percent: float | None = None  # NVML's reading over the measured steps (CUDA only)
 
     @property
     def median_step_s(self) -> float | None:
         return statistics.median(self.step_seconds) if self.step_seconds else None
+
+
+def total_steps(spec: BenchSpec) -> int:
+    """Warm-up, measured and (with `profile`) profiled steps."""
+    return spec.warmup + spec.steps + (spec.profile_steps if spec.profile else 0)
 
 
 def studio_config(spec: BenchSpec, folder: Path) -> RunConfig:
@@ -67,7 +74,7 @@ def studio_config(spec: BenchSpec, folder: Path) -> RunConfig:
         f"model.load_in={'4bit' if spec.method == 'qlora' else '16bit'}", f"lora.enabled={spec.method != 'full'}",
         f"lora.r={spec.rank}", f"lora.alpha={spec.rank}",
         f"train.batch_size={spec.batch}", "train.grad_accum=1",
-        f"train.max_length={spec.length}", f"train.max_steps={spec.warmup + spec.steps}",
+        f"train.max_length={spec.length}", f"train.max_steps={total_steps(spec)}",
         "train.warmup_steps=0", "train.scheduler=constant", f"train.learning_rate={LEARNING_RATE}",
         "train.logging_steps=1", "train.gradient_checkpointing=true", f"train.seed={spec.seed}",
         f"train.method={spec.train_method}", *spec.overrides,
@@ -77,7 +84,7 @@ def studio_config(spec: BenchSpec, folder: Path) -> RunConfig:
 def token_rows(spec: BenchSpec, vocab: int) -> torch.Tensor:
     """(steps * batch, length) random token ids: every token real, every token trained."""
     generator = torch.Generator().manual_seed(spec.seed)
-    count = (spec.warmup + spec.steps) * spec.batch * (2 if method_for(spec.train_method).shape is PAIRS else 1)
+    count = total_steps(spec) * spec.batch * (2 if method_for(spec.train_method).shape is PAIRS else 1)
     return torch.randint(4, vocab, (count, spec.length), generator=generator)
 
 
@@ -87,7 +94,8 @@ def run_studio(spec: BenchSpec, folder: Path, rows: torch.Tensor) -> PathResult:
     model = None
     try:
         model, tokenizer = load_for_training(cfg)
-        return train_studio(cfg, model, tokenizer, rows, spec.warmup, profile=spec.profile)
+        profile_from = spec.warmup + spec.steps if spec.profile else None
+        return train_studio(cfg, model, tokenizer, rows, spec.warmup, profile_from=profile_from)
     except torch.OutOfMemoryError as exc:
         result = PathResult("studio", error=f"out of memory: {str(exc).splitlines()[0]}")
         _record_peaks(result)
@@ -97,8 +105,11 @@ def run_studio(spec: BenchSpec, folder: Path, rows: torch.Tensor) -> PathResult:
         free_accelerator_memory()
 
 
-def train_studio(cfg: RunConfig, model, tokenizer, rows: torch.Tensor, warmup: int, profile: bool = False) -> PathResult:
-    """`len(rows) / batch` optimizer steps through the studio's trainer; peaks counted from the last reset."""
+def train_studio(cfg: RunConfig, model, tokenizer, rows: torch.Tensor, warmup: int,
+                 profile_from: int | None = None) -> PathResult:
+    """`len(rows) / batch` optimizer steps through the studio's trainer; peaks counted from the last reset.
+
+    The steps after `warmup` are timed, up to `profile_from`; from that step on they run under the profiler."""
     from datasets import Dataset
     from datasets.table import InMemoryTable
 
@@ -110,7 +121,7 @@ def train_studio(cfg: RunConfig, model, tokenizer, rows: torch.Tensor, warmup: i
     trainer = None
     try:
         with tempfile.TemporaryDirectory() as scratch:
-            timer = _StepTimer(result, profile_from=warmup if profile and has_cuda() else None)
+            timer = _StepTimer(result, warmup, profile_from)
             trainer = make_trainer(cfg, Path(scratch), model, tokenizer, dataset, callbacks=[timer],
                                    save_strategy="no", train_sampling_strategy="sequential")
             with training_patches(cfg):  # as launch.py train runs it
@@ -123,7 +134,7 @@ def train_studio(cfg: RunConfig, model, tokenizer, rows: torch.Tensor, warmup: i
         _record_peaks(result)
         del trainer
         free_accelerator_memory()
-    result.step_seconds = result.step_seconds[warmup:]
+    result.step_seconds = result.step_seconds[warmup:profile_from]
     return result
 
 
@@ -189,39 +200,49 @@ def run_reference(spec: BenchSpec, folder: Path, rows: torch.Tensor) -> PathResu
         _record_peaks(result)
         del model, optimizer
         free_accelerator_memory()
-    result.step_seconds = result.step_seconds[spec.warmup:]
+    result.step_seconds = result.step_seconds[spec.warmup:spec.warmup + spec.steps]
     return result
 
 
 class _StepTimer(TrainerCallback):
     """Wall time of every optimizer step, with the GPU's queue drained at both ends.
 
-    With `profile_from`, the steps from that one on also run under the torch
-    profiler, and the result gets their GPU time per kind of kernel.
+    The steps from `warmup` on are measured: NVML's busy reading covers them. From
+    `profile_from` on, steps run under the torch profiler on CUDA (after the measured
+    ones, since the profiler slows the host that launches the kernels), and the result
+    gets their GPU time per kind of kernel.
     """
 
-    def __init__(self, result: PathResult, profile_from: int | None = None) -> None:
+    def __init__(self, result: PathResult, warmup: int = 0, profile_from: int | None = None) -> None:
         self.result = result
         self.started = 0.0
+        self.warmup = warmup
         self.profile_from = profile_from
         self.profiler = None
+        self.measured_from = 0.0  # wall clock (NVML's timestamps count from the epoch)
 
     def on_step_begin(self, args, state, control, **kwargs):
-        if self.profile_from is not None and state.global_step == self.profile_from and self.profiler is None:
+        if has_cuda() and state.global_step == self.profile_from and self.profiler is None:
             self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA,
                                                                torch.profiler.ProfilerActivity.CPU])
             self.profiler.__enter__()
         _sync()
+        if state.global_step == self.warmup:
+            self.measured_from = time.time()
         self.started = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         _sync()
         self.result.step_seconds.append(time.perf_counter() - self.started)
+        if has_cuda() and state.global_step == (self.profile_from or state.max_steps):
+            # the measured steps just ended: read before later steps push their samples out
+            self.result.gpu_busy_percent = gpu_busy_percent(self.measured_from, time.time())
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.profiler is not None:
             self.profiler.__exit__(None, None, None)
             self.result.profile = kernel_time_by_kind(self.profiler, steps=state.global_step - self.profile_from)
+            self.result.profile["profiled_step_s"] = statistics.median(self.result.step_seconds[self.profile_from:])
 
 
 # Kernel name fragments -> what the time was spent on (first match wins; Triton kernels,
@@ -257,6 +278,8 @@ def kernel_time_by_kind(profiler, steps: int) -> dict:
         return event.self_cpu_time_total / 1000 / max(steps, 1)
 
     return {
+        # kernels on several streams overlap (copies beside compute): busy is the time any of them runs
+        "busy_ms_per_step": busy_ms([e.time_range for e in kernels_of(profiler)]) / max(steps, 1),
         "host_ms_per_step": sum(host_ms(e) for e in host),
         "top_host_ops": [{"name": e.key[:120], "self_ms_per_step": host_ms(e), "calls_per_step": e.count / max(steps, 1)}
                          for e in sorted(host, key=host_ms, reverse=True)[:15]],
@@ -265,6 +288,22 @@ def kernel_time_by_kind(profiler, steps: int) -> dict:
         "top_kernels": [{"name": e.key[:120], "ms_per_step": self_ms(e), "calls_per_step": e.count / max(steps, 1)}
                         for e in top],
     }
+
+
+def kernels_of(profiler) -> list:
+    """Every GPU event the profiler recorded, one per launch (copies included)."""
+    return [e for e in profiler.events() if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+
+
+def busy_ms(intervals) -> float:
+    """Milliseconds covered by at least one of the intervals (objects with .start and .end in microseconds)."""
+    total, reach = 0.0, float("-inf")
+    for interval in sorted(intervals, key=lambda i: i.start):
+        if interval.end <= reach:
+            continue
+        total += interval.end - max(interval.start, reach)
+        reach = interval.end
+    return total / 1000
 
 
 def _sync() -> None:
