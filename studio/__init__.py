@@ -2,7 +2,7 @@
 
 The layers, each importing only from the ones above it:
 
-    config, errors, fields, recipes                       the typed settings, their fields, recipes and overrides
+    config, config_rules, errors, fields, recipes         the typed settings, their fields, recipes and overrides
     events, hardware, catalog, safety                     progress events, devices, known models, offline by default
     models, model_info, fit, runs, llama_check            loading models, the fit estimate, run folders and locks,
                                                           whether llama.cpp runs on this machine

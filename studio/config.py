@@ -2,8 +2,8 @@
 
 Frozen dataclasses, the only place a choice list, default, bound or help text
 lives. Recipes (YAML) and dotted overrides become a RunConfig in studio.recipes;
-studio.fields lists the fields for the CLI and the UI. Beside them, what a few
-values stand for: optimizer_for (train.optimizer=auto), parse_devices (train.devices).
+studio.fields lists the fields for the CLI and the UI; studio.config_rules holds
+the rules between fields and what a few values stand for.
 
     cfg = RunConfig()                       # the defaults
     cfg.train.learning_rate, cfg.lora.r
@@ -11,11 +11,8 @@ values stand for: optimizer_for (train.optimizer=auto), parse_devices (train.dev
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
-
-from studio.errors import ConfigError
 
 
 def _f(default: Any, help: str, min: float | None = None, max: float | None = None, above: float | None = None) -> Any:
@@ -369,38 +366,3 @@ class RunConfig:
     grpo: GrpoConfig = field(default_factory=GrpoConfig, metadata={"help": "Settings of grpo: sampling and rewards."})
     generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"help": "Chat settings."})
     export: ExportConfig = field(default_factory=ExportConfig, metadata={"help": "Export settings."})
-
-
-def optimizer_for(setting: str, cuda: bool) -> str:
-    """The optimizer a train.optimizer setting stands for: auto is 8-bit AdamW on CUDA, adamw_torch elsewhere."""
-    if setting != "auto":
-        return setting
-    return "adamw_8bit" if cuda else "adamw_torch"
-
-
-@dataclass(frozen=True)
-class DeviceRequest:
-    """train.devices read: the CPU (with a number of processes) or a list of GPU indices, or every GPU (auto)."""
-
-    cpu: bool = False
-    cpu_processes: int = 1
-    gpus: tuple[int, ...] | None = None  # None: every GPU CUDA sees
-
-
-def parse_devices(text: str) -> DeviceRequest:
-    """auto, cpu, cpu:N or GPU indices such as 0,1 (ConfigError for anything else)."""
-    value = text.strip().lower().replace(" ", "")
-    if value == "auto":
-        return DeviceRequest()
-    match = re.fullmatch(r"cpu(?::(\d+))?", value)
-    if match:
-        processes = int(match.group(1) or 1)
-        if processes < 1:
-            raise ConfigError("train.devices=cpu:N needs N of 1 or more processes.")
-        return DeviceRequest(cpu=True, cpu_processes=processes)
-    if re.fullmatch(r"\d+(,\d+)*", value):
-        gpus = tuple(int(i) for i in value.split(","))
-        if len(set(gpus)) != len(gpus):
-            raise ConfigError(f"train.devices={text} names a GPU twice: list each index once, e.g. 0,1.")
-        return DeviceRequest(gpus=gpus)
-    raise ConfigError(f"train.devices={text!r} is not a device list: use auto, cpu, cpu:2 or GPU indices such as 0,1.")

@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from studio.catalog import Shape, find
-from studio.config import PAIRED_METHODS, RunConfig, optimizer_for
+from studio.config import PAIRED_METHODS, RunConfig
+from studio.config_rules import optimizer_for
 from studio.recipes import replace_section
 
 GIB = 1024**3

@@ -16,7 +16,8 @@ import json
 import math
 import os
 import shutil
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 
@@ -84,6 +85,17 @@ def _gguf_cache(kind: str, gguf_path: Path) -> Path:
     return data_home() / "cache" / kind / f"{gguf_path.stem}-{stat.st_size}-{int(stat.st_mtime)}"
 
 
+@contextmanager
+def _built_whole(folder: Path) -> Iterator[Path]:
+    """A fresh `<folder>.part` to write into, renamed to `folder` only once the block finishes: a cache build
+    that is stopped or fails leaves no folder that looks complete (the next build clears the .part)."""
+    tmp = folder.with_name(folder.name + ".part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    yield tmp
+    os.replace(tmp, folder)
+
+
 def gguf_tokenizer_folder(gguf_path: Path) -> Path:
     """An HF folder holding only the GGUF's tokenizer: what previewing data needs, made without the weights.
 
@@ -95,12 +107,10 @@ def gguf_tokenizer_folder(gguf_path: Path) -> Path:
         return folder
     from transformers import AutoTokenizer
 
-    tmp = folder.with_name(folder.name + ".part")
-    shutil.rmtree(tmp, ignore_errors=True)
     # A GGUF file holds tensors and metadata only: nothing in it is code.
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, trust_remote_code=False)
-    tokenizer.save_pretrained(tmp)
-    os.replace(tmp, folder)
+    with _built_whole(folder) as tmp:
+        tokenizer.save_pretrained(tmp)
     return folder
 
 
@@ -111,20 +121,18 @@ def dequantized_folder(gguf_path: Path) -> Path:
         return folder
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tmp = folder.with_name(folder.name + ".part")
-    shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf_tokenizer_folder(gguf_path), trust_remote_code=False)
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, trust_remote_code=False)
     # The model remembers it came from GGUF; as a plain folder it must not.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    notice = gguf_path.parent / "NOTICE"
-    if notice.is_file():
-        shutil.copy(notice, tmp / "NOTICE")
-    os.replace(tmp, folder)
+    with _built_whole(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        notice = gguf_path.parent / "NOTICE"
+        if notice.is_file():
+            shutil.copy(notice, tmp / "NOTICE")
     return folder
 
 

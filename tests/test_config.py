@@ -126,7 +126,7 @@ def test_where_runs_go_is_no_setting_but_old_recipes_and_runs_still_load(tmp_pat
 
 
 def test_auto_optimizer_is_one_rule_for_training_the_disk_check_and_the_fit():
-    from studio.config import optimizer_for
+    from studio.config_rules import optimizer_for
 
     assert (optimizer_for("auto", cuda=True), optimizer_for("auto", cuda=False)) == ("adamw_8bit", "adamw_torch")
     assert optimizer_for("sgd", cuda=True) == "sgd"

@@ -41,7 +41,7 @@ import torch
 
 from studio.config import RunConfig
 from studio.hardware import has_cuda, split_states
-from studio.recipes import settings_that_cannot_compile
+from studio.config_rules import settings_that_cannot_compile
 from studio.speed.nf4 import prepare_for_compiling
 
 

@@ -254,7 +254,7 @@ def check_disk_for_run(run_dir: Path, cfg, model, tokenizer_bytes: int = 0) -> N
     """Refuse to start when the checkpoints the run will keep, and its final weights, cannot fit on the disk.
 
     Each of them also holds a copy of the tokenizer's files (`tokenizer_bytes`: 33 MB for Gemma's)."""
-    from studio.config import optimizer_for
+    from studio.config_rules import optimizer_for
     from studio.hardware import has_cuda
     from studio.runs import check_free_disk, human_bytes
 

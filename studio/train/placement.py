@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from studio.config import RunConfig
 from studio.errors import ConfigError
-from studio.config import parse_devices
+from studio.config_rules import parse_devices
 
 
 SHARDING_ENGINES = ("fsdp", "deepspeed-zero3")  # the weights split across the devices while training

@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 from transformers import PrinterCallback
 
-from studio.config import RunConfig, optimizer_for
+from studio.config import RunConfig
+from studio.config_rules import optimizer_for
 from studio.errors import TrainingError
 from studio.hardware import has_cuda, parallel_engine, resolve_dtype, sharded_training, split_states, world_size
 from studio.speed.offload_inputs import OffloadLayerInputs, offloads_layer_inputs
@@ -94,7 +95,7 @@ def deepspeed_config(engine: str) -> dict:
 
 
 def optimizer_name(setting: str) -> str:
-    """transformers' name of the optimizer train.optimizer stands for (config.optimizer_for decides auto)."""
+    """transformers' name of the optimizer train.optimizer stands for (config_rules.optimizer_for decides auto)."""
     # bitsandbytes' 8-bit states cannot follow sharded weights, and ZeRO shards the states itself: AdamW.
     name = optimizer_for(setting, has_cuda() and not split_states())
     return {"adamw_8bit": "adamw_bnb_8bit"}.get(name, name)
