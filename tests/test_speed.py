@@ -244,6 +244,24 @@ def test_profile_names_what_the_host_spends_a_step_on():
     assert products["calls_per_step"] == 2
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_named_ranges_on_the_gpu_timeline_are_not_counted_as_kernels():
+    from studio.bench.paths import kernel_time_by_kind
+
+    a = torch.randn(2048, 2048, device="cuda")
+    a @ a  # cuBLAS set up before profiling
+    torch.cuda.synchronize()
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as profiler:
+        with torch.profiler.record_function("a named range"):  # as torch marks each optimizer step
+            a @ a
+            a @ a
+        torch.cuda.synchronize()
+    profile = kernel_time_by_kind(profiler, steps=1)
+    assert "a named range" not in [kernel["name"] for kernel in profile["top_kernels"]]
+    assert list(profile["by_kind_ms_per_step"]) == ["matrix multiply"]  # only the products ran
+
+
 @pytest.mark.parametrize("fused", [True, False])
 def test_activation_offload_keeps_the_memory_cache_when_every_4bit_layer_is_fused(tiny_llama, fused):
     from types import SimpleNamespace

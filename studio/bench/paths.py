@@ -262,7 +262,7 @@ TRITON_KIND = "fused Triton kernels (Liger, TRL's loss)"
 def kernel_time_by_kind(profiler, steps: int) -> dict:
     """GPU milliseconds per step for each kind of kernel, and the ten costliest kernels; the host's too."""
     events = profiler.key_averages()  # aggregated once: on a profiled step that is seconds of work
-    kernels = [e for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+    kernels = [e for e in events if _on_gpu(e)]
     def self_ms(event) -> float:
         return getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0)) / 1000 / max(steps, 1)
 
@@ -292,7 +292,14 @@ def kernel_time_by_kind(profiler, steps: int) -> dict:
 
 def kernels_of(profiler) -> list:
     """Every GPU event the profiler recorded, one per launch (copies included)."""
-    return [e for e in profiler.events() if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+    return [e for e in profiler.events() if _on_gpu(e)]
+
+
+def _on_gpu(event) -> bool:
+    """A kernel or copy that ran on the GPU. Not a named range drawn on the GPU's timeline: torch marks each
+    optimizer step with one ("Optimizer.step#AdamW.step"), which spans its kernels and the gaps between them."""
+    return (getattr(event, "device_type", None) == torch.autograd.DeviceType.CUDA
+            and not getattr(event, "is_user_annotation", False))
 
 
 def busy_ms(intervals) -> float:

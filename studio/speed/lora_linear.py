@@ -38,6 +38,34 @@ def base_product(rows: torch.Tensor, weight: torch.Tensor, quant_state, bias: to
     return rows @ w.t() if bias is None else torch.addmm(bias, rows, w.t())
 
 
+def accumulate_product(out: torch.Tensor, left: torch.Tensor, right: torch.Tensor, scale: float) -> None:
+    """out += scale * left @ right, in out's own buffer.
+
+    Compiled (studio.speed.compiled), an in-place `out.addmm_` becomes an out-of-place addmm, which first
+    copies `out` whole into a new buffer: 336 copies in a Llama 3.2 1B LoRA step, 8 ms of the GPU's
+    150. As an operator of its own that says it writes `out`, it stays in place: the compiler sees `out`
+    used nowhere after and lets it write there."""
+    if torch.compiler.is_compiling():
+        torch.ops.studio.accumulate_product(out, left, right, scale)
+    else:  # eager: the plain call, without an operator's dispatch on the host
+        out.addmm_(left, right, alpha=scale)
+
+
+# Defined with the bare operator registry rather than torch.library.custom_op: a call through custom_op's
+# wrappers costs the host ~40 us (about what the copy it saves costs the GPU), this one ~5 us. Only compiled
+# graphs call it, where autograd is already handled (LoraLinearFunction's backward).
+_LIBRARY = torch.library.Library("studio", "FRAGMENT")
+_LIBRARY.define("accumulate_product(Tensor(a!) out, Tensor left, Tensor right, float scale) -> ()")
+
+
+def _accumulate(out: torch.Tensor, left: torch.Tensor, right: torch.Tensor, scale: float) -> None:
+    out.addmm_(left, right, alpha=scale)
+
+
+_LIBRARY.impl("accumulate_product", _accumulate, "CompositeExplicitAutograd")
+torch.library.register_fake("studio::accumulate_product", lambda out, left, right, scale: None, lib=_LIBRARY)
+
+
 def scaled_product(left: torch.Tensor, right: torch.Tensor, scale: float) -> torch.Tensor:
     """scale * left @ right in one matrix multiply (the scale rides on the product, no extra pass)."""
     out = left.new_empty(left.shape[0], right.shape[1])
@@ -58,7 +86,7 @@ class LoraLinearFunction(torch.autograd.Function):
         a, b = lora_a.to(dtype), lora_b.to(dtype)
         out = base_product(rows, weight, quant_state, None if bias is None else bias.to(dtype))
         xa = rows @ a.t()
-        out.addmm_(xa, b.t(), alpha=scale)
+        accumulate_product(out, xa, b.t(), scale)
 
         ctx.save_for_backward(rows, xa, a, b)
         ctx.weight, ctx.quant_state, ctx.scale, ctx.dtype = weight, quant_state, scale, dtype
@@ -80,7 +108,7 @@ class LoraLinearFunction(torch.autograd.Function):
             w = dequantize(ctx.weight, ctx.quant_state, ctx.dtype)
             grad_x = grad @ w
             del w
-            grad_x.addmm_(grad_xa, a)
+            accumulate_product(grad_x, grad_xa, a, 1.0)
             grad_x = grad_x.view(ctx.x_shape).to(ctx.x_dtype)
         a_dtype, b_dtype = ctx.factor_dtypes
         return (grad_x, None, None, None,
