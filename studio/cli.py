@@ -307,17 +307,21 @@ def cmd_keys(args) -> int:
 
 def cmd_runs(args) -> int:
     from studio.runs import list_runs, run_state
+    from studio.train.checkpoints import checkpoint_step, latest_checkpoint
 
     for run_dir in list_runs(args.runs_dir):
         run = run_state(run_dir)
         status = run.status
-        line = f"{run_dir}  {run.state:11}  step {status.get('step', '-')}  loss {number_text(status.get('loss'))}"
-        if run.state == "unreadable":
-            line += f"  ({run.problem})"
-        elif run.state == "running":
+        step = status.get("step")
+        checkpoint = latest_checkpoint(run_dir) if run.state == "interrupted" else None
+        if step is None and checkpoint is not None:  # killed mid-run: its status was never given a step
+            step = checkpoint_step(checkpoint)
+        line = f"{run_dir}  {run.state:11}  step {'-' if step is None else step}  loss {number_text(status.get('loss'))}"
+        if run.state in ("unreadable", "running"):
             line += f"  ({run.problem})"
         elif run.state == "interrupted":
-            line += f"  (its process is gone; continue with: python launch.py resume {run_dir})"
+            where = f"from {checkpoint.name}" if checkpoint else "from the start: no checkpoint was saved"
+            line += f"  (its process is gone; continue {where} with: python launch.py resume {run_dir})"
         print(line)
     return 0
 

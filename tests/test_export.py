@@ -72,18 +72,17 @@ def test_qwen2_model_template_converts_and_verifies(tiny_qwen, tmp_path):
     assert result.passed, result.reports[0].summary()
 
 
-def test_disk_preflight_refuses_before_writing(trained_run, monkeypatch):
+def test_disk_preflight_refuses_before_writing(trained_run, monkeypatch, tmp_path):
     import shutil
     from collections import namedtuple
 
+    run = shutil.copytree(trained_run, tmp_path / "run", ignore=shutil.ignore_patterns("exports", "evals"))
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 1000))
-    before = set((trained_run / "exports").glob("*")) if (trained_run / "exports").exists() else set()
     with pytest.raises(DiskSpaceError,
                        match=r"about [\d.]+ MiB is needed, and a tenth more to spare; 1,000 bytes is free"):
-        export_run(trained_run, gguf_types=("q6_k",))
-    after = set((trained_run / "exports").glob("*"))
-    assert after == before, "nothing is written when the exports cannot fit"
+        export_run(run, gguf_types=("q6_k",))
+    assert not (run / "exports").exists(), "nothing is written when the exports cannot fit, not even the folder"
 
 
 def test_bf16_and_other_k_quants_verify(trained_run):

@@ -121,6 +121,9 @@ def test_a_killed_run_reads_interrupted_and_resumes(tiny_llama, tmp_path):
     assert run_state(run).state == "interrupted"
     listing = runs_listing(tmp_path)
     assert "interrupted" in listing and f"python launch.py resume {run}" in listing
+    good = latest_checkpoint(run)  # the listing says where resume goes on from, and counts steps from there
+    assert (f"step {good.name.split('-')[1]} " in listing and f"continue from {good.name}" in listing if good
+            else "step - " in listing and "from the start: no checkpoint was saved" in listing), listing
 
     resumed = launch("resume", run)
     out = resumed.communicate(timeout=300)[0]

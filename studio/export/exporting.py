@@ -12,6 +12,7 @@ Run as:  python launch.py export runs/<run> --gguf q4_k_m f16 [--checkpoint chec
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -121,6 +122,8 @@ def _export(run_dir: Path, gguf_types, formats, stage, verify_tokens: int, check
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        with contextlib.suppress(OSError):  # refused or stopped before any file: no empty exports/ folder
+            out_dir.rmdir()
         free_accelerator_memory()
 
 
