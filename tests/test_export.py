@@ -109,8 +109,8 @@ def test_a_failed_conversion_leaves_nothing_that_looks_finished(tmp_path):
                                  "lora.target_modules=[q_proj,v_proj]"), tmp_path / "runs").run_dir
     with pytest.raises(ExportError, match="llama.cpp failed while converting"):
         export_run(run, gguf_types=("q4_k_m",))
-    leftovers = [p.name for p in (run / "exports").iterdir()]
-    assert leftovers == [], leftovers
+    leftovers = [p.name for p in (run / "exports").glob("*")]  # pathlib's * matches .work too
+    assert leftovers == [] and not (run / "exports").exists(), leftovers
 
 
 def test_a_llama_cpp_that_crashes_on_this_machine_is_named_not_left_to_kill_the_studio(monkeypatch, tmp_path):
